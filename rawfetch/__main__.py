@@ -1,0 +1,3 @@
+from rawfetch.cli import main
+
+main()

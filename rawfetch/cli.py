@@ -1,0 +1,202 @@
+"""The `rawfetch` command: curl-like flags, curl's exit codes, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from . import errors as E
+from .options import DEFAULTS
+
+EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+PROGRESS_INTERVAL = 0.25  # s between progress line updates
+
+HINTS: Dict[type, str] = {
+    E.DNSError: "check the host name, or pin it with --resolve HOST:PORT:ADDR",
+    E.DNSTimeout: "the resolver is slow: raise --dns-timeout or use --resolve",
+    E.ConnectError: "is the server up and reachable? --retries/--retry-delay wait longer",
+    E.ConnectTimeout: "no answer to connect: check routes/firewalls or raise --connect-timeout",
+    E.IdleTimeout: "the server went silent: raise --idle-timeout or --retries",
+    E.LowSpeed: "the transfer was too slow: lower --speed-limit or raise --speed-time",
+    E.DeadlineExceeded: "the whole job ran out of --max-time",
+    E.CertificateError: "pass the server's CA with --cacert FILE (or -k to skip checks)",
+    E.TLSHandshakeError: "the server does not speak TLS 1.2+ on this port",
+    E.HTTPStatusError: "the server refused the request; check the URL",
+    E.IncompleteBody: "the server kept cutting the transfer: raise --retries",
+    E.ProtocolError: "the server's response is not valid HTTP/1.1",
+    E.ChecksumMismatch: "the downloaded bytes differ from the expected checksum",
+    E.ResourceChanged: "the file changed on the server during the download; run again",
+    E.LocalWriteError: "check free space, permissions and the output path",
+    E.TooManyRedirects: "raise --max-redirs or use the final URL",
+    E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",
+    E.InvalidRequest: "check the URL, headers and options",
+}
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("%r must be a finite number >= 0" % text)
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("%r is not a whole number >= 0" % text)
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rawfetch", description="Download URL to PATH byte-exact, or fail clearly "
+        "within the bounds you set. Exit codes follow curl's where one exists.")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("-o", "--output", required=True, metavar="PATH",
+                   help="file to write; '-' streams to stdout")
+    add = p.add_argument
+    add("--retries", type=_count, default=DEFAULTS["retries"], metavar="N")
+    add("--retry-delay", type=_seconds, default=DEFAULTS["retry_delay"], metavar="S")
+    add("--retry-max-delay", type=_seconds, default=DEFAULTS["retry_max_delay"], metavar="S")
+    add("--dns-timeout", type=_seconds, default=DEFAULTS["dns_timeout"], metavar="S")
+    add("--connect-timeout", type=_seconds, default=DEFAULTS["connect_timeout"], metavar="S")
+    add("--idle-timeout", type=_seconds, default=DEFAULTS["idle_timeout"], metavar="S")
+    add("--speed-limit", type=_count, default=DEFAULTS["speed_limit"], metavar="BYTES")
+    add("--speed-time", type=_seconds, default=DEFAULTS["speed_time"], metavar="S")
+    add("--max-time", type=_seconds, default=None, metavar="S")
+    add("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR[,ADDR...]")
+    add("--cacert", metavar="FILE")
+    add("-k", "--insecure", action="store_true")
+    add("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    add("--max-redirs", type=_count, default=DEFAULTS["max_redirs"], metavar="N")
+    add("--sha256", metavar="HEX")
+    add("--md5", metavar="HEX")
+    add("--checksum", metavar="ALGO:HEX")
+    add("-q", "--quiet", action="store_true", help="no progress and no summary")
+    add("--progress", action="store_true", help="progress line even when not a TTY")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> Dict[str, Any]:
+    given = [c for c in (args.checksum, args.sha256 and "sha256:" + args.sha256,
+                         args.md5 and "md5:" + args.md5) if c]
+    if len(given) > 1:
+        raise E.InvalidRequest("give only one of --sha256, --md5, --checksum")
+    return dict(retries=args.retries, retry_delay=args.retry_delay,
+                retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
+                connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
+                speed_limit=args.speed_limit, speed_time=args.speed_time,
+                max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
+                insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
+                checksum=given[0] if given else None)
+
+
+class Progress:
+    """One self-overwriting line on stderr: bytes, rate, ETA, attempt, resume offset."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.next_draw = 0.0
+        self.first_offset: Optional[int] = None
+
+    def __call__(self, stream: Any, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now < self.next_draw and not force):
+            return
+        self.next_draw = now + PROGRESS_INTERVAL
+        if self.first_offset is None:
+            self.first_offset = stream.resumed_from
+        done, total = stream.offset, stream.size
+        rate = max(done - self.first_offset, 0) / max(now - self.started, 1e-6)
+        parts = [_size(done) + ("/" + _size(total) if total else "")]
+        parts.append(_size(int(rate)) + "/s")
+        if total and rate > 0:
+            parts.append("ETA %ds" % ((total - done) / rate))
+        parts.append("attempt %d" % stream.attempts)
+        if stream.resumed_from:
+            parts.append("resumed at %s" % _size(stream.resumed_from))
+        sys.stderr.write("\r\033[K" + "  ".join(parts))
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (value, unit)
+        value /= 1024
+    return str(count)
+
+
+def _to_stdout(url: str, options: Dict[str, Any], progress: Progress) -> Any:
+    from .resume import open as open_stream
+    with open_stream(url, **options) as stream:
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        while True:
+            size = stream.readinto(view)
+            if not size:
+                return stream
+            chunk = view[:size]
+            try:
+                while chunk:
+                    chunk = chunk[os.write(1, chunk):]
+            except OSError as exc:
+                raise E.LocalWriteError("writing to stdout failed: %s" % exc.strerror) from None
+            progress(stream)
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show = not args.quiet and (args.progress or sys.stderr.isatty())
+    progress = Progress(show)
+    try:
+        options = options_from(args)
+        if args.output == "-":
+            stream = _to_stdout(args.url, options, progress)
+            summary = "%d bytes to stdout, %d attempt(s)" % (stream.offset, stream.attempts)
+            digest = stream.digest
+        else:
+            from .files import download
+            result = download(args.url, args.output, progress=progress, **options)
+            summary = "saved %s (%d bytes, %d attempt(s), %.2fs)" % (
+                result.path, result.bytes, result.attempts, result.elapsed)
+            digest = result.digest
+    except E.FetchError as exc:
+        progress.end()
+        hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
+            (h for cls, h in HINTS.items() if isinstance(exc, cls)), "")
+        sys.stderr.write("rawfetch: error %d: %s%s\n" % (
+            exc.exit_code, exc, " -- hint: " + hint if hint else ""))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        progress.end()
+        sys.stderr.write("rawfetch: interrupted\n")
+        return EXIT_INTERRUPTED
+    progress.end()
+    if not args.quiet:
+        sys.stderr.write("rawfetch: %s%s\n" % (summary, " " + digest if digest else ""))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        code = run(argv)
+    except Exception as exc:  # last resort: one line, never a traceback
+        if os.environ.get("RAWFETCH_DEBUG"):
+            raise
+        sys.stderr.write("rawfetch: internal error: %s: %s\n" % (type(exc).__name__, exc))
+        code = 1
+    sys.exit(code)

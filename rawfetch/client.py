@@ -1,0 +1,284 @@
+"""The single-attempt API: request() -> Response, following redirects safely."""
+from __future__ import annotations
+
+import binascii
+from collections import deque
+from typing import Any, Deque, Iterator, List, Optional, Tuple, Union
+
+from .connection import Connection, open_connection
+from .errors import (FetchError, HTTPStatusError, ProtocolError, TooManyRedirects,
+                     UnsafeRedirect)
+from .http11 import BodyReader, Headers, HeadParser, body_reader, build_request
+from .options import Options, make_options
+from .timing import Deadline
+from .url import URL, join_url, parse_url
+
+HEAD_RECV_SIZE = 65536            # head reads; leftover body bytes are served first
+CHUNKED_RECV_SIZE = 262144        # scratch for chunked bodies (framing must be parsed)
+DEFAULT_CHUNK_SIZE = 1 << 20      # iter_bytes(); fuel-agent's data_chunk_size
+REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))  # CVE-2018-18074
+USER_AGENT = "rawfetch/0.1"
+
+Buffer = Union[bytearray, memoryview]
+
+
+class Response:
+    """A response whose body is read straight from the socket into the caller's buffer."""
+
+    def __init__(self, conn: Connection, method: str, url: URL, head: Any,
+                 reader: BodyReader, leftover: bytes) -> None:
+        self._conn: Optional[Connection] = conn
+        self.method = method
+        self.url = str(url)
+        self.version = head.version
+        self.status: int = head.status
+        self.reason: str = head.reason
+        self.headers: Headers = head.headers
+        self._reader = reader
+        self._pending: Deque[memoryview] = deque(reader.feed(leftover)) if leftover else deque()
+        self._scratch: Optional[bytearray] = None
+        if reader.complete and not self._pending:
+            self.close()
+
+    @property
+    def content_length(self) -> Optional[int]:
+        """Body length from Content-Length (None for chunked or close-delimited bodies)."""
+        return self._reader.length
+
+    @property
+    def bytes_read(self) -> int:
+        return self._reader.received - sum(len(piece) for piece in self._pending)
+
+    @property
+    def complete(self) -> bool:
+        return self._reader.complete and not self._pending
+
+    def readinto(self, buffer: Buffer) -> int:
+        """Fill up to len(buffer) body bytes; 0 at the end of the body."""
+        view = memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if not len(view):
+            return 0
+        if self._pending:
+            return self._from_pending(view)
+        reader = self._reader
+        while not reader.complete and self._conn is not None:
+            if reader.passthrough:
+                limit = reader.limit(len(view))
+                size = self._recv(view if limit == len(view) else view[:limit])
+                if size:
+                    reader.consumed(size)
+                    return size
+            else:
+                size = self._recv_chunked()
+                if self._pending:
+                    return self._from_pending(view)
+            if not size:
+                self._eof()
+        self.close()
+        return 0
+
+    def _recv(self, view: memoryview) -> int:
+        assert self._conn is not None
+        try:
+            return self._conn.recv_into(view)
+        except FetchError as exc:
+            self.close()
+            raise _with_progress(exc, self._reader) from None
+
+    def _recv_chunked(self) -> int:
+        if self._scratch is None:
+            self._scratch = bytearray(CHUNKED_RECV_SIZE)
+        size = self._recv(memoryview(self._scratch))
+        if size:
+            try:
+                pieces = self._reader.feed(bytes(self._scratch[:size]))
+            except FetchError as exc:
+                self.close()
+                raise _with_progress(exc, self._reader) from None
+            self._pending.extend(pieces)
+        return size
+
+    def _eof(self) -> None:
+        try:
+            self._reader.eof()
+        except FetchError as exc:
+            self.close()
+            exc.url = exc.url or self.url
+            raise
+        self.close()
+
+    def _from_pending(self, view: memoryview) -> int:
+        piece = self._pending[0]
+        size = min(len(piece), len(view))
+        view[:size] = piece[:size]
+        if size == len(piece):
+            self._pending.popleft()
+        else:
+            self._pending[0] = piece[size:]
+        if self._reader.complete and not self._pending:
+            self.close()
+        return size
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all of the rest when size < 0); b"" at the end."""
+        if size >= 0:
+            buffer = bytearray(size)
+            got = self.readinto(buffer)
+            del buffer[got:]
+            return bytes(buffer)
+        return b"".join(self.iter_bytes())
+
+    def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """The body as bytes chunks of at most `size` bytes."""
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        while True:
+            got = self.readinto(view)
+            if not got:
+                return
+            yield bytes(view[:got])
+
+    def raise_for_status(self) -> None:
+        """Raise HTTPStatusError for status >= 400 (retryable for 408/429/5xx transients)."""
+        if self.status >= 400:
+            self.close()
+            raise HTTPStatusError("HTTP %d %s" % (self.status, self.reason), url=self.url,
+                                  status=self.status, reason=self.reason,
+                                  retry_after=retry_after_seconds(self.headers.get("retry-after")))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> "Response":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<Response %d %s %s>" % (self.status, self.reason, self.url)
+
+
+def _with_progress(exc: FetchError, reader: BodyReader) -> FetchError:
+    """Name the body progress in messages: 'after 5,000,000 of 16,777,216 bytes'."""
+    if exc.offset is None:
+        exc.offset = reader.received
+        total = "" if reader.length is None else " of %s" % format(reader.length, ",")
+        exc.message += " after %s%s body bytes" % (format(reader.received, ","), total)
+    return exc
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """Retry-After as seconds: delta-seconds or an HTTP-date (RFC 9110 s10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value[:12]))
+    from email.utils import parsedate_to_datetime  # rare path: keeps import light
+    import time
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def request(method: str, url: str, *, options: Optional[Options] = None,
+            deadline: Optional[Deadline] = None, extra_headers: Tuple[Tuple[str, str], ...] = (),
+            **kwargs: Any) -> Response:
+    """One attempt: connect, send, read the head; follow redirects up to max_redirs.
+
+    `extra_headers` are per-attempt headers (Range, If-Range) added by the resume layer.
+    The body is left on the socket for the caller to read.
+    """
+    opts = make_options(options, kwargs)
+    deadline = deadline or Deadline(opts.max_time)
+    current = parse_url(url)
+    headers = list(opts.headers) + list(extra_headers)
+    headers = _with_userinfo(current, headers)
+    for hop in range(opts.max_redirs + 1):
+        response = _attempt(method, current, headers, opts, deadline)
+        location = response.headers.get("location")
+        if response.status not in REDIRECT_STATUSES or location is None:
+            return response
+        response.close()
+        if hop == opts.max_redirs:
+            break
+        following = _redirect_target(current, location, opts)
+        if following.origin != current.origin:
+            headers = [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS]
+        current = following
+    raise TooManyRedirects("more than max_redirs=%d redirects" % opts.max_redirs, url=url)
+
+
+def _with_userinfo(url: URL, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    if url.userinfo is None or any(k.lower() == "authorization" for k, _ in headers):
+        return headers
+    from urllib.parse import unquote
+    token = binascii.b2a_base64(unquote(url.userinfo).encode("utf-8"), newline=False)
+    return headers + [("Authorization", "Basic " + token.decode("ascii"))]
+
+
+def _redirect_target(current: URL, location: str, opts: Options) -> URL:
+    try:
+        following = join_url(current, location)
+    except FetchError as exc:
+        raise UnsafeRedirect("refusing redirect to %r: %s" % (location[:200], exc.message),
+                             url=str(current)) from None
+    if current.scheme == "https" and following.scheme == "http" \
+            and not opts.allow_insecure_redirect:
+        raise UnsafeRedirect("refusing redirect from https to http (%s); set "
+                             "allow_insecure_redirect to allow it" % following, url=str(current))
+    return following._replace(userinfo=None)  # never take credentials from a server
+
+
+def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Options,
+             deadline: Deadline) -> Response:
+    data = build_request(method, url.target, url.host_header, headers, USER_AGENT)
+    try:
+        conn = open_connection(url, opts, deadline)
+    except FetchError as exc:
+        exc.url = exc.url or str(url)
+        raise
+    try:
+        conn.send_all(data)
+        head, leftover = _read_head(conn)
+        reader = body_reader(method, head)
+    except FetchError as exc:
+        conn.close()
+        exc.url = exc.url or str(url)
+        raise
+    except BaseException:
+        conn.close()
+        raise
+    return Response(conn, method, url, head, reader, leftover)
+
+
+def _read_head(conn: Connection) -> Tuple[Any, bytes]:
+    parser = HeadParser()
+    buffer = bytearray(HEAD_RECV_SIZE)
+    view = memoryview(buffer)
+    received = 0
+    while True:
+        size = conn.recv_into(view)
+        if not size:
+            if not received:
+                raise ProtocolError("server closed the connection without a response")
+            raise ProtocolError("server closed the connection in the middle of the "
+                                "response head (%d bytes)" % received)
+        received += size
+        head, leftover = parser.feed(bytes(view[:size]))
+        if head is not None:
+            return head, leftover

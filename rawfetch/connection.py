@@ -1,0 +1,146 @@
+"""A non-blocking socket with every wait bounded: idle_timeout per silence, the low-speed
+rule, and the job's max_time deadline (which also cuts a wait in progress)."""
+from __future__ import annotations
+
+import select
+import socket
+from time import monotonic
+from typing import Any, Optional
+
+from .errors import FetchError, IdleTimeout, translate
+from .net import connect, parse_resolve, resolve, tls_context
+from .options import Options
+from .timing import Deadline, SpeedMonitor
+from .url import URL
+
+_WANT = (BlockingIOError, InterruptedError)
+
+
+class Connection:
+    """One TCP (or TLS) connection carrying one request/response."""
+
+    def __init__(self, sock: socket.socket, options: Options, deadline: Deadline,
+                 url: str = "") -> None:
+        self.sock: Any = sock
+        self.url = url
+        self.idle_timeout = options.idle_timeout
+        self.deadline = deadline
+        now = monotonic()
+        self.last_activity = now
+        self.speed = SpeedMonitor(options.speed_limit, options.speed_time, now)
+        self._next_check = min(self.speed.next_sample,
+                               deadline.at if deadline.at is not None else float("inf"))
+        self._want = _WANT
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
+        self.phase = "recv"
+
+    def start_tls(self, host: str, cafile: Optional[str], insecure: bool) -> None:
+        """Wrap and handshake without blocking, under idle_timeout and max_time."""
+        context = tls_context(cafile, insecure)
+        import ssl
+        self._want = _WANT + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        self.phase = "tls"
+        try:
+            self.sock = context.wrap_socket(self.sock, server_hostname=host,
+                                            do_handshake_on_connect=False)
+            while True:
+                try:
+                    self.sock.do_handshake()
+                    break
+                except ssl.SSLWantWriteError:
+                    self._wait(select.POLLOUT)
+                except ssl.SSLWantReadError:
+                    self._wait(select.POLLIN)
+        except FetchError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise translate(exc, "tls", self.url) from None
+        self.phase = "recv"
+
+    def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        self.phase = "send"
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except self._want:
+                self._wait(select.POLLOUT)
+                continue
+            except OSError as exc:
+                raise translate(exc, "send", self.url) from None
+            view = view[sent:]
+            self.last_activity = monotonic()
+        self.phase = "recv"
+
+    def recv_into(self, view: memoryview) -> int:
+        """Receive at most len(view) bytes into view; 0 means the peer closed."""
+        while True:
+            try:
+                size = self.sock.recv_into(view)
+            except self._want:
+                self._wait(select.POLLIN)
+                continue
+            except OSError as exc:
+                raise translate(exc, "recv", self.url) from None
+            now = monotonic()
+            self.last_activity = now
+            self.speed.total += size
+            if now >= self._next_check:
+                self._periodic(now)
+            return size
+
+    def _periodic(self, now: float) -> None:
+        self.deadline.check(now)
+        if now >= self.speed.next_sample:
+            self.speed.sample(now)
+        self._next_check = min(self.speed.next_sample,
+                               self.deadline.at if self.deadline.at is not None else float("inf"))
+
+    def _wait(self, events: int) -> None:
+        """Block until the socket is ready, or raise the bound that ran out first."""
+        self._poller.modify(self.sock.fileno(), events)
+        while True:
+            now = monotonic()
+            if now >= self._next_check:
+                self._periodic(now)
+            idle_left = self.last_activity + self.idle_timeout - now
+            if idle_left <= 0:
+                raise IdleTimeout("no data for idle_timeout=%gs during %s"
+                                  % (self.idle_timeout, _PHASES.get(self.phase, self.phase)),
+                                  url=self.url)
+            wait = min(idle_left, self._next_check - now)
+            if self._poller.poll(int(wait * 1000) + 1):
+                return
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self.sock is None
+
+
+_PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending the request"}
+
+
+def open_connection(url: URL, options: Options, deadline: Deadline) -> Connection:
+    """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each."""
+    pins = parse_resolve(options.resolve)
+    addresses = resolve(url.host, url.port, options.dns_timeout, deadline,
+                        options.resolver, pins)
+    sock = connect(addresses, options.connect_timeout, deadline)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = Connection(sock, options, deadline, str(url))
+    if url.scheme == "https":
+        try:
+            conn.start_tls(url.host, options.cafile, options.insecure)
+        except BaseException:
+            conn.close()
+            raise
+    return conn

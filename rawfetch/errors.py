@@ -1,0 +1,247 @@
+"""rawfetch's error hierarchy, and the one place that maps OS/socket/ssl errors onto it.
+
+Every failure a caller can see is a FetchError subclass carrying:
+  retryable  -- whether a new attempt can plausibly succeed (the resume layer reads it);
+  exit_code  -- the command's exit status, curl's meaning where curl has one;
+  url, offset -- where it happened, for one-line messages.
+"""
+from __future__ import annotations
+
+import errno
+import sys
+
+
+class FetchError(Exception):
+    """Base of every error rawfetch raises."""
+
+    retryable = False
+    exit_code = 1
+    phase = "fetch"
+
+    def __init__(self, message: str, *, url: str | None = None,
+                 retryable: bool | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.offset = offset
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message if not self.url else "%s (%s)" % (self.message, self.url)
+
+
+class InvalidRequest(FetchError):
+    """The request cannot be sent as asked: bad URL, header, method or option (curl 3)."""
+    exit_code = 3
+    phase = "request"
+
+
+class UnsafeRedirect(FetchError):
+    """A redirect to a target rawfetch refuses to follow (other scheme, https->http)."""
+    exit_code = 1
+    phase = "redirect"
+
+
+class TooManyRedirects(FetchError):
+    exit_code = 47
+    phase = "redirect"
+
+
+class DNSError(FetchError):
+    """Name resolution failed; retryable only for temporary failures (EAI_AGAIN)."""
+    exit_code = 6
+    phase = "dns"
+
+
+class ConnectError(FetchError):
+    """Connection refused or unreachable on every address. Retryable: a ramdisk's
+    network may still be coming up."""
+    retryable = True
+    exit_code = 7
+    phase = "connect"
+
+
+class TLSHandshakeError(FetchError):
+    """The TLS handshake failed for a reason other than the certificate (curl 35)."""
+    exit_code = 35
+    phase = "tls"
+
+
+class CertificateError(FetchError):
+    """The server's certificate did not verify (curl 60). Never retried."""
+    exit_code = 60
+    phase = "tls"
+
+
+class FetchTimeout(FetchError):
+    """Base of every time bound rawfetch enforces (curl 28)."""
+    retryable = True
+    exit_code = 28
+    phase = "timeout"
+
+
+class DNSTimeout(FetchTimeout):
+    phase = "dns"
+
+
+class ConnectTimeout(FetchTimeout):
+    phase = "connect"
+
+
+class IdleTimeout(FetchTimeout):
+    """The peer was silent longer than idle_timeout (handshake, head or body)."""
+    phase = "recv"
+
+
+class LowSpeed(FetchTimeout):
+    """Throughput stayed under speed_limit for speed_time seconds."""
+    phase = "recv"
+
+
+class DeadlineExceeded(FetchTimeout):
+    """max_time ran out. Not retryable: the deadline covers every attempt."""
+    retryable = False
+
+
+class ProtocolError(FetchError):
+    """The server's bytes are not valid HTTP/1.1 (curl 8, weird server reply)."""
+    retryable = True
+    exit_code = 8
+    phase = "response"
+
+
+class IncompleteBody(FetchError):
+    """The connection ended before the body did (curl 18)."""
+    retryable = True
+    exit_code = 18
+    phase = "body"
+
+    def __init__(self, message: str, *, received: int = 0,
+                 expected: int | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.received = received
+        self.expected = expected
+
+
+class SendError(FetchError):
+    retryable = True
+    exit_code = 55
+    phase = "send"
+
+
+class ReceiveError(FetchError):
+    """The connection failed while receiving (reset, broken pipe) (curl 56)."""
+    retryable = True
+    exit_code = 56
+    phase = "recv"
+
+
+RETRYABLE_STATUSES = frozenset((408, 429, 500, 502, 503, 504))  # RFC 9110 transient; urllib3 Retry's list
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status >= 400 (curl 22)."""
+    exit_code = 22
+    phase = "status"
+
+    def __init__(self, message: str, *, status: int, reason: str = "",
+                 retry_after: float | None = None, **kwargs) -> None:
+        kwargs.setdefault("retryable", status in RETRYABLE_STATUSES)
+        super().__init__(message, **kwargs)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class LocalWriteError(FetchError):
+    """Writing the output failed (curl 23). ENOSPC and friends are fatal at once."""
+    exit_code = 23
+    phase = "write"
+
+
+class ChecksumMismatch(FetchError):
+    """All bytes arrived but their digest is not the expected one (rawfetch's own code)."""
+    exit_code = 90
+    phase = "verify"
+
+
+class ResourceChanged(FetchError):
+    """The server's object changed under a resumed stream whose bytes were already consumed."""
+    exit_code = 91
+    phase = "resume"
+
+
+class GunzipError(FetchError):
+    """The downloaded gzip stream is truncated, corrupt or followed by garbage."""
+    exit_code = 92
+    phase = "gunzip"
+
+
+_RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))
+_CONNECT_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                             errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL))
+
+
+def _ssl_error_class(exc: BaseException) -> type | None:
+    """Classify ssl exceptions without importing ssl (it may never have been loaded)."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None or not isinstance(exc, ssl.SSLError):
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CertificateError
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return ReceiveError
+    return TLSHandshakeError
+
+
+def translate(exc: BaseException, phase: str, url: str | None = None,
+              offset: int | None = None) -> FetchError:
+    """Map an OSError/socket/ssl exception raised during `phase` to a FetchError.
+
+    phase is one of "dns", "connect", "tls", "send", "recv".
+    """
+    if isinstance(exc, FetchError):
+        return exc
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    ssl_cls = _ssl_error_class(exc)
+    if ssl_cls is not None:
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or detail
+        if phase == "tls" and ssl_cls is ReceiveError:
+            return TLSHandshakeError("TLS handshake: server closed the connection (%s)" % reason,
+                                     url=url, retryable=True)
+        if ssl_cls is ReceiveError:
+            return ReceiveError("TLS connection ended uncleanly: %s" % reason, url=url, offset=offset)
+        what = "certificate verify failed" if ssl_cls is CertificateError else "TLS handshake failed"
+        return ssl_cls("%s: %s" % (what, reason), url=url, offset=offset)
+    code = getattr(exc, "errno", None)
+    if phase == "dns":
+        return DNSError("cannot resolve host: %s" % detail, url=url,
+                        retryable=_dns_retryable(exc))
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+        cls = {"connect": ConnectTimeout, "dns": DNSTimeout}.get(phase, IdleTimeout)
+        return cls("%s timed out" % phase, url=url, offset=offset)
+    if phase in ("connect",) or code in _CONNECT_ERRNOS and phase != "recv":
+        return ConnectError("cannot connect: %s" % detail, url=url)
+    if phase == "tls":
+        return TLSHandshakeError("TLS handshake: %s" % detail, url=url, retryable=True)
+    if phase == "send":
+        return SendError("sending the request failed: %s" % detail, url=url)
+    if code in _RESET_ERRNOS:
+        return ReceiveError("connection reset by the server%s" % _at(offset), url=url, offset=offset)
+    return ReceiveError("receive failed: %s%s" % (detail, _at(offset)), url=url, offset=offset)
+
+
+def _at(offset: int | None) -> str:
+    return "" if offset is None else " after %s body bytes" % format(offset, ",")
+
+
+def _dns_retryable(exc: BaseException) -> bool:
+    """Only EAI_AGAIN (temporary failure, e.g. SERVFAIL) is worth retrying; NXDOMAIN is final."""
+    import socket
+    code = exc.args[0] if isinstance(exc, socket.gaierror) and exc.args else None
+    return code in (getattr(socket, "EAI_AGAIN", -3), getattr(socket, "EAI_SYSTEM", -11))
+
+
+__all__ = [name for name, value in list(globals().items())
+           if isinstance(value, type) and issubclass(value, FetchError)] + ["RETRYABLE_STATUSES"]

@@ -1,0 +1,25 @@
+"""Events: every step of a job as a flat dict, to a callback and to logging.
+
+logging is imported on the first event, not at `import rawfetch`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+_logger: Any = None
+
+
+def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) -> dict:
+    """Send one event to the callback (if any) and to logging.getLogger("rawfetch")."""
+    global _logger
+    event = {"event": name, "time": round(time.time(), 6)}
+    event.update(fields)
+    if on_event is not None:
+        on_event(event)
+    if _logger is None:
+        import logging
+        _logger = logging.getLogger("rawfetch")
+    if _logger.isEnabledFor(20):
+        _logger.info("%s %s", name, " ".join("%s=%s" % kv for kv in fields.items()))
+    return event

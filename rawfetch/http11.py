@@ -1,0 +1,456 @@
+"""HTTP/1.1 wire protocol for one request/response, with no I/O (in the spirit of h11).
+
+The connection layer feeds received bytes in; these classes say what they mean.
+Policy (see README "Security model"):
+  * head lines may end in CRLF or bare LF (RFC 9112 s2.2 allows it); a bare CR is an error;
+  * obs-fold (a header line starting with SP/HTAB) is an error, never unfolded;
+  * chunked framing requires exact CRLF everywhere (h11 CVE-2025-43859);
+  * a status line without a reason phrase ("HTTP/1.1 200") is accepted;
+  * bytes after a complete body are never read or delivered.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .errors import IncompleteBody, InvalidRequest, ProtocolError
+
+MAX_LINE = 16384           # one head line; h11's default cap for a whole incomplete head
+MAX_HEAD = 65536           # one response head; CPython http.client's per-line cap (_MAXLINE)
+MAX_HEADERS = 100          # header fields per head; CPython http.client _MAXHEADERS (CVE-2021-3737)
+MAX_INTERIM = 10           # 1xx responses skipped before the final one (CVE-2021-3737: endless 100s)
+MAX_LENGTH_DIGITS = 19     # Content-Length < 10**19 fits curl's 64-bit curl_off_t
+MAX_CHUNK_SIZE_DIGITS = 16  # 64-bit chunk size; longer is an overflow attempt (wget CVE-2017-13089)
+MAX_CHUNK_LINE = 4096      # chunk-size line including extensions (curl caps extensions too)
+MAX_TRAILER_BYTES = 16384  # all trailer lines together (curl CVE-2023-38039: unbounded headers)
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+                   b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_BYTES = bytes(sorted(_TOKEN))
+# Field values: HTAB, visible ASCII, SP and obs-text (RFC 9110 s5.5); everything else is a CTL.
+_VALUE_BYTES = bytes([9] + list(range(32, 127)) + list(range(128, 256)))
+_HEX_BYTES = b"0123456789abcdefABCDEF"
+_DIGITS = "0123456789"
+NO_BODY_STATUSES = frozenset((204, 304))
+
+
+class Headers:
+    """Case-insensitive, order-keeping, multi-valued header list (values as latin-1 str)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Optional[List[Tuple[str, str]]] = None) -> None:
+        self._items = list(items or [])
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """All values of `name` joined by ", " (RFC 9110 s5.3), or default."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def get_all(self, name: str) -> List[str]:
+        lower = name.lower()
+        return [value for key, value in self._items if key.lower() == lower]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def items(self) -> List[Tuple[str, str]]:
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return "Headers(%r)" % self._items
+
+
+class ResponseHead:
+    """Status line and header fields of the final (non-1xx) response."""
+
+    __slots__ = ("version", "status", "reason", "headers", "interim")
+
+    def __init__(self, version: str, status: int, reason: str, headers: Headers,
+                 interim: int = 0) -> None:
+        self.version, self.status, self.reason = version, status, reason
+        self.headers, self.interim = headers, interim
+
+    def __repr__(self) -> str:
+        return "ResponseHead(%s %d %r, %d headers)" % (
+            self.version, self.status, self.reason, len(self.headers))
+
+
+# ---------------------------------------------------------------- request side
+
+def _check_token(value: str, what: str) -> None:
+    raw = value.encode("latin-1", "replace") if value.isascii() else b"\x00"
+    if not raw or raw.translate(None, _TOKEN_BYTES):
+        raise InvalidRequest("%s %r is not a valid HTTP token" % (what, value))
+
+
+def _check_value(value: str, what: str) -> bytes:
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidRequest("%s %r is not latin-1 text" % (what, value)) from None
+    if raw.translate(None, _VALUE_BYTES):
+        raise InvalidRequest("%s %r contains a control character (CR, LF, NUL...)" % (what, value))
+    return raw.strip(b" \t")
+
+
+_FORBIDDEN_REQUEST_HEADERS = frozenset(("content-length", "transfer-encoding", "connection",
+                                        "accept-encoding", "te", "upgrade"))
+
+
+def build_request(method: str, target: str, host: str,
+                  headers: Optional[List[Tuple[str, str]]] = None,
+                  user_agent: str = "rawfetch") -> bytes:
+    """Serialize a body-less request; raise InvalidRequest before anything is sent.
+
+    rawfetch always asks for `identity` (it never decodes content) and `Connection: close`
+    (one request per connection: every attempt starts clean).
+    """
+    _check_token(method, "method")
+    if not target.isascii() or any(c <= " " or c == "\x7f" for c in target) or not target:
+        raise InvalidRequest("request target %r contains spaces or controls" % target)
+    host_raw = _check_value(host, "Host")
+    if not host_raw or b" " in host_raw or b"\t" in host_raw:
+        raise InvalidRequest("invalid Host %r" % host)
+    fields: Dict[str, Tuple[str, bytes]] = {
+        "host": ("Host", host_raw), "user-agent": ("User-Agent", user_agent.encode("latin-1")),
+        "accept": ("Accept", b"*/*")}
+    for name, value in headers or []:
+        _check_token(name, "header name")
+        raw = _check_value(value, "header %s" % name)
+        if name.lower() in _FORBIDDEN_REQUEST_HEADERS:
+            raise InvalidRequest("header %s is managed by rawfetch and cannot be set" % name)
+        fields[name.lower()] = (name, raw)
+    lines = [b"%s %s HTTP/1.1" % (method.encode("ascii"), target.encode("ascii"))]
+    lines += [b"%s: %s" % (name.encode("ascii"), raw) for name, raw in fields.values()]
+    lines += [b"Accept-Encoding: identity", b"Connection: close", b"", b""]
+    return b"\r\n".join(lines)
+
+
+# ---------------------------------------------------------------- response head
+
+class HeadParser:
+    """Accumulates bytes until a final response head is complete, skipping 1xx heads.
+
+    feed() returns (head, leftover) once complete, else (None, b""). The result is the
+    same whether bytes arrive whole or one at a time.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._scan = 0          # where the next unparsed line starts
+        self._lines: List[bytes] = []
+        self._interim = 0
+        self._head_bytes = 0
+
+    def feed(self, data: bytes) -> Tuple[Optional[ResponseHead], bytes]:
+        self._buf += data
+        while True:
+            end = self._buf.find(b"\n", self._scan)
+            if end < 0:
+                self._check_partial()
+                return None, b""
+            line = bytes(self._buf[self._scan:end])
+            self._scan = end + 1
+            self._account(len(line) + 1)
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if b"\r" in line:
+                raise ProtocolError("bare CR in response head")
+            if line:
+                self._add_line(line)
+                continue
+            head = self._finish_head()
+            if head is not None:
+                leftover = bytes(self._buf[self._scan:])
+                self._buf = bytearray()
+                return head, leftover
+
+    def _check_partial(self) -> None:
+        pending = len(self._buf) - self._scan
+        if not self._lines:  # at the start of a (possibly interim) response
+            start = bytes(self._buf[self._scan:self._scan + 5])
+            if not b"HTTP/".startswith(start):
+                raise ProtocolError("response does not start with HTTP/ (garbage or HTTP/0.9)")
+        if pending > MAX_LINE:
+            raise ProtocolError("response header line longer than %d bytes" % MAX_LINE)
+        if self._head_bytes + pending > MAX_HEAD:
+            raise ProtocolError("response head larger than %d bytes" % MAX_HEAD)
+        if self._scan > 65536:  # keep the buffer from growing with consumed lines
+            del self._buf[:self._scan]
+            self._scan = 0
+
+    def _account(self, size: int) -> None:
+        if size - 1 > MAX_LINE:
+            raise ProtocolError("response header line longer than %d bytes" % MAX_LINE)
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD:
+            raise ProtocolError("response head larger than %d bytes" % MAX_HEAD)
+
+    def _add_line(self, line: bytes) -> None:
+        if not self._lines:
+            self._lines.append(line)
+            return
+        if line[:1] in (b" ", b"\t"):
+            raise ProtocolError("obsolete line folding in response header")
+        if len(self._lines) > MAX_HEADERS:
+            raise ProtocolError("more than %d response header fields" % MAX_HEADERS)
+        self._lines.append(line)
+
+    def _finish_head(self) -> Optional[ResponseHead]:
+        if not self._lines:
+            raise ProtocolError("empty line where a status line was expected")
+        version, status, reason = parse_status_line(self._lines[0])
+        headers = Headers([parse_header_line(line) for line in self._lines[1:]])
+        self._lines = []
+        self._head_bytes = 0
+        if status >= 200:
+            return ResponseHead(version, status, reason, headers, self._interim)
+        if status == 101:
+            raise ProtocolError("unexpected 101 Switching Protocols")
+        self._interim += 1
+        if self._interim > MAX_INTERIM:
+            raise ProtocolError("more than %d interim 1xx responses" % MAX_INTERIM)
+        return None
+
+
+def parse_status_line(line: bytes) -> Tuple[str, int, str]:
+    """`HTTP/1.x SP 3DIGIT [SP reason]`; a missing reason phrase is accepted."""
+    version = line[:8]
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ProtocolError("unsupported or malformed status line %r" % line[:40])
+    code, rest = line[9:12], line[12:]
+    if line[8:9] != b" " or len(code) != 3 or not code.isdigit() or rest[:1] not in (b"", b" "):
+        raise ProtocolError("malformed status line %r" % line[:40])
+    status = int(code)
+    if not 100 <= status <= 599:
+        raise ProtocolError("status code %d out of range" % status)
+    reason = rest[1:]
+    if reason.translate(None, _VALUE_BYTES):
+        raise ProtocolError("control character in reason phrase")
+    return version.decode("ascii"), status, reason.decode("latin-1")
+
+
+def parse_header_line(line: bytes) -> Tuple[str, str]:
+    name, colon, value = line.partition(b":")
+    if not colon:
+        raise ProtocolError("header line without a colon: %r" % line[:40])
+    if not name or name.translate(None, _TOKEN_BYTES):
+        raise ProtocolError("invalid header name %r" % name[:40])
+    value = value.strip(b" \t")
+    if value.translate(None, _VALUE_BYTES):
+        raise ProtocolError("control character in header %s" % name.decode("ascii"))
+    return name.decode("ascii"), value.decode("latin-1")
+
+
+# ---------------------------------------------------------------- body framing
+
+def _content_length(headers: Headers) -> Optional[int]:
+    values = [part.strip(" \t") for value in headers.get_all("content-length")
+              for part in value.split(",")]
+    if not values:
+        return None
+    for value in values:
+        if not value or len(value) > MAX_LENGTH_DIGITS or value.strip(_DIGITS):
+            raise ProtocolError("invalid Content-Length %r" % value[:40])
+    if len(set(int(v) for v in values)) != 1:
+        raise ProtocolError("conflicting Content-Length values %r" % values[:4])
+    return int(values[0])
+
+
+def body_reader(method: str, head: ResponseHead) -> "BodyReader":
+    """Choose the body framing (RFC 9112 s6.3) and return its reader."""
+    headers = head.headers
+    if method == "HEAD" or head.status in NO_BODY_STATUSES:
+        return NoBodyReader()
+    transfer = headers.get_all("transfer-encoding")
+    length = _content_length(headers)
+    if transfer:
+        codings = [c.strip(" \t").lower() for v in transfer for c in v.split(",")]
+        if head.version == "HTTP/1.0":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
+        if codings != ["chunked"]:
+            raise ProtocolError("unsupported Transfer-Encoding %r" % ", ".join(transfer)[:60])
+        if length is not None:
+            raise ProtocolError("both Content-Length and Transfer-Encoding (request smuggling shape)")
+        return ChunkedReader()
+    if length is not None:
+        return ContentLengthReader(length)
+    return CloseDelimitedReader()
+
+
+class BodyReader:
+    """Common interface. `passthrough` readers' wire bytes are body bytes: the caller may
+    recv straight into its own buffer, asking limit() first and reporting consumed()."""
+
+    passthrough = True
+    complete = False
+    length: Optional[int] = None
+    received = 0
+
+    def limit(self, size: int) -> int:
+        return size
+
+    def consumed(self, size: int) -> None:
+        self.received += size
+
+    def feed(self, data: bytes) -> List[memoryview]:
+        """Return the body bytes contained in `data` (for any framing)."""
+        view = memoryview(data)
+        size = self.limit(len(view))
+        self.consumed(size)
+        return [view[:size]] if size else []
+
+    def eof(self) -> None:
+        """The peer closed the connection: complete, or raise IncompleteBody."""
+        raise NotImplementedError
+
+
+class NoBodyReader(BodyReader):
+    complete = True
+    length = 0
+
+    def limit(self, size: int) -> int:
+        return 0
+
+    def eof(self) -> None:
+        return None
+
+
+class ContentLengthReader(BodyReader):
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.received = 0
+        self.complete = length == 0
+
+    def limit(self, size: int) -> int:
+        return min(size, self.length - self.received)
+
+    def consumed(self, size: int) -> None:
+        self.received += size
+        self.complete = self.received >= self.length
+
+    def eof(self) -> None:
+        if not self.complete:
+            raise IncompleteBody(
+                "server closed the connection after %s of %s bytes"
+                % (format(self.received, ","), format(self.length, ",")),
+                received=self.received, expected=self.length, offset=self.received)
+
+
+class CloseDelimitedReader(BodyReader):
+    """No length given: the body is whatever arrives until the server closes."""
+
+    def eof(self) -> None:
+        self.complete = True
+
+
+_SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
+
+
+class ChunkedReader(BodyReader):
+    """Strict chunked decoder with bounded lines, extensions and trailers."""
+
+    passthrough = False
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._state = _SIZE
+        self._line = bytearray()
+        self._remaining = 0
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+
+    def limit(self, size: int) -> int:  # never recv past framing directly
+        return 0
+
+    def feed(self, data: bytes) -> List[memoryview]:
+        view = memoryview(data)
+        out: List[memoryview] = []
+        pos, end = 0, len(view)
+        while pos < end and self._state != _DONE:
+            if self._state == _DATA:
+                take = min(self._remaining, end - pos)
+                out.append(view[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                self.received += take
+                if not self._remaining:
+                    self._state = _DATA_CR
+            elif self._state in (_DATA_CR, _DATA_LF):
+                expected = 13 if self._state == _DATA_CR else 10
+                if view[pos] != expected:
+                    raise ProtocolError("chunk data not followed by CRLF")
+                pos += 1
+                self._state = _DATA_LF if self._state == _DATA_CR else _SIZE
+            else:
+                pos = self._take_line(view, pos, end)
+        return out
+
+    def _take_line(self, view: memoryview, pos: int, end: int) -> int:
+        cap = MAX_CHUNK_LINE if self._state == _SIZE else MAX_TRAILER_BYTES
+        newline = bytes(view[pos:min(end, pos + cap + 2)]).find(b"\n")
+        if newline < 0:
+            self._line += view[pos:min(end, pos + cap + 2)]
+            if len(self._line) > cap + 1:
+                raise ProtocolError(self._too_long())
+            return end
+        self._line += view[pos:pos + newline + 1]
+        if len(self._line) > cap + 2:
+            raise ProtocolError(self._too_long())
+        line = bytes(self._line)
+        self._line = bytearray()
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            raise ProtocolError("chunk framing line not terminated by CRLF")
+        if self._state == _SIZE:
+            self._size_line(line[:-2])
+        else:
+            self._trailer_line(line[:-2], len(line))
+        return pos + newline + 1
+
+    def _too_long(self) -> str:
+        if self._state == _SIZE:
+            return "chunk size line longer than %d bytes" % MAX_CHUNK_LINE
+        return "chunked trailers larger than %d bytes" % MAX_TRAILER_BYTES
+
+    def _size_line(self, line: bytes) -> None:
+        size_text, _, extension = line.partition(b";")
+        size_text = size_text.rstrip(b" \t")
+        if not size_text or size_text.translate(None, _HEX_BYTES):
+            raise ProtocolError("invalid chunk size %r" % size_text[:20])
+        if len(size_text) > MAX_CHUNK_SIZE_DIGITS:
+            raise ProtocolError("chunk size has more than %d hex digits" % MAX_CHUNK_SIZE_DIGITS)
+        if extension.translate(None, _VALUE_BYTES):
+            raise ProtocolError("control character in chunk extension")
+        self._remaining = int(size_text, 16)
+        self._state = _DATA if self._remaining else _TRAILER
+
+    def _trailer_line(self, line: bytes, size: int) -> None:
+        self._trailer_bytes += size
+        if self._trailer_bytes > MAX_TRAILER_BYTES:
+            raise ProtocolError(self._too_long())
+        if not line:
+            self._state = _DONE
+            self.complete = True
+            return
+        self._trailer_count += 1
+        if self._trailer_count > MAX_HEADERS:
+            raise ProtocolError("more than %d trailer fields" % MAX_HEADERS)
+        parse_header_line(line)  # validated, then discarded: rawfetch uses no trailers
+
+    def eof(self) -> None:
+        if self._state != _DONE:
+            raise IncompleteBody(
+                "server closed the connection in the middle of a chunked body after %s bytes"
+                % format(self.received, ","), received=self.received, offset=self.received)

@@ -1,0 +1,278 @@
+"""Getting a connected, optionally TLS-wrapped, socket under rawfetch's own deadlines.
+
+Resolution runs in a worker thread so dns_timeout really bounds it; connecting races the
+addresses Happy-Eyeballs style (RFC 8305) and remembers failed ones; the TLS handshake is
+non-blocking under idle_timeout and max_time. All OSError/ssl errors are translated by
+errors.translate, the one mapping place.
+"""
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+from collections import OrderedDict
+from time import monotonic
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import (ConnectError, ConnectTimeout, DNSError, DNSTimeout, FetchError,
+                     InvalidRequest, translate)
+from .timing import Deadline
+
+HAPPY_EYEBALLS_DELAY = 0.25   # s; RFC 8305 s5 recommended Connection Attempt Delay
+FAILED_ADDRESS_TTL = 600.0    # s; how long a failed address goes to the back of the line
+FAILED_ADDRESS_MEMORY = 256   # entries; bounded so a long-lived agent never grows
+
+Address = Tuple[int, Tuple[Any, ...]]   # (family, sockaddr)
+
+
+class AddressMemory:
+    """Process-wide memory of addresses that recently failed to connect."""
+
+    def __init__(self) -> None:
+        self._failed: "OrderedDict[Any, float]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def failed(self, sockaddr: Tuple[Any, ...]) -> None:
+        with self._lock:
+            self._failed.pop(sockaddr[:2], None)
+            self._failed[sockaddr[:2]] = monotonic()
+            while len(self._failed) > FAILED_ADDRESS_MEMORY:
+                self._failed.popitem(last=False)
+
+    def succeeded(self, sockaddr: Tuple[Any, ...]) -> None:
+        with self._lock:
+            self._failed.pop(sockaddr[:2], None)
+
+    def order(self, addresses: List[Address]) -> List[Address]:
+        """Interleave families (RFC 8305 s4), then move recent failures to the end."""
+        by_family: Dict[int, List[Address]] = {}
+        for address in addresses:
+            by_family.setdefault(address[0], []).append(address)
+        lists = list(by_family.values())
+        mixed = [lst[i] for i in range(max(map(len, lists), default=0))
+                 for lst in lists if i < len(lst)]
+        now = monotonic()
+        with self._lock:
+            def stale(address: Address) -> float:
+                when = self._failed.get(address[1][:2])
+                return when if when is not None and now - when < FAILED_ADDRESS_TTL else 0.0
+            return sorted(mixed, key=stale)  # stable: healthy first, oldest failure next
+
+
+ADDRESS_MEMORY = AddressMemory()
+
+
+def parse_resolve(entries: Any) -> Dict[Tuple[str, int], List[str]]:
+    """curl's --resolve HOST:PORT:ADDR[,ADDR...] (IPv6 addresses may be bracketed)."""
+    pins: Dict[Tuple[str, int], List[str]] = {}
+    for entry in entries or ():
+        host, _, rest = str(entry).partition(":")
+        port, _, addrs = rest.partition(":")
+        if not host or not port.isdigit() or not addrs:
+            raise InvalidRequest("resolve entry %r is not HOST:PORT:ADDR[,ADDR...]" % entry)
+        pins[(host.lower(), int(port))] = [_literal(a.strip().strip("[]"), entry)
+                                           for a in addrs.split(",")]
+    return pins
+
+
+def _literal(address: str, entry: str) -> str:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        socket.inet_pton(family, address)
+    except OSError:
+        raise InvalidRequest("resolve entry %r: %r is not an IP address" % (entry, address)) from None
+    return address
+
+
+def _sockaddrs(addresses: List[str], port: int) -> List[Address]:
+    out: List[Address] = []
+    for address in addresses:
+        if ":" in address:
+            out.append((socket.AF_INET6, (address, port, 0, 0)))
+        else:
+            out.append((socket.AF_INET, (address, port)))
+    return out
+
+
+def _is_literal(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _system_resolve(host: str, port: int) -> List[str]:
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    seen: List[str] = []
+    for info in infos:
+        if info[0] in (socket.AF_INET, socket.AF_INET6) and info[4][0] not in seen:
+            seen.append(info[4][0])
+    return seen
+
+
+def resolve(host: str, port: int, dns_timeout: float, deadline: Deadline,
+            resolver: Optional[Callable[[str, int], List[str]]] = None,
+            pins: Optional[Dict[Tuple[str, int], List[str]]] = None) -> List[Address]:
+    """Addresses for host:port within dns_timeout (and max_time)."""
+    pinned = (pins or {}).get((host, port))
+    if pinned:
+        return _sockaddrs(pinned, port)
+    if _is_literal(host):
+        return _sockaddrs([host], port)
+    deadline.check()
+    outcome: Dict[str, Any] = {}
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["addresses"] = list((resolver or _system_resolve)(host, port))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="rawfetch-dns", daemon=True).start()
+    if not finished.wait(deadline.bound(dns_timeout)):
+        deadline.check()
+        raise DNSTimeout("resolving %s took longer than dns_timeout=%gs" % (host, dns_timeout))
+    if "error" in outcome:
+        raise translate(outcome["error"], "dns")
+    addresses = [a for a in outcome["addresses"] if isinstance(a, str) and _is_literal(a)]
+    if not addresses:
+        raise DNSError("no usable address for %s" % host, retryable=True)
+    return _sockaddrs(addresses, port)
+
+
+class _Attempt:
+    __slots__ = ("sock", "address", "expires")
+
+    def __init__(self, sock: socket.socket, address: Address, expires: float) -> None:
+        self.sock, self.address, self.expires = sock, address, expires
+
+
+def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline,
+            memory: AddressMemory = ADDRESS_MEMORY) -> socket.socket:
+    """Race the addresses (RFC 8305): next one 250 ms after the previous if still pending,
+    immediately after a failure; first success wins, the rest are closed."""
+    queue = memory.order(addresses)
+    pending: Dict[int, _Attempt] = {}
+    failures: List[str] = []
+    timed_out = 0
+    poller = select.poll()
+    next_start = monotonic()
+    try:
+        while queue or pending:
+            now = monotonic()
+            deadline.check(now)
+            if queue and (not pending or now >= next_start):
+                _start(queue.pop(0), pending, poller, now + connect_timeout, failures, memory)
+                next_start = now + HAPPY_EYEBALLS_DELAY
+                continue
+            for fd, attempt in list(pending.items()):
+                if attempt.expires <= now:
+                    timed_out += 1
+                    failures.append("%s: timed out" % _show(attempt.address))
+                    _drop(fd, pending, poller, memory)
+            if not pending:
+                continue
+            wake = min(a.expires for a in pending.values())
+            if queue:
+                wake = min(wake, next_start)
+            wait = deadline.bound(max(wake - now, 0.0), now)
+            winner = _poll_connect(poller, pending, max(wait or 0.0, 0.0), failures, memory)
+            if winner is not None:
+                return winner
+            if failures and queue and not pending:
+                next_start = monotonic()
+    finally:
+        for fd in list(pending):
+            _drop(fd, pending, poller, None)
+    deadline.check()
+    summary = "; ".join(failures[-4:]) or "no address to try"
+    if timed_out and timed_out == len(failures):
+        raise ConnectTimeout("connect timed out after %gs per address (%s)"
+                             % (connect_timeout, summary))
+    raise ConnectError("cannot connect: %s" % summary)
+
+
+def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires: float,
+           failures: List[str], memory: AddressMemory) -> None:
+    sock = socket.socket(address[0], socket.SOCK_STREAM)
+    sock.setblocking(False)
+    code = sock.connect_ex(address[1])
+    if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        pending[sock.fileno()] = _Attempt(sock, address, expires)
+        poller.register(sock.fileno(), select.POLLOUT)
+        return
+    sock.close()
+    memory.failed(address[1])
+    failures.append("%s: %s" % (_show(address), errno.errorcode.get(code, code)))
+
+
+def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float,
+                  failures: List[str], memory: AddressMemory) -> Optional[socket.socket]:
+    for fd, _events in poller.poll(int(wait * 1000) + 1):
+        attempt = pending.get(fd)
+        if attempt is None:
+            continue
+        code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == 0:
+            poller.unregister(fd)
+            del pending[fd]
+            memory.succeeded(attempt.address[1])
+            return attempt.sock
+        failures.append("%s: %s" % (_show(attempt.address), _errname(code)))
+        _drop(fd, pending, poller, memory)
+    return None
+
+
+def _drop(fd: int, pending: Dict[int, _Attempt], poller: Any,
+          memory: Optional[AddressMemory]) -> None:
+    attempt = pending.pop(fd)
+    poller.unregister(fd)
+    if memory is not None:
+        memory.failed(attempt.address[1])
+    attempt.sock.close()
+
+
+def _errname(code: int) -> str:
+    import os
+    return "%s (%s)" % (os.strerror(code), errno.errorcode.get(code, code))
+
+
+def _show(address: Address) -> str:
+    host, port = address[1][:2]
+    return "[%s]:%d" % (host, port) if address[0] == socket.AF_INET6 else "%s:%d" % (host, port)
+
+
+_TLS_CONTEXTS: Dict[Tuple[Optional[str], bool], Any] = {}
+
+
+def tls_context(cafile: Optional[str], insecure: bool) -> Any:
+    """A cached client context: CERT_REQUIRED + check_hostname + TLS >= 1.2 unless insecure.
+    ssl is imported here, on first https use, not at `import rawfetch`."""
+    key = (cafile, insecure)
+    context = _TLS_CONTEXTS.get(key)
+    if context is None:
+        import ssl
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidRequest("cannot load CA file %r: %s" % (cafile, exc)) from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _TLS_CONTEXTS[key] = context
+    return context
+
+
+def describe_failure(exc: FetchError, url: str) -> FetchError:
+    """Attach the URL to an error raised below the layer that knows it."""
+    if exc.url is None:
+        exc.url = url
+    return exc

@@ -1,0 +1,107 @@
+"""The one options vocabulary shared by request(), open(), download() and the command.
+
+Each CLI flag is the keyword with dashes for underscores. Defaults suit a ramdisk on a
+slow LAN: bounded everywhere, patient enough for a busy master node.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from .errors import InvalidRequest
+
+DEFAULTS: Dict[str, Any] = {
+    "dns_timeout": 10.0,        # s; one lookup (getaddrinfo runs in a worker thread)
+    "connect_timeout": 10.0,    # s; per address (Happy Eyeballs starts the next after 250 ms)
+    "idle_timeout": 30.0,       # s; longest silence in TLS handshake, head or body
+    "speed_limit": 1024,        # bytes/s; 0 disables the low-speed rule
+    "speed_time": 30.0,         # s; window the speed_limit average is taken over
+    "max_time": None,           # s; one deadline over everything, retries included
+    "resolve": (),              # "HOST:PORT:ADDR[,ADDR...]" pins, like curl --resolve
+    "resolver": None,           # callable(host, port) -> [address, ...], under dns_timeout
+    "cafile": None,             # PEM bundle replacing the system CAs
+    "insecure": False,          # skip certificate and hostname checks
+    "headers": (),              # extra request headers: [(name, value)], dict or "Name: value"
+    "max_redirs": 10,           # redirects followed; one more raises TooManyRedirects
+    "allow_insecure_redirect": False,  # follow https -> http redirects
+    "retries": 10,              # attempts after the first, over the whole job
+    "retry_delay": 1.0,         # s; base of the exponential backoff (full jitter)
+    "retry_max_delay": 30.0,    # s; cap of one backoff sleep (and of Retry-After)
+    "checksum": None,           # "ALGO:HEX", any hashlib algorithm
+    "on_event": None,           # callable(dict) receiving every step as an event
+}
+
+_FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
+           "retry_delay", "retry_max_delay")
+_INTS = ("speed_limit", "max_redirs", "retries")
+
+
+class Options:
+    """Validated, immutable option values."""
+
+    __slots__ = tuple(DEFAULTS)
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(DEFAULTS)
+        if unknown:
+            raise InvalidRequest("unknown option(s): %s" % ", ".join(sorted(unknown)))
+        values = dict(DEFAULTS)
+        values.update(kwargs)
+        for name in _FLOATS:
+            values[name] = _number(name, values[name], float)
+        for name in _INTS:
+            values[name] = _number(name, values[name], int)
+        if values["max_time"] is not None:
+            values["max_time"] = _number("max_time", values["max_time"], float)
+        values["headers"] = normalize_headers(values["headers"])
+        values["resolve"] = tuple(values["resolve"] or ())
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Options are immutable; use replace()")
+
+    def replace(self, **changes: Any) -> "Options":
+        values = {name: getattr(self, name) for name in DEFAULTS}
+        values.update(changes)
+        return Options(**values)
+
+    def __repr__(self) -> str:
+        changed = ["%s=%r" % (k, getattr(self, k)) for k in DEFAULTS
+                   if getattr(self, k) != DEFAULTS[k]]
+        return "Options(%s)" % ", ".join(changed)
+
+
+def _number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest("option %s must be a number, not %r" % (name, value))
+    if value < 0 or value != value:
+        raise InvalidRequest("option %s must be >= 0, not %r" % (name, value))
+    return kind(value)
+
+
+HeaderInput = Union[None, Dict[str, str], Iterable[Union[str, Tuple[str, str]]]]
+
+
+def normalize_headers(headers: HeaderInput) -> Tuple[Tuple[str, str], ...]:
+    """Accept a dict, (name, value) pairs or curl-style "Name: value" strings."""
+    if not headers:
+        return ()
+    items: List[Tuple[str, str]] = []
+    source = headers.items() if isinstance(headers, dict) else headers
+    for item in source:
+        if isinstance(item, str):
+            name, colon, value = item.partition(":")
+            if not colon:
+                raise InvalidRequest("header %r is not 'Name: value'" % item)
+            item = (name.strip(), value.strip())
+        if not (isinstance(item, tuple) and len(item) == 2
+                and all(isinstance(part, str) for part in item)):
+            raise InvalidRequest("header %r is not a (name, value) pair of str" % (item,))
+        items.append(item)
+    return tuple(items)
+
+
+def make_options(options: Optional[Options], kwargs: Dict[str, Any]) -> Options:
+    if options is None:
+        return Options(**kwargs)
+    return options.replace(**kwargs) if kwargs else options

@@ -1,0 +1,69 @@
+"""Monotonic time bounds: the one max_time deadline and curl's low-speed rule."""
+from __future__ import annotations
+
+from collections import deque
+from time import monotonic
+from typing import Deque, Optional, Tuple
+
+from .errors import DeadlineExceeded, LowSpeed
+
+SPEED_SAMPLES = 10  # samples per speed_time window: enough resolution, constant memory
+
+
+class Deadline:
+    """One absolute deadline (max_time) shared by every step of a job: DNS, connect,
+    TLS, each recv, every retry and backoff sleep."""
+
+    __slots__ = ("max_time", "at")
+
+    def __init__(self, max_time: Optional[float] = None) -> None:
+        self.max_time = max_time
+        self.at = None if max_time is None else monotonic() + max_time
+
+    def remaining(self, now: Optional[float] = None) -> Optional[float]:
+        if self.at is None:
+            return None
+        return self.at - (monotonic() if now is None else now)
+
+    def check(self, now: Optional[float] = None) -> None:
+        if self.at is not None and (monotonic() if now is None else now) >= self.at:
+            raise DeadlineExceeded("max_time of %gs exceeded" % self.max_time)
+
+    def bound(self, timeout: Optional[float], now: Optional[float] = None) -> Optional[float]:
+        """The smaller of `timeout` and the time left (None = unbounded)."""
+        left = self.remaining(now)
+        if left is None:
+            return timeout
+        return left if timeout is None else min(timeout, left)
+
+
+class SpeedMonitor:
+    """curl's -Y/-y rule: fail when the average rate over the last `window` seconds is
+    below `limit` bytes/s. Catches trickles that never trip the idle timeout."""
+
+    __slots__ = ("limit", "window", "start", "total", "next_sample", "_step", "_samples")
+
+    def __init__(self, limit: int, window: float, now: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.start = now
+        self.total = 0
+        self._step = window / SPEED_SAMPLES
+        self.next_sample = now + self._step if limit > 0 else float("inf")
+        self._samples: Deque[Tuple[float, int]] = deque([(now, 0)])
+
+    def sample(self, now: float) -> None:
+        """Record progress; raise LowSpeed when the window's average is too slow."""
+        samples = self._samples
+        samples.append((now, self.total))
+        self.next_sample = now + self._step
+        horizon = now - self.window
+        while len(samples) > 2 and samples[1][0] <= horizon:
+            samples.popleft()
+        if now - self.start < self.window:
+            return
+        then, total_then = samples[0]
+        rate = (self.total - total_then) / max(now - then, 1e-9)
+        if rate < self.limit:
+            raise LowSpeed("transfer slower than %d bytes/s for %gs (%.0f bytes/s)"
+                           % (self.limit, self.window, rate))
