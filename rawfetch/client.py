@@ -240,7 +240,7 @@ def _redirect_target(current: URL, location: str, opts: Options) -> URL:
     if current.scheme == "https" and following.scheme == "http" \
             and not opts.allow_insecure_redirect:
         raise UnsafeRedirect("refusing redirect from https to http (%s); set "
-                             "allow_insecure_redirect to allow it" % following, url=str(current))
+                             "allow_insecure_redirect to allow it" % str(following), url=str(current))
     return following._replace(userinfo=None)  # never take credentials from a server
 
 

@@ -120,11 +120,12 @@ def build_request(method: str, target: str, host: str,
     _check_token(method, "method")
     if not target.isascii() or any(c <= " " or c == "\x7f" for c in target) or not target:
         raise InvalidRequest("request target %r contains spaces or controls" % target)
+    agent_raw = _check_value(user_agent, "User-Agent")
     host_raw = _check_value(host, "Host")
     if not host_raw or b" " in host_raw or b"\t" in host_raw:
         raise InvalidRequest("invalid Host %r" % host)
     fields: Dict[str, Tuple[str, bytes]] = {
-        "host": ("Host", host_raw), "user-agent": ("User-Agent", user_agent.encode("latin-1")),
+        "host": ("Host", host_raw), "user-agent": ("User-Agent", agent_raw),
         "accept": ("Accept", b"*/*")}
     for name, value in headers or []:
         _check_token(name, "header name")
@@ -157,6 +158,11 @@ class HeadParser:
     def feed(self, data: bytes) -> Tuple[Optional[ResponseHead], bytes]:
         self._buf += data
         while True:
+            if not self._lines:  # at the start of a (possibly interim) response
+                start = bytes(self._buf[self._scan:self._scan + 5])
+                if not b"HTTP/".startswith(start):
+                    raise ProtocolError("response does not start with HTTP/ "
+                                        "(garbage or HTTP/0.9)")
             end = self._buf.find(b"\n", self._scan)
             if end < 0:
                 self._check_partial()
@@ -179,10 +185,6 @@ class HeadParser:
 
     def _check_partial(self) -> None:
         pending = len(self._buf) - self._scan
-        if not self._lines:  # at the start of a (possibly interim) response
-            start = bytes(self._buf[self._scan:self._scan + 5])
-            if not b"HTTP/".startswith(start):
-                raise ProtocolError("response does not start with HTTP/ (garbage or HTTP/0.9)")
         if pending > MAX_LINE:
             raise ProtocolError("response header line longer than %d bytes" % MAX_LINE)
         if self._head_bytes + pending > MAX_HEAD:
@@ -200,6 +202,7 @@ class HeadParser:
 
     def _add_line(self, line: bytes) -> None:
         if not self._lines:
+            parse_status_line(line)  # refuse a bad status line before reading on
             self._lines.append(line)
             return
         if line[:1] in (b" ", b"\t"):

@@ -190,7 +190,7 @@ def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline
                 next_start = monotonic()
     finally:
         for fd in list(pending):
-            _drop(fd, pending, poller, None)
+            _drop(fd, pending, poller, memory)  # slower than the winner: try it last
     deadline.check()
     summary = "; ".join(failures[-4:]) or "no address to try"
     if timed_out and timed_out == len(failures):

@@ -128,8 +128,9 @@ class Identity(NamedTuple):
         return cls(total, etag, response.headers.get("last-modified"))
 
     def same_as(self, other: "Identity") -> bool:
-        if self.total != other.total:
-            return False
+        return self.total == other.total and self.same_validator(other)
+
+    def same_validator(self, other: "Identity") -> bool:
         if self.etag or other.etag:
             return self.etag == other.etag
         return self.last_modified == other.last_modified
@@ -321,7 +322,7 @@ class Stream:
                                 % (self.offset, response.headers.get("content-range")),
                                 url=self.url)
         fresh = Identity.of(response, span[2])
-        if self.identity.validator and fresh.validator and not self.identity.same_as(fresh):
+        if self.identity.validator and fresh.validator and not self.identity.same_validator(fresh):
             raise ProtocolError("206 for a different validator than If-Range asked for",
                                 url=self.url)
         self.identity = Identity(span[2], self.identity.etag, self.identity.last_modified)

@@ -1,0 +1,63 @@
+"""Shared fixtures: fault servers on loopback, started and stopped per test."""
+from __future__ import annotations
+
+import socket
+from typing import Iterator, List
+
+import pytest
+
+from tests.faultserver import FaultServer, make_body
+
+BODY_SIZE = 1 << 20
+
+
+@pytest.fixture
+def body() -> bytes:
+    return make_body(BODY_SIZE, seed=1)
+
+
+@pytest.fixture
+def server(body: bytes) -> Iterator[FaultServer]:
+    """A plain-HTTP fault server with `body` at /img."""
+    with FaultServer() as srv:
+        srv.add("/img", body, etag='"v1"')
+        yield srv
+
+
+@pytest.fixture
+def make_server() -> Iterator:
+    """Factory for extra servers (other origins, TLS modes); all stopped at the end."""
+    started: List[FaultServer] = []
+
+    def factory(**kwargs) -> FaultServer:
+        srv = FaultServer(**kwargs).start()
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def blackhole() -> Iterator:
+    """Factory for (host, port) endpoints whose SYNs are never answered: a listener
+    with a full accept queue (the kernel drops further SYNs)."""
+    held: List[socket.socket] = []
+
+    def factory(host: str = "127.0.0.2", port: int = 0) -> int:
+        listener = socket.socket()
+        listener.bind((host, port))
+        listener.listen(0)
+        held.append(listener)
+        bound = listener.getsockname()[1]
+        for _ in range(4):  # fill the queue; later SYNs are dropped
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((host, bound))
+            held.append(filler)
+        return bound
+
+    yield factory
+    for sock in held:
+        sock.close()
