@@ -1,0 +1,85 @@
+"""Seeded fault storms: every success byte-exact, every failure leaves no final file, and
+on a Range-honouring server the bytes fetched stay close to the file size."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+import rawfetch
+from rawfetch import errors as E
+from tests.faultserver import FaultServer, actions as A, make_body
+
+pytestmark = pytest.mark.timeout(120)
+SIZE = 256 * 1024
+SEEDS = range(40)
+OPTIONS = dict(retries=25, retry_delay=0.001, retry_max_delay=0.01, idle_timeout=0.2,
+               speed_limit=20000, speed_time=0.3, connect_timeout=2)
+
+
+def schedule(rng: random.Random, allow_changes: bool) -> list:
+    kinds = ["rst", "fin", "stall", "trickle", "503"]
+    if allow_changes:
+        kinds += ["ignore_range", "replace"]
+    actions = []
+    for _ in range(rng.randint(1, 6)):
+        kind, at = rng.choice(kinds), rng.randrange(SIZE)
+        if kind == "rst":
+            actions.append(A.rst(at=at))
+        elif kind == "fin":
+            actions.append(A.fin(at=at))
+        elif kind == "stall":
+            actions.append(A.stall(at=at))
+        elif kind == "trickle":
+            actions.append(A.trickle(at=at, gap=0.05))
+        elif kind == "503":
+            actions.append(A.status(503, {"Retry-After": "0"}))
+        elif kind == "ignore_range":
+            actions.append(A.fin(at=at, ignore_range=True))
+        else:
+            actions.append(A.replace(make_body(SIZE + rng.randrange(100), seed=rng.randrange(99)),
+                                     then=A.fin(at=at)))
+    return actions + [A.normal()]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_storm_file_mode(seed, tmp_path):
+    rng = random.Random(seed)
+    changes = seed % 3 == 0
+    with FaultServer() as srv:
+        srv.add("/img", make_body(SIZE, seed=seed), etag='"s%d"' % seed)
+        srv.script(schedule(rng, changes))
+        target = tmp_path / "img"
+        try:
+            result = rawfetch.download(srv.url("/img"), target, **OPTIONS)
+        except E.FetchError:
+            assert not target.exists()
+            return
+        assert target.read_bytes() == srv.resource("/img").data
+        assert result.bytes == len(srv.resource("/img").data)
+        if not changes:  # resumed, never restarted: each retry asks from the bytes held
+            starts = [int(r.range[6:-1]) for r in srv.requests[1:] if r.range]
+            assert len(starts) == len(srv.requests) - 1 - _status_only(srv)
+            assert starts == sorted(starts) and result.restarts == 0
+
+
+def _status_only(srv) -> int:
+    """Retries after a 503 on the first request have no bytes to resume from."""
+    count = 0
+    for request in srv.requests[1:]:
+        if request.range is not None:
+            break
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("seed", SEEDS[:15])
+def test_storm_stream_mode(seed):
+    rng = random.Random(1000 + seed)
+    with FaultServer() as srv:
+        data = make_body(SIZE, seed=seed)
+        srv.add("/img", data, etag='"s%d"' % seed)
+        srv.script(schedule(rng, allow_changes=False))
+        with rawfetch.open(srv.url("/img"), **OPTIONS) as stream:
+            assert stream.read() == data
