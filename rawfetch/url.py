@@ -122,4 +122,8 @@ def join_url(base: URL, location: str) -> URL:
     """Resolve a redirect's Location against the current URL (RFC 3986 section 5)."""
     _reject_controls(location, "redirect Location")
     from urllib.parse import urljoin  # only when a redirect happens: keeps import light
-    return parse_url(urljoin(str(base), location))
+    try:
+        joined = urljoin(str(base), location)
+    except ValueError as exc:  # e.g. unbalanced IPv6 brackets
+        raise InvalidRequest("malformed redirect Location %r: %s" % (location[:200], exc)) from None
+    return parse_url(joined)
