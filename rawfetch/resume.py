@@ -8,106 +8,30 @@ object (see README "Resume rules"). One RetryPolicy and one Deadline cover the w
 from __future__ import annotations
 
 import hashlib
-import random
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .client import DEFAULT_CHUNK_SIZE, Response, request
 from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, HTTPStatusError,
-                     InvalidRequest, ProtocolError, ResourceChanged)
-from .events import emit
+                     InvalidRequest, LocalWriteError, ProtocolError, ResourceChanged)
+from .events import emit, wants_events
 from .options import Options, make_options
+from .policy import Attempt, RetryPolicy, parse_checksum
 from .timing import Deadline
 
-MAX_RETRY_AFTER = 120.0       # s; a master node's Retry-After is honoured up to 2 min
-                              # (urllib3 caps at 6 h; cloud-init's uncapped wait parks nodes)
-PROGRESS_REFUND = 1 << 20     # an attempt that delivered >= 1 MiB new bytes is not charged
 SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 full body)
 OK_STATUSES = frozenset((200, 203))
 
 
-class Attempt(NamedTuple):
-    """One failed attempt, as kept in RetryPolicy.history."""
-    error: str          # error class name
-    message: str
-    offset: int         # bytes delivered when it failed
-    elapsed: float      # seconds since the job started
-    charged: bool       # whether it used up one of the retries
+class Segment(NamedTuple):
+    """Bytes [start, end) of the object as served by `url`."""
+    url: str
+    start: int
+    end: int
 
 
-class RetryPolicy:
-    """Immutable retry budget with history (in the spirit of urllib3's Retry).
-
-    `retries` failed attempts are allowed over the whole job; an attempt that moved the
-    download forward by PROGRESS_REFUND bytes is recorded but not charged, so a long
-    transfer over a link that drops now and then completes, while a server that answers
-    and closes burns the budget at once. Backoff: full jitter, exponential from
-    retry_delay, capped at retry_max_delay, counted over consecutive failures.
-    """
-
-    __slots__ = ("retries", "retry_delay", "retry_max_delay", "history", "_random")
-
-    def __init__(self, retries: int = 10, retry_delay: float = 1.0,
-                 retry_max_delay: float = 30.0, history: Tuple[Attempt, ...] = (),
-                 rng: Optional[random.Random] = None) -> None:
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.retry_max_delay = retry_max_delay
-        self.history = history
-        self._random = rng or random.Random()
-
-    @classmethod
-    def from_options(cls, options: Options) -> "RetryPolicy":
-        return cls(options.retries, options.retry_delay, options.retry_max_delay)
-
-    @property
-    def charged(self) -> int:
-        return sum(1 for attempt in self.history if attempt.charged)
-
-    @property
-    def exhausted(self) -> bool:
-        return self.charged > self.retries
-
-    def increment(self, error: FetchError, offset: int, elapsed: float,
-                  progress: int) -> "RetryPolicy":
-        """A new policy with this failure recorded."""
-        attempt = Attempt(type(error).__name__, str(error.message), offset, round(elapsed, 3),
-                          progress < PROGRESS_REFUND)
-        return RetryPolicy(self.retries, self.retry_delay, self.retry_max_delay,
-                           self.history + (attempt,), self._random)
-
-    def backoff(self, retry_after: Optional[float] = None) -> float:
-        """Seconds to sleep before the next attempt."""
-        streak = 0
-        for attempt in reversed(self.history):
-            if not attempt.charged:
-                break
-            streak += 1
-        ceiling = min(self.retry_max_delay, self.retry_delay * (2 ** max(streak - 1, 0)))
-        delay = self._random.uniform(0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-        return delay
-
-    def __repr__(self) -> str:
-        return "RetryPolicy(retries=%d, used=%d, history=%d)" % (
-            self.retries, self.charged, len(self.history))
-
-
-def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
-    """"ALGO:HEX" -> (algo, lowercase hex), validated against hashlib."""
-    if checksum is None:
-        return None
-    algo, colon, hexdigest = str(checksum).partition(":")
-    algo = algo.lower().replace("-", "")
-    try:
-        size = hashlib.new(algo).digest_size
-    except (ValueError, TypeError):
-        raise InvalidRequest("unknown checksum algorithm %r" % algo) from None
-    hexdigest = hexdigest.strip().lower()
-    if not colon or len(hexdigest) != 2 * size or hexdigest.strip("0123456789abcdef"):
-        raise InvalidRequest("checksum %r is not %s:<%d hex digits>" % (checksum, algo, 2 * size))
-    return algo, hexdigest
+# Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
+FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged)
 
 
 class Identity(NamedTuple):
@@ -162,8 +86,13 @@ class Stream:
     def __init__(self, url: str, options: Options, deadline: Optional[Deadline] = None,
                  offset: int = 0, identity: Optional[Identity] = None,
                  restart: Optional[Callable[[], None]] = None,
-                 hasher: Any = None) -> None:
-        self.url = url
+                 hasher: Any = None, mirrors: Sequence[str] = ()) -> None:
+        self.urls = [url] + [m for m in mirrors if m != url]
+        self.url = url                  # the mirror in use
+        self.segments: List[Segment] = []   # which mirror served which bytes
+        self._identity_url = url        # the mirror whose validators self.identity holds
+        self._mirror_failures = 0
+        self._dead: Set[str] = set()
         self.options = options
         self.deadline = deadline or Deadline(options.max_time)
         self.policy = RetryPolicy.from_options(options)
@@ -179,6 +108,7 @@ class Stream:
         self._restart = restart         # file mode: truncate and start over on a change
         self._response: Optional[Response] = None
         self._attempt_start = offset
+        self._segment_start = offset
         self._verified = False
 
     # -------------------------------------------------------------- public API
@@ -241,6 +171,13 @@ class Stream:
         response, self._response = self._response, None
         if response is not None:
             response.close()
+        if self.offset > self._segment_start:
+            last = self.segments[-1] if self.segments else None
+            if last is not None and last.url == self.url and last.end == self._segment_start:
+                self.segments[-1] = last._replace(end=self.offset)
+            else:
+                self.segments.append(Segment(self.url, self._segment_start, self.offset))
+        self._segment_start = self.offset
 
     def __enter__(self) -> "Stream":
         return self
@@ -263,9 +200,11 @@ class Stream:
 
     def _connect(self) -> None:
         """One attempt: a response positioned at self.offset, or self._recover()."""
-        if self.offset and self._restart is not None and not self._provable():
-            self._changed(None, "the server gives no ETag or Last-Modified and no checksum "
-                                "was given, so a resume could not be proven safe")
+        other_mirror = self.url != self._identity_url
+        if self.offset and (self._restart is not None or other_mirror) \
+                and not self._provable():
+            self._changed(None, "no strong validator and no checksum prove that %s holds the "
+                                "same object" % ("this mirror" if other_mirror else "the server"))
         self.attempts += 1
         self._attempt_start = self.offset
         headers = self._range_headers()
@@ -284,15 +223,27 @@ class Stream:
             self._recover(exc)
 
     def _provable(self) -> bool:
-        """Can a resume be shown to continue the same object?"""
-        return bool(self.checksum) or bool(self.identity and self.identity.validator)
+        """Can a resume be shown to continue the same object? Across mirrors only a
+        strong ETag or a checksum proves it; on one server Last-Modified does too."""
+        if self.checksum:
+            return True
+        if self.identity is None:
+            return False
+        if self.url != self._identity_url:
+            return bool(self.identity.etag)
+        return bool(self.identity.validator)
 
     def _range_headers(self) -> Tuple[Tuple[str, str], ...]:
         if self.offset == 0 or self.identity is None:
             return ()
         headers: Tuple[Tuple[str, str], ...] = (("Range", "bytes=%d-" % self.offset),)
-        if self.identity.validator:
-            headers += (("If-Range", self.identity.validator),)
+        same_server = self.url == self._identity_url
+        # Across mirrors a checksum is the proof (the mirror's own ETag may differ), else
+        # only a strong ETag can ask for "the same object".
+        validator = self.identity.validator if same_server else (
+            None if self.checksum else self.identity.etag)
+        if validator:
+            headers += (("If-Range", validator),)
         return headers
 
     def _position(self, response: Response) -> None:
@@ -322,25 +273,38 @@ class Stream:
                                 % (self.offset, response.headers.get("content-range")),
                                 url=self.url)
         fresh = Identity.of(response, span[2])
-        if self.identity.validator and fresh.validator and not self.identity.same_validator(fresh):
+        if self._sent_validator() and fresh.validator and not self.identity.same_validator(fresh):
             raise ProtocolError("206 for a different validator than If-Range asked for",
                                 url=self.url)
-        self.identity = Identity(span[2], self.identity.etag, self.identity.last_modified)
+        self._adopt(fresh if fresh.validator else
+                    Identity(span[2], self.identity.etag, self.identity.last_modified))
         self._response = response
         self._emit("resume", offset=self.offset, total=span[2])
+
+    def _sent_validator(self) -> bool:
+        return any(name == "If-Range" for name, _ in self._range_headers())
+
+    def _adopt(self, identity: Identity) -> None:
+        """From now on resumes on this mirror are validated against `identity`."""
+        self.identity = identity
+        self._identity_url = self.url
+        self._segment_start = self.offset
 
     def _accept_full(self, response: Response) -> None:
         fresh = Identity.of(response, response.content_length)
         if self.identity is None or self.offset == 0:
-            self.identity = fresh
+            self._adopt(fresh)
             self._response = response
             return
-        if not self.identity.same_as(fresh) or (self.identity.total is None
-                                                 and not self.identity.etag):
+        same = self.identity.same_as(fresh) if self.url == self._identity_url else (
+            self.identity.total == fresh.total and (bool(self.checksum) or (
+                bool(self.identity.etag) and self.identity.etag == fresh.etag)))
+        if not same or (self.identity.total is None and not self.identity.etag):
             self._changed(response, "the server sent a different version (validator or "
                                     "length changed)")
             return
         self._skip(response, self.offset)
+        self._adopt(fresh)
         self._response = response
         self._emit("resume", offset=self.offset, total=fresh.total, skipped=self.offset)
 
@@ -366,15 +330,17 @@ class Stream:
                                   % (format(self.offset, ","), why), url=self.url)
         self._restart()
         self.restarts += 1
-        self.offset = 0
+        self.offset = self._segment_start = 0
+        self.segments = []
         if self.hasher is not None:
             self.hasher = hashlib.new(self.hasher.name)
         self._emit("restart", why=why)
         if response is not None and response.status in OK_STATUSES:
-            self.identity = Identity.of(response, response.content_length)
+            self._adopt(Identity.of(response, response.content_length))
             self._response = response
         else:
             self.identity = None
+            self._identity_url = self.url
 
     def _skip(self, response: Response, count: int) -> None:
         """Discard the prefix we already hold from a 200 full answer."""
@@ -411,7 +377,11 @@ class Stream:
                                             self.offset - self._attempt_start)
         self._emit("error", error=type(exc).__name__, message=exc.message,
                    offset=self.offset, retryable=exc.retryable, attempt=self.attempts)
-        if not exc.retryable or isinstance(exc, DeadlineExceeded):
+        if isinstance(exc, (DeadlineExceeded,) + FINAL_ERRORS):
+            raise exc
+        if not self.policy.exhausted and self._next_mirror(exc):
+            return
+        if not exc.retryable:
             raise exc
         if self.policy.exhausted:
             exc.message += " (gave up after %d attempts)" % self.attempts
@@ -425,23 +395,49 @@ class Stream:
         self._emit("backoff", seconds=round(delay, 3), attempt=self.attempts)
         time.sleep(delay)
 
+    def _next_mirror(self, exc: FetchError) -> bool:
+        """Hand over to the next mirror when this one failed for good or used its share."""
+        if len(self.urls) < 2:
+            return False
+        if not exc.retryable:
+            self._dead.add(self.url)
+        else:
+            self._mirror_failures += 1
+            if self._mirror_failures < self._mirror_share():
+                return False
+        alive = [u for u in self.urls if u not in self._dead]
+        if not alive or alive == [self.url]:
+            return False
+        index = self.urls.index(self.url)
+        following = next(u for u in self.urls[index + 1:] + self.urls[:index + 1] if u in alive)
+        self._emit("mirror", previous=self.url, mirror=following, offset=self.offset,
+                   why=type(exc).__name__)
+        self.url = following
+        self._mirror_failures = 0
+        return True
+
+    def _mirror_share(self) -> int:
+        """Consecutive failures one mirror may use before the next one gets a turn."""
+        return max(1, (self.policy.retries + 1) // len(self.urls))
+
     def _emit(self, name: str, **fields: Any) -> None:
-        if self.options.on_event is not None or _logging_wanted():
+        if wants_events(self.options):
             emit(self.options.on_event, name, url=self.url, **fields)
 
 
-def _logging_wanted() -> bool:
-    import sys
-    logging = sys.modules.get("logging")
-    return logging is not None and logging.getLogger("rawfetch").isEnabledFor(20)
-
-
-def open(url: str, *, options: Optional[Options] = None, **kwargs: Any) -> Stream:  # noqa: A001
-    """Open `url` as a resumable stream; the first attempt is made before returning."""
+def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
+         urls: Sequence[str] = (), **kwargs: Any) -> Stream:
+    """Open `url` (then mirrors `urls`, the same object elsewhere) as a resumable stream;
+    the first attempt is made before returning. With gunzip=True the stream yields the
+    decompressed bytes (a GunzipReader; checksum still applies to the compressed bytes)."""
     opts = make_options(options, kwargs)
-    stream = Stream(url, opts)
+    stream = Stream(url, opts, mirrors=urls)
     try:
-        return stream.start()
+        stream.start()
     except BaseException:
         stream.close()
         raise
+    if opts.gunzip:
+        from .gunzip import GunzipReader
+        return GunzipReader(stream)  # type: ignore[return-value]
+    return stream

@@ -1,0 +1,101 @@
+"""The retry policy: one immutable budget with history, backoff with jitter, Retry-After."""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import NamedTuple, Optional, Tuple
+
+from .errors import FetchError, InvalidRequest
+from .options import Options
+
+MAX_RETRY_AFTER = 120.0       # s; a master node's Retry-After is honoured up to 2 min
+                              # (urllib3 caps at 6 h; cloud-init's uncapped wait parks nodes)
+PROGRESS_REFUND = 1 << 20     # an attempt that delivered >= 1 MiB new bytes is not charged
+
+
+class Attempt(NamedTuple):
+    """One failed attempt, as kept in RetryPolicy.history."""
+    error: str          # error class name
+    message: str
+    offset: int         # bytes delivered when it failed
+    elapsed: float      # seconds since the job started
+    charged: bool       # whether it used up one of the retries
+
+
+class RetryPolicy:
+    """Immutable retry budget with history (in the spirit of urllib3's Retry).
+
+    `retries` failed attempts are allowed over the whole job; an attempt that moved the
+    download forward by PROGRESS_REFUND bytes is recorded but not charged, so a long
+    transfer over a link that drops now and then completes, while a server that answers
+    and closes burns the budget at once. Backoff: full jitter, exponential from
+    retry_delay, capped at retry_max_delay, counted over consecutive failures; a
+    Retry-After is a floor the jitter is added to, so a rack told "1 s" does not return
+    in one burst. jitter=False (deterministic sleeps) exists to measure herd effects.
+    """
+
+    __slots__ = ("retries", "retry_delay", "retry_max_delay", "history", "jitter", "_random")
+
+    def __init__(self, retries: int = 10, retry_delay: float = 1.0,
+                 retry_max_delay: float = 30.0, history: Tuple[Attempt, ...] = (),
+                 rng: Optional[random.Random] = None, jitter: bool = True) -> None:
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_max_delay = retry_max_delay
+        self.history = history
+        self.jitter = jitter
+        self._random = rng or random.Random()
+
+    @classmethod
+    def from_options(cls, options: Options) -> "RetryPolicy":
+        return cls(options.retries, options.retry_delay, options.retry_max_delay,
+                   jitter=options.retry_jitter)
+
+    @property
+    def charged(self) -> int:
+        return sum(1 for attempt in self.history if attempt.charged)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.charged > self.retries
+
+    def increment(self, error: FetchError, offset: int, elapsed: float,
+                  progress: int) -> "RetryPolicy":
+        """A new policy with this failure recorded."""
+        attempt = Attempt(type(error).__name__, str(error.message), offset, round(elapsed, 3),
+                          progress < PROGRESS_REFUND)
+        return RetryPolicy(self.retries, self.retry_delay, self.retry_max_delay,
+                           self.history + (attempt,), self._random, self.jitter)
+
+    def backoff(self, retry_after: Optional[float] = None) -> float:
+        """Seconds to sleep before the next attempt."""
+        streak = 0
+        for attempt in reversed(self.history):
+            if not attempt.charged:
+                break
+            streak += 1
+        ceiling = min(self.retry_max_delay, self.retry_delay * (2 ** min(max(streak - 1, 0), 64)))
+        if retry_after is not None:
+            floor = min(retry_after, MAX_RETRY_AFTER)
+            return floor + (self._random.uniform(0, ceiling) if self.jitter else 0.0)
+        return self._random.uniform(0, ceiling) if self.jitter else ceiling
+
+    def __repr__(self) -> str:
+        return "RetryPolicy(retries=%d, used=%d, history=%d)" % (
+            self.retries, self.charged, len(self.history))
+
+
+def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
+    """"ALGO:HEX" -> (algo, lowercase hex), validated against hashlib."""
+    if checksum is None:
+        return None
+    algo, colon, hexdigest = str(checksum).partition(":")
+    algo = algo.lower().replace("-", "")
+    try:
+        size = hashlib.new(algo).digest_size
+    except (ValueError, TypeError):
+        raise InvalidRequest("unknown checksum algorithm %r" % algo) from None
+    hexdigest = hexdigest.strip().lower()
+    if not colon or len(hexdigest) != 2 * size or hexdigest.strip("0123456789abcdef"):
+        raise InvalidRequest("checksum %r is not %s:<%d hex digits>" % (checksum, algo, 2 * size))
+    return algo, hexdigest
