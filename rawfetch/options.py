@@ -25,14 +25,18 @@ DEFAULTS: Dict[str, Any] = {
     "allow_insecure_redirect": False,  # follow https -> http redirects
     "retries": 10,              # attempts after the first, over the whole job
     "retry_delay": 1.0,         # s; base of the exponential backoff (full jitter)
-    "retry_max_delay": 30.0,    # s; cap of one backoff sleep (and of Retry-After)
-    "checksum": None,           # "ALGO:HEX", any hashlib algorithm
+    "retry_max_delay": 30.0,    # s; cap of one backoff sleep
+    "retry_jitter": True,       # full jitter on sleeps; False only to measure herd effects
+    "checksum": None,           # "ALGO:HEX", any hashlib algorithm (of the bytes downloaded)
+    "gunzip": False,            # download(): decompress on the way (checksum = compressed)
+    "in_place": False,          # download(): write an existing file directly, no .part
     "on_event": None,           # callable(dict) receiving every step as an event
 }
 
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
            "retry_delay", "retry_max_delay")
 _INTS = ("speed_limit", "max_redirs", "retries")
+_BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place")
 
 
 class Options:
@@ -50,6 +54,13 @@ class Options:
             values[name] = _number(name, values[name], float)
         for name in _INTS:
             values[name] = _number(name, values[name], int)
+        for name in _BOOLS:
+            if not isinstance(values[name], bool):
+                raise InvalidRequest("option %s must be True or False, not %r"
+                                     % (name, values[name]))
+        for name in ("resolver", "on_event"):
+            if values[name] is not None and not callable(values[name]):
+                raise InvalidRequest("option %s must be callable" % name)
         if values["max_time"] is not None:
             values["max_time"] = _number("max_time", values["max_time"], float)
         values["headers"] = normalize_headers(values["headers"])

@@ -1,0 +1,235 @@
+"""Where downloaded bytes go: PATH.part renamed on success, or a device written in place.
+
+Both sinks share one small interface (open, record, write, restart, commit, abandon) so
+download() does not care which it feeds.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any, Optional, Tuple
+
+from .errors import LocalWriteError
+from .resume import Identity
+
+SIDECAR_FORMAT = 1
+SIDECAR_MAX_BYTES = 65536  # a sidecar is a few hundred bytes; refuse to parse a huge one
+
+
+def _fail_write(exc: OSError, path: str) -> LocalWriteError:
+    error = LocalWriteError("writing %s failed: %s" % (path, exc.strerror or exc))
+    error.errno = exc.errno  # type: ignore[attr-defined]
+    return error
+
+
+class PartFile:
+    """PATH.part with its sidecar; renamed onto PATH only when complete and verified.
+
+    `resumable` False (gunzip output: the decoder state cannot be saved) means every run
+    starts from zero and no sidecar is written.
+    """
+
+    in_place = False
+
+    def __init__(self, path: str, url: str, resumable: bool = True) -> None:
+        self.path = path
+        self.part = path + ".part"
+        self.sidecar = self.part + ".json"
+        self.url = url
+        self.resumable = resumable
+        self.fd = -1
+        self.recorded: Optional[Identity] = None
+
+    def open(self) -> Tuple[int, Optional[Identity]]:
+        """Open the .part; return (bytes held, identity) if an earlier run's bytes are usable."""
+        identity = self._load_sidecar() if self.resumable else None
+        try:
+            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+            held = os.fstat(self.fd).st_size
+            if identity is None or (identity.total is not None and held > identity.total):
+                held, identity = 0, None
+            os.ftruncate(self.fd, held)
+            os.lseek(self.fd, held, os.SEEK_SET)
+        except OSError as exc:
+            raise _fail_write(exc, self.part) from None
+        self.recorded = identity
+        return held, identity
+
+    def _load_sidecar(self) -> Optional[Identity]:
+        import json
+        try:
+            with open(self.sidecar, "rb") as handle:
+                data = json.loads(handle.read(SIDECAR_MAX_BYTES).decode("utf-8"))
+        except (OSError, ValueError, UnicodeError):
+            return None
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT \
+                or data.get("url") != self.url:
+            return None
+        total, etag, modified = data.get("total"), data.get("etag"), data.get("last_modified")
+        if not (total is None or isinstance(total, int)) or not all(
+                v is None or isinstance(v, str) for v in (etag, modified)):
+            return None
+        return Identity(total, etag, modified)
+
+    def record(self, identity: Identity) -> None:
+        """Write the sidecar atomically before any byte of this identity is written."""
+        self.recorded = identity
+        if not self.resumable:
+            return
+        import json
+        temporary = self.sidecar + ".tmp"
+        body = json.dumps({"format": SIDECAR_FORMAT, "url": self.url, "total": identity.total,
+                           "etag": identity.etag, "last_modified": identity.last_modified})
+        try:
+            with open(temporary, "w") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.sidecar)
+        except OSError as exc:
+            raise _fail_write(exc, self.sidecar) from None
+        self.recorded = identity
+
+    def restart(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise _fail_write(exc, self.part) from None
+
+    def write(self, data: Any) -> None:
+        _write_all(self.fd, data, self.part)
+
+    def commit(self, size: int) -> None:
+        """fsync, check the size on disk, rename onto PATH, fsync the directory."""
+        try:
+            os.fsync(self.fd)
+            on_disk = os.fstat(self.fd).st_size
+            os.close(self.fd)
+            self.fd = -1
+            if on_disk != size:
+                raise LocalWriteError("%s holds %d bytes, expected %d" % (self.part, on_disk, size))
+            os.replace(self.part, self.path)
+            _remove(self.sidecar)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise _fail_write(exc, self.path) from None
+
+    def abandon(self, keep: bool) -> None:
+        """After a failure: keep the .part only if a later run can resume it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not keep:
+            _remove(self.part)
+            _remove(self.sidecar)
+        _remove(self.sidecar + ".tmp")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+
+
+def _write_all(fd: int, data: Any, name: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise _fail_write(exc, name) from None
+
+
+class InPlace:
+    """A block/character device, or an existing file with in_place: written directly from
+    its start, no .part and no rename, fsynced at the end. Within a run a resume simply
+    continues writing; a restart seeks back to the start. Not resumable across runs."""
+
+    in_place = True
+    resumable = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.regular = False
+        self.recorded: Optional[Identity] = None
+
+    def open(self) -> Tuple[int, Optional[Identity]]:
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY)
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        except OSError as exc:
+            raise _fail_write(exc, self.path) from None
+        return 0, None
+
+    def record(self, identity: Identity) -> None:
+        self.recorded = identity
+
+    def write(self, data: Any) -> None:
+        _write_all(self.fd, data, self.path)
+
+    def restart(self) -> None:
+        try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise _fail_write(exc, self.path) from None
+
+    def commit(self, size: int) -> None:
+        """fsync; a regular file is cut to the new size so no old tail survives."""
+        try:
+            if self.regular:
+                os.ftruncate(self.fd, size)
+            os.fsync(self.fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # character devices such as /dev/null can't fsync
+                raise _fail_write(exc, self.path) from None
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def abandon(self, keep: bool) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_output(path: str, url: str, in_place: bool, resumable: bool) -> Any:
+    """Choose the sink for `path`, refusing directories and dangling symlinks."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise LocalWriteError("output %s is a dangling symlink; refusing to write through it"
+                              % path)
+    if os.path.isdir(path):
+        raise LocalWriteError("output %s is a directory" % path)
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+            return InPlace(path)
+        if in_place:
+            return InPlace(os.path.realpath(path))
+        path = os.path.realpath(path)  # write next to a symlink's target, replace the target
+    elif in_place:
+        raise LocalWriteError("in_place needs an existing file or device: %s" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise LocalWriteError("directory %s does not exist" % parent)
+    return PartFile(path, url, resumable)
