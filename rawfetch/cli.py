@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import errors as E
 from .options import DEFAULTS
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rawfetch", description="Download URL to PATH byte-exact, or fail clearly "
         "within the bounds you set. Exit codes follow curl's where one exists.")
     p.add_argument("url", metavar="URL")
+    p.add_argument("mirrors", metavar="MIRROR_URL", nargs="*",
+                   help="the same object on other servers, tried in order")
     p.add_argument("-o", "--output", required=True, metavar="PATH",
                    help="file to write; '-' streams to stdout")
     add = p.add_argument
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checksum", metavar="ALGO:HEX")
     add("-q", "--quiet", action="store_true", help="no progress and no summary")
     add("--progress", action="store_true", help="progress line even when not a TTY")
+    add("--gunzip", action="store_true", help="decompress on the fly (checksums apply to "
+        "the compressed bytes as downloaded)")
+    add("--in-place", action="store_true", help="write into an existing file directly "
+        "(devices always are)")
+    add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
     return p
 
 
@@ -93,7 +100,8 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
                 speed_limit=args.speed_limit, speed_time=args.speed_time,
                 max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
                 insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
-                checksum=given[0] if given else None)
+                checksum=given[0] if given else None, gunzip=args.gunzip,
+                in_place=args.in_place)
 
 
 class Progress:
@@ -139,13 +147,16 @@ def _size(count: int) -> str:
     return str(count)
 
 
-def _to_stdout(url: str, options: Dict[str, Any], progress: Progress) -> Any:
+def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Progress) -> Any:
+    """Stream to fd 1; bytes already written can't be taken back, so a change of the
+    object mid-stream is an error (exit 91), never a duplicate."""
     from .resume import open as open_stream
-    with open_stream(url, **options) as stream:
+    with open_stream(args.url, urls=args.mirrors, **options) as reader:
+        stream = getattr(reader, "stream", reader)
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
         while True:
-            size = stream.readinto(view)
+            size = reader.readinto(view)
             if not size:
                 return stream
             chunk = view[:size]
@@ -157,23 +168,38 @@ def _to_stdout(url: str, options: Dict[str, Any], progress: Progress) -> Any:
             progress(stream)
 
 
+class JsonLog:
+    """--log-json: one JSON object per event and line, flushed at once (a killed agent's
+    log is complete up to the last step)."""
+
+    def __init__(self, path: str) -> None:
+        import json
+        self._dumps = json.dumps
+        try:
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise E.LocalWriteError("cannot open --log-json %s: %s" % (path, exc.strerror))
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        self._file.write(self._dumps(event, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
+    log: Optional[JsonLog] = None
     try:
         options = options_from(args)
-        if args.output == "-":
-            stream = _to_stdout(args.url, options, progress)
-            summary = "%d bytes to stdout, %d attempt(s)" % (stream.offset, stream.attempts)
-            digest = stream.digest
-        else:
-            from .files import download
-            result = download(args.url, args.output, progress=progress, **options)
-            summary = "saved %s (%d bytes, %d attempt(s), %.2fs)" % (
-                result.path, result.bytes, result.attempts, result.elapsed)
-            digest = result.digest
+        if args.log_json:
+            log = JsonLog(args.log_json)
+            options["on_event"] = log
+        summary, digest = _execute(args, options, progress)
     except E.FetchError as exc:
         progress.end()
         hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
@@ -185,10 +211,30 @@ def run(argv: Optional[List[str]] = None) -> int:
         progress.end()
         sys.stderr.write("rawfetch: interrupted\n")
         return EXIT_INTERRUPTED
+    finally:
+        if log is not None:
+            log.close()
     progress.end()
     if not args.quiet:
         sys.stderr.write("rawfetch: %s%s\n" % (summary, " " + digest if digest else ""))
     return 0
+
+
+def _execute(args: argparse.Namespace, options: Dict[str, Any],
+             progress: Progress) -> Tuple[str, Optional[str]]:
+    if args.output == "-":
+        stream = _to_stdout(args, options, progress)
+        return ("%d bytes to stdout, %d attempt(s)" % (stream.offset, stream.attempts),
+                stream.digest)
+    from .files import download
+    result = download(args.url, args.output, urls=args.mirrors, progress=progress, **options)
+    summary = "saved %s (%d bytes%s, %d attempt(s), %.2fs)" % (
+        result.path, result.bytes, ", %d written" % result.written if args.gunzip else "",
+        result.attempts, result.elapsed)
+    if len({s.url for s in result.segments}) > 1:
+        from .files import segments_summary
+        summary += "; served by " + segments_summary(list(result.segments))
+    return summary, result.digest
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -8,6 +8,7 @@ from time import monotonic
 from typing import Any, Optional
 
 from .errors import FetchError, IdleTimeout, translate
+from .events import emit, wants_events
 from .net import connect, parse_resolve, resolve, tls_context
 from .options import Options
 from .timing import Deadline, SpeedMonitor
@@ -131,16 +132,33 @@ _PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending 
 
 def open_connection(url: URL, options: Options, deadline: Deadline) -> Connection:
     """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each."""
+    report = wants_events(options)
     pins = parse_resolve(options.resolve)
+    started = monotonic()
     addresses = resolve(url.host, url.port, options.dns_timeout, deadline,
                         options.resolver, pins)
+    if report:
+        emit(options.on_event, "resolve", url=str(url), host=url.host,
+             addresses=[a[1][0] for a in addresses], ms=_ms(started))
+    started = monotonic()
     sock = connect(addresses, options.connect_timeout, deadline)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if report:
+        emit(options.on_event, "connect", url=str(url), address=sock.getpeername()[0],
+             ms=_ms(started))
     conn = Connection(sock, options, deadline, str(url))
     if url.scheme == "https":
+        started = monotonic()
         try:
             conn.start_tls(url.host, options.cafile, options.insecure)
         except BaseException:
             conn.close()
             raise
+        if report:
+            emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
+                 cipher=conn.sock.cipher()[0], ms=_ms(started))
     return conn
+
+
+def _ms(started: float) -> float:
+    return round((monotonic() - started) * 1000, 3)

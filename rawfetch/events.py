@@ -23,3 +23,12 @@ def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) ->
     if _logger.isEnabledFor(20):
         _logger.info("%s %s", name, " ".join("%s=%s" % kv for kv in fields.items()))
     return event
+
+
+def wants_events(options: Any) -> bool:
+    """Cheap check before building an event: a callback, or logging at INFO for us."""
+    if options.on_event is not None:
+        return True
+    import sys
+    logging = sys.modules.get("logging")
+    return logging is not None and logging.getLogger("rawfetch").isEnabledFor(20)
