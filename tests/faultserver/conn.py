@@ -60,11 +60,13 @@ class Handler:
         self.action = action
         self.sent = 0
         self.tls_active = False
+        self.admitted = False
 
     # ---- lifecycle -------------------------------------------------------
     def run(self) -> None:
         """Thread entry: never raises; always records one Disconnect."""
         kind, detail = "error", ""
+        self.srv._opened(1)
         try:
             kind = self._run()
         except _Finished as fin:
@@ -79,6 +81,9 @@ class Handler:
             traceback.print_exc(file=sys.stderr)
         finally:
             self._close_quietly()
+            self.srv._opened(-1)
+            if self.admitted:
+                self.srv._release()
         self.srv._record(Disconnect(time.monotonic(), self.index, kind,
                                     self.sent, detail))
 
@@ -90,6 +95,10 @@ class Handler:
         self._handshake()
         req = self._read_request()
         self.srv._record(req)
+        self.admitted = self.srv._admit()
+        if not self.admitted:
+            busy = {"Retry-After": self.srv.busy_retry_after}
+            return self._dispatch(req, Status(503, busy, b"busy"))
         action = self.srv._action_for_path(req.path) or self.action
         return self._dispatch(req, action)
 

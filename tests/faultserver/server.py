@@ -52,7 +52,18 @@ class FaultServer:
 
     def __init__(self, tls: Optional[str] = None, host: str = "127.0.0.1",
                  port: int = 0,
-                 log: Optional[Callable[[Record], None]] = None) -> None:
+                 log: Optional[Callable[[Record], None]] = None,
+                 max_inflight: Optional[int] = None,
+                 busy_retry_after: str = "1") -> None:
+        """max_inflight: serve at most that many responses at once and answer the excess
+        with 503 + Retry-After: busy_retry_after (a master node after a restart)."""
+        self.max_inflight = max_inflight
+        self.busy_retry_after = busy_retry_after
+        self.peak_inflight = 0      # most responses served at once
+        self.peak_connections = 0   # most connections open at once (served or turned away)
+        self.busy_answers = 0       # 503s sent because of max_inflight
+        self._inflight = 0
+        self._open = 0
         self.host = host
         self.tls = tls
         self._want_port = port
@@ -257,6 +268,25 @@ class FaultServer:
                                       name="faultserver-conn-%d" % index)
             self._threads.append(thread)
         thread.start()
+
+    def _admit(self) -> bool:
+        """Take a serving slot, or count a busy answer when all max_inflight are taken."""
+        with self._lock:
+            if self.max_inflight is not None and self._inflight >= self.max_inflight:
+                self.busy_answers += 1
+                return False
+            self._inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self._inflight)
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
+    def _opened(self, delta: int) -> None:
+        with self._lock:
+            self._open += delta
+            self.peak_connections = max(self.peak_connections, self._open)
 
     def _action_for_path(self, path: str) -> Optional[Action]:
         """Next action of the per-path script, if that path has one."""
