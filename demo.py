@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """rawfetch's main job on an embedded default: no network, nothing to install.
 
-Serves a generated 64 MiB image from the in-repo fault server on loopback, scripts a
-storm of faults (reset, 503 + Retry-After, stall, trickle, cut, a server ignoring Range),
-downloads it with the real `rawfetch` command, and prints the verified digest plus what
-the server saw. Usage: python3 demo.py [--size MiB] [--keep PATH]
+Serves a generated gzip image (64 MiB uncompressed) from two in-repo fault servers on
+loopback: a broken mirror that resets mid-body and then loses the file (404), and a
+master that throws a storm of faults (reset, 503 + Retry-After, stall, trickle, cut, a
+Range ignored). Downloads it with the real `rawfetch` command, --gunzip, a progress line
+and the mirror list, then prints the verified digests and a summary of the events.
+Usage: python3 demo.py [--size MiB] [--keep PATH]
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -22,11 +27,18 @@ sys.path.insert(0, HERE)
 from tests.faultserver import FaultServer, actions as A, make_body  # noqa: E402
 
 
+def make_image(size: int) -> bytes:
+    """Compressible but not trivial: random 4 KiB blocks repeated with variations."""
+    block = make_body(1 << 20, seed=2015)
+    return b"".join(block[(i * 4099) % (1 << 19):][: 1 << 19] + block[:1 << 19]
+                    for i in range(size >> 20))
+
+
 def storm(size: int) -> list:
-    """One fault per connection, at byte offsets spread over the image."""
+    """One fault per connection to the master, at offsets spread over the image."""
     return [
-        A.rst(at=size // 10),                          # connection reset mid-body
-        A.status(503, {"Retry-After": "1"}),           # master node busy
+        A.status(503, {"Retry-After": "1"}),           # master busy
+        A.rst(at=size // 9),                           # connection reset mid-body
         A.stall(at=size // 8),                         # silent server -> idle timeout
         A.trickle(at=size // 7, gap=0.2, step=64),     # trickle -> low-speed abort
         A.fin(at=size // 6),                           # cut short -> incomplete body
@@ -35,37 +47,69 @@ def storm(size: int) -> list:
     ]
 
 
+def summarize(log_path: str) -> str:
+    events = [json.loads(line) for line in open(log_path, encoding="utf-8")]
+    count = Counter(e["event"] for e in events)
+    errors = Counter(e["error"] for e in events if e["event"] == "error")
+    done = next((e for e in events if e["event"] == "done"), {})
+    skipped = done.get("refetched", 0)
+    lines = ["attempts %d, resumes %d, restarts %d, mirror switches %d, bytes re-fetched %s"
+             % (count["request"], count["resume"], count["restart"], count["mirror"],
+                format(skipped, ","))]
+    lines.append("errors survived: " + ", ".join("%s x%d" % kv for kv in errors.items()))
+    for url, start, end in done.get("segments", []):
+        lines.append("served %s-%s by %s" % (format(start, ","), format(end - 1, ","), url))
+    return "\n".join("  " + line for line in lines)
+
+
+def run(image: bytes, packed: bytes, target: str, log_path: str) -> int:
+    with FaultServer() as mirror, FaultServer() as master:
+        for server in (mirror, master):
+            server.add("/image.raw.gz", packed, etag='"image-v1"')
+        mirror.script([A.rst(at=len(packed) // 12), A.status(404)])
+        master.script(storm(len(packed)))
+        command = [sys.executable, "-m", "rawfetch", mirror.url("/image.raw.gz"),
+                   master.url("/image.raw.gz"), "-o", target, "--gunzip",
+                   "--sha256", hashlib.sha256(packed).hexdigest(), "--progress",
+                   "--idle-timeout", "1", "--speed-limit", "262144", "--speed-time", "1.5",
+                   "--retry-delay", "0.2", "--retry-max-delay", "1", "--max-time", "120",
+                   "--log-json", log_path]
+        print("$ rawfetch %s %s -o %s --gunzip --sha256 ... --log-json %s" % (
+            mirror.url("/image.raw.gz"), master.url("/image.raw.gz"), target, log_path),
+            flush=True)
+        code = subprocess.call(command, env=dict(os.environ, PYTHONPATH=HERE))
+        print("\nwhat the servers saw (one line per connection):")
+        for name, server in (("mirror", mirror), ("master", master)):
+            for request in server.requests:
+                print("  %s #%d %-24s If-Range %s" % (name, request.conn,
+                      request.range or "(whole file)", request.if_range or "-"))
+    return code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="image size in MiB (64)")
     parser.add_argument("--keep", metavar="PATH", help="keep the image at PATH")
     args = parser.parse_args()
-    image = make_body(args.size << 20, seed=2015)
-    digest = hashlib.sha256(image).hexdigest()
+    image = make_image(max(args.size, 1) << 20)
+    packed = gzip.compress(image, compresslevel=1)
     workdir = tempfile.mkdtemp(prefix="rawfetch-demo-")
     target = args.keep or os.path.join(workdir, "image.raw")
-    with FaultServer() as server:
-        server.add("/image.raw", image, etag='"image-v1"')
-        server.script(storm(len(image)))
-        command = [sys.executable, "-m", "rawfetch", server.url("/image.raw"), "-o", target,
-                   "--sha256", digest, "--progress", "--idle-timeout", "1",
-                   "--speed-limit", "262144", "--speed-time", "1.5",
-                   "--retry-delay", "0.2", "--retry-max-delay", "1", "--max-time", "120"]
-        print("$ rawfetch %s -o %s --sha256 %s... (+ timeouts)" % (
-            server.url("/image.raw"), target, digest[:12]), flush=True)
-        started = time.monotonic()
-        code = subprocess.call(command, env=dict(os.environ, PYTHONPATH=HERE))
-        elapsed = time.monotonic() - started
-        print("\nwhat the server saw (one line per connection):")
-        for request in server.requests:
-            print("  #%d %-28s If-Range %s" % (request.conn, request.range or "(whole file)",
-                                              request.if_range or "-"))
+    log_path = os.path.join(workdir, "events.jsonl")
+    started = time.monotonic()
+    code = run(image, packed, target, log_path)
+    elapsed = time.monotonic() - started
     ok = code == 0 and open(target, "rb").read() == image
-    print("\nexit code %d in %.1fs; %s" % (code, elapsed, "file verified: sha256:" + digest
-                                           if ok else "FAILED"))
-    if not args.keep and os.path.exists(target):
-        os.unlink(target)
-    os.rmdir(workdir) if not os.listdir(workdir) else None
+    print("\nevents (%s):\n%s" % (log_path, summarize(log_path)))
+    print("\nexit code %d in %.1fs: %s" % (code, elapsed, (
+        "image verified, compressed sha256:%s, decompressed sha256:%s" % (
+            hashlib.sha256(packed).hexdigest(), hashlib.sha256(image).hexdigest()))
+        if ok else "FAILED"))
+    for path in (target if not args.keep else None, log_path):
+        if path and os.path.exists(path):
+            os.unlink(path)
+    if not os.listdir(workdir):
+        os.rmdir(workdir)
     return 0 if ok else 1
 
 

@@ -111,7 +111,8 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     if wants_events(opts):
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
              written=result.written, digest=result.digest, attempts=result.attempts,
-             elapsed=result.elapsed, segments=[list(s) for s in result.segments])
+             elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
+             segments=[list(s) for s in result.segments])
     return result
 
 

@@ -104,6 +104,7 @@ class Stream:
         self.attempts = 0
         self.restarts = 0
         self.resumed_from = offset      # bytes held before this job started
+        self.refetched = 0              # prefix bytes read again from servers ignoring Range
         self.started = time.monotonic()
         self._restart = restart         # file mode: truncate and start over on a change
         self._response: Optional[Response] = None
@@ -352,6 +353,7 @@ class Stream:
                 raise ProtocolError("200 body ended inside the prefix being skipped",
                                     url=self.url)
             count -= got
+            self.refetched += got
 
     def _finish(self) -> None:
         """End of body: check the length and the checksum, once."""
