@@ -172,11 +172,7 @@ def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline
                 _start(queue.pop(0), pending, poller, now + connect_timeout, failures, memory)
                 next_start = now + HAPPY_EYEBALLS_DELAY
                 continue
-            for fd, attempt in list(pending.items()):
-                if attempt.expires <= now:
-                    timed_out += 1
-                    failures.append("%s: timed out" % _show(attempt.address))
-                    _drop(fd, pending, poller, memory)
+            timed_out += _expire(pending, now, poller, failures, memory)
             if not pending:
                 continue
             wake = min(a.expires for a in pending.values())
@@ -197,6 +193,16 @@ def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline
         raise ConnectTimeout("connect timed out after %gs per address (%s)"
                              % (connect_timeout, summary))
     raise ConnectError("cannot connect: %s" % summary)
+
+
+def _expire(pending: Dict[int, _Attempt], now: float, poller: Any, failures: List[str],
+            memory: AddressMemory) -> int:
+    """Give up on attempts older than connect_timeout; return how many."""
+    expired = [fd for fd, attempt in pending.items() if attempt.expires <= now]
+    for fd in expired:
+        failures.append("%s: timed out" % _show(pending[fd].address))
+        _drop(fd, pending, poller, memory)
+    return len(expired)
 
 
 def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires: float,
