@@ -22,6 +22,8 @@ MAX_LENGTH_DIGITS = 19     # Content-Length < 10**19 fits curl's 64-bit curl_off
 MAX_CHUNK_SIZE_DIGITS = 16  # 64-bit chunk size; longer is an overflow attempt (wget CVE-2017-13089)
 MAX_CHUNK_LINE = 4096      # chunk-size line including extensions (curl caps extensions too)
 MAX_TRAILER_BYTES = 16384  # all trailer lines together (curl CVE-2023-38039: unbounded headers)
+MERGE_BELOW = 4096         # chunk data pieces smaller than this are copied together: 1-byte chunks
+                           # must not cost one memoryview per body byte (35x the recv buffer)
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -362,6 +364,13 @@ class CloseDelimitedReader(BodyReader):
 _SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
 
 
+def _flush(out: List[memoryview], small: bytearray) -> None:
+    """Move the merged small pieces to `out` as one view."""
+    if small:
+        out.append(memoryview(bytes(small)))
+        del small[:]
+
+
 class ChunkedReader(BodyReader):
     """Strict chunked decoder with bounded lines, extensions and trailers."""
 
@@ -381,11 +390,16 @@ class ChunkedReader(BodyReader):
     def feed(self, data: bytes) -> List[memoryview]:
         view = memoryview(data)
         out: List[memoryview] = []
+        small = bytearray()  # consecutive small data pieces, copied together
         pos, end = 0, len(view)
         while pos < end and self._state != _DONE:
             if self._state == _DATA:
                 take = min(self._remaining, end - pos)
-                out.append(view[pos:pos + take])
+                if take < MERGE_BELOW:
+                    small += view[pos:pos + take]
+                else:
+                    _flush(out, small)
+                    out.append(view[pos:pos + take])
                 pos += take
                 self._remaining -= take
                 self.received += take
@@ -399,6 +413,7 @@ class ChunkedReader(BodyReader):
                 self._state = _DATA_LF if self._state == _DATA_CR else _SIZE
             else:
                 pos = self._take_line(view, pos, end)
+        _flush(out, small)
         return out
 
     def _take_line(self, view: memoryview, pos: int, end: int) -> int:

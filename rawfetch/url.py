@@ -17,6 +17,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _TARGET_SAFE = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%")
 _HOST_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+# RFC 6874 ZoneID: unreserved / pct-encoded; anything else would reach the Host header raw.
+_ZONE_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%")
 MAX_URL_LENGTH = 65536  # longer than any real image URL; bounds work on hostile input
 
 
@@ -75,10 +77,13 @@ def _split_hostport(hostport: str, scheme: str, text: str) -> Tuple[str, int]:
         host, bracket, port_text = hostport[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
             raise InvalidRequest("malformed IPv6 literal in URL", url=text)
+        address, percent, zone = host.partition("%")
         try:
-            socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+            socket.inet_pton(socket.AF_INET6, address)
         except OSError:
             raise InvalidRequest("invalid IPv6 address %r" % host, url=text) from None
+        if percent and (not zone or set(zone) - _ZONE_SAFE):
+            raise InvalidRequest("invalid IPv6 zone identifier %r" % zone, url=text)
         port_text = port_text[1:]
     else:
         host, _, port_text = hostport.partition(":")
