@@ -18,6 +18,7 @@ CHUNKED_RECV_SIZE = 262144        # scratch for chunked bodies (framing must be 
 DEFAULT_CHUNK_SIZE = 1 << 20      # iter_bytes(); fuel-agent's data_chunk_size
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))  # CVE-2018-18074
+ORIGIN_BOUND_HEADERS = CREDENTIAL_HEADERS | {"host"}  # a custom Host names the first origin (curl)
 USER_AGENT = "rawfetch/0.1"
 
 Buffer = Union[bytearray, memoryview]
@@ -97,6 +98,7 @@ class Response:
                 pieces = self._reader.feed(bytes(self._scratch[:size]))
             except FetchError as exc:
                 self.close()
+                exc.url = exc.url or self.url
                 raise _with_progress(exc, self._reader) from None
             self._pending.extend(pieces)
         return size
@@ -218,7 +220,7 @@ def request(method: str, url: str, *, options: Optional[Options] = None,
             break
         following = _redirect_target(current, location, opts)
         if following.origin != current.origin:
-            headers = [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS]
+            headers = [(k, v) for k, v in headers if k.lower() not in ORIGIN_BOUND_HEADERS]
         current = following
     raise TooManyRedirects("more than max_redirs=%d redirects" % opts.max_redirs, url=url)
 
@@ -232,6 +234,10 @@ def _with_userinfo(url: URL, headers: List[Tuple[str, str]]) -> List[Tuple[str, 
 
 
 def _redirect_target(current: URL, location: str, opts: Options) -> URL:
+    try:  # header values are latin-1 text; a UTF-8 Location means its UTF-8 characters
+        location = location.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass
     try:
         following = join_url(current, location)
     except FetchError as exc:
@@ -256,6 +262,7 @@ def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Option
         conn.send_all(data)
         head, leftover = _read_head(conn)
         reader = body_reader(method, head)
+        return Response(conn, method, url, head, reader, leftover)
     except FetchError as exc:
         conn.close()
         exc.url = exc.url or str(url)
@@ -263,7 +270,6 @@ def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Option
     except BaseException:
         conn.close()
         raise
-    return Response(conn, method, url, head, reader, leftover)
 
 
 def _read_head(conn: Connection) -> Tuple[Any, bytes]:
