@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import Any, Deque, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, Union
 
 from .connection import Connection, open_connection
 from .errors import (FetchError, HTTPStatusError, ProtocolError, TooManyRedirects,
@@ -126,22 +126,11 @@ class Response:
 
     def read(self, size: int = -1) -> bytes:
         """Up to `size` bytes (all of the rest when size < 0); b"" at the end."""
-        if size >= 0:
-            buffer = bytearray(size)
-            got = self.readinto(buffer)
-            del buffer[got:]
-            return bytes(buffer)
-        return b"".join(self.iter_bytes())
+        return read_via(self.readinto, size)
 
     def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         """The body as bytes chunks of at most `size` bytes."""
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        while True:
-            got = self.readinto(view)
-            if not got:
-                return
-            yield bytes(view[:got])
+        return iter_via(self.readinto, size)
 
     def raise_for_status(self) -> None:
         """Raise HTTPStatusError for status >= 400 (retryable for 408/429/5xx transients)."""
@@ -168,6 +157,25 @@ class Response:
 
     def __repr__(self) -> str:
         return "<Response %d %s %s>" % (self.status, self.reason, self.url)
+
+
+def iter_via(readinto: Callable[[memoryview], int], size: int) -> Iterator[bytes]:
+    """Chunks of at most `size` bytes from a readinto-style source, until it returns 0."""
+    view = memoryview(bytearray(size))
+    while True:
+        got = readinto(view)
+        if not got:
+            return
+        yield bytes(view[:got])
+
+
+def read_via(readinto: Callable[[memoryview], int], size: int) -> bytes:
+    """file.read() semantics on a readinto-style source: one call, or all when size < 0."""
+    if size < 0:
+        return b"".join(iter_via(readinto, DEFAULT_CHUNK_SIZE))
+    buffer = bytearray(size)
+    del buffer[readinto(memoryview(buffer)):]
+    return bytes(buffer)
 
 
 def _with_progress(exc: FetchError, reader: BodyReader) -> FetchError:

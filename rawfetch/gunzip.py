@@ -114,8 +114,8 @@ class GunzipReader:
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             return b"".join(self)
-        buffer = bytearray(size)
-        return bytes(buffer[:self.readinto(buffer)])
+        from .client import read_via
+        return read_via(self.readinto, size)
 
     def close(self) -> None:
         self.stream.close()

@@ -11,7 +11,7 @@ import hashlib
 import time
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from .client import DEFAULT_CHUNK_SIZE, Response, request
+from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, HTTPStatusError,
                      InvalidRequest, LocalWriteError, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
@@ -149,24 +149,13 @@ class Stream:
             return 0
 
     def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            return b"".join(self)
-        buffer = bytearray(size)
-        got = self.readinto(buffer)
-        del buffer[got:]
-        return bytes(buffer)
+        return read_via(self.readinto, size)
 
     def __iter__(self) -> Iterator[bytes]:
         return self.iter_bytes()
 
     def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        while True:
-            got = self.readinto(view)
-            if not got:
-                return
-            yield bytes(view[:got])
+        return iter_via(self.readinto, size)
 
     def close(self) -> None:
         response, self._response = self._response, None

@@ -1,7 +1,6 @@
 """TLS verification and handshake faults; name resolution through the fault DNS responder."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest

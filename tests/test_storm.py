@@ -2,7 +2,6 @@
 on a Range-honouring server the bytes fetched stay close to the file size."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
