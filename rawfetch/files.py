@@ -7,10 +7,10 @@ success: fsync, verify, rename onto PATH, fsync the directory, drop the sidecar.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
+from .digest import HashWorker, new_hasher
 from .errors import ChecksumMismatch, GunzipError, ProtocolError, ResourceChanged
 from .events import emit, wants_events
 from .gunzip import Gunzip
@@ -38,7 +38,7 @@ class DownloadResult(NamedTuple):
 
 def _rehash(part: str, held: int, algo: str) -> Any:
     """A killed run's digest state is lost: rebuild it from the bytes held (read once)."""
-    hasher = hashlib.new(algo)
+    hasher = new_hasher(algo)
     with open(part, "rb") as handle:
         remaining = held
         while remaining:
@@ -94,17 +94,23 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     sink = open_output(path, url, opts.in_place, resumable=not opts.gunzip)
     held, identity = sink.open()
     pipeline = _Pipeline(sink, opts.gunzip, held)
-    hasher = _rehash(sink.part, held, checksum[0]) if checksum and held else None
+    worker = None
+    if checksum:
+        worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
+                            else new_hasher(checksum[0]))
     stream = Stream(url, opts, offset=held, identity=identity, restart=pipeline.restart,
-                    hasher=hasher, mirrors=urls)
+                    hasher=worker, mirrors=urls)
     try:
-        _copy(stream, pipeline, progress)
+        _copy(stream, pipeline, progress, worker)
         pipeline.finish()
         sink.commit(pipeline.written)
     except BaseException as exc:
         stream.close()
         sink.abandon(keep=_resumable(exc, stream, sink))
         raise
+    finally:
+        if worker is not None:
+            worker.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
                             stream.restarts, held, round(time.monotonic() - stream.started, 3),
                             stream.digest, stream.history, tuple(stream.segments))
@@ -116,12 +122,18 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     return result
 
 
-def _copy(stream: Stream, pipeline: _Pipeline,
-          progress: Optional[Callable[[Stream], None]]) -> None:
-    buffer = bytearray(WRITE_BUFFER)
-    view = memoryview(buffer)
+def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
+          worker: Optional[HashWorker]) -> None:
+    """Receive into one buffer while the worker hashes the other (two buffers only when
+    hashing: measured as good as three or four, at 1 MiB of memory each)."""
+    views = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(2 if worker else 1)]
     sink = pipeline.sink
+    turn = 0
     while True:
+        view = views[turn]
+        if worker is not None:
+            worker.drain(keep=1)   # this buffer's previous bytes are hashed
+            turn ^= 1
         size = stream.readinto(view)
         if stream.identity is not None and stream.identity != sink.recorded:
             sink.record(stream.identity)

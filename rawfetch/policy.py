@@ -1,7 +1,6 @@
 """The retry policy: one immutable budget with history, backoff with jitter, Retry-After."""
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import NamedTuple, Optional, Tuple
 
@@ -29,7 +28,8 @@ class RetryPolicy:
     download forward by PROGRESS_REFUND bytes is recorded but not charged, so a long
     transfer over a link that drops now and then completes, while a server that answers
     and closes burns the budget at once. Backoff: full jitter, exponential from
-    retry_delay, capped at retry_max_delay, counted over consecutive failures; a
+    retry_delay, capped at retry_max_delay, counted over consecutive failures (and none
+    after an attempt that made progress); a
     Retry-After is a floor the jitter is added to, so a rack told "1 s" does not return
     in one burst. jitter=False (deterministic sleeps) exists to measure herd effects.
     """
@@ -68,7 +68,11 @@ class RetryPolicy:
                            self.history + (attempt,), self._random, self.jitter)
 
     def backoff(self, retry_after: Optional[float] = None) -> float:
-        """Seconds to sleep before the next attempt."""
+        """Seconds to sleep before the next attempt: none right after an attempt that made
+        progress (a cut in a long transfer is not a sign of an overloaded server), else
+        full jitter over the exponential ceiling of consecutive failures."""
+        if retry_after is None and self.history and not self.history[-1].charged:
+            return 0.0
         streak = 0
         for attempt in reversed(self.history):
             if not attempt.charged:
@@ -91,6 +95,7 @@ def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
         return None
     algo, colon, hexdigest = str(checksum).partition(":")
     algo = algo.lower().replace("-", "")
+    import hashlib  # lazily: it loads OpenSSL's libcrypto (+3.7 MiB RSS)
     try:
         size = hashlib.new(algo).digest_size
     except (ValueError, TypeError):

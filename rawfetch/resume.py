@@ -7,11 +7,11 @@ object (see README "Resume rules"). One RetryPolicy and one Deadline cover the w
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
+from .digest import fresh, new_hasher
 from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, HTTPStatusError,
                      InvalidRequest, LocalWriteError, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
@@ -98,7 +98,7 @@ class Stream:
         self.policy = RetryPolicy.from_options(options)
         self.checksum = parse_checksum(options.checksum)
         self.hasher = hasher if hasher is not None else (
-            hashlib.new(self.checksum[0]) if self.checksum else None)
+            new_hasher(self.checksum[0]) if self.checksum else None)
         self.offset = offset            # bytes delivered (or held, for a resumed file)
         self.identity = identity        # known once a first response arrived
         self.attempts = 0
@@ -323,7 +323,7 @@ class Stream:
         self.offset = self._segment_start = 0
         self.segments = []
         if self.hasher is not None:
-            self.hasher = hashlib.new(self.hasher.name)
+            self.hasher = fresh(self.hasher)
         self._emit("restart", why=why)
         if response is not None and response.status in OK_STATUSES:
             self._adopt(Identity.of(response, response.content_length))

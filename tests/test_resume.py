@@ -269,3 +269,34 @@ def test_retry_policy_is_immutable_with_history():
     assert third.backoff(retry_after=3.5) >= 3.5
     refunded = policy.increment(error, offset=5 << 20, elapsed=1, progress=5 << 20)
     assert refunded.charged == 0 and len(refunded.history) == 1
+
+
+def test_no_backoff_right_after_an_attempt_that_made_progress():
+    policy = rawfetch.RetryPolicy(retries=3, retry_delay=5, retry_max_delay=5)
+    progressed = policy.increment(E.ReceiveError("reset"), offset=8 << 20, elapsed=1,
+                                  progress=8 << 20)
+    assert progressed.backoff() == 0.0
+    assert progressed.backoff(retry_after=2) >= 2          # a server's Retry-After still holds
+    stuck = progressed.increment(E.ConnectError("refused"), 8 << 20, 2, progress=0)
+    assert 0 <= stuck.backoff() <= 5 and stuck.charged == 1
+
+
+def test_digest_restarts_with_the_file_when_the_object_changes(server, tmp_path):
+    new = make_body(SIZE, seed=12)
+    server.script([A.fin(at=400000), A.replace(new, etag='"v2"')])
+    result, target = get(server, tmp_path, checksum=sha256(new))
+    assert target.read_bytes() == new and result.digest == sha256(new)
+
+
+def test_hash_worker_matches_inline_hashing():
+    from rawfetch.digest import HashWorker, new_hasher
+    data = make_body(5 << 20, seed=4)
+    worker = HashWorker(new_hasher("sha256"))
+    views = [memoryview(data)[i:i + 65536] for i in range(0, len(data), 65536)]
+    for view in views:
+        worker.update(view)
+        worker.drain(keep=1)
+    assert worker.hexdigest() == hashlib.sha256(data).hexdigest()
+    worker.reset().update(b"abc")
+    assert worker.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+    worker.close()
