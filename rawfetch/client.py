@@ -81,6 +81,26 @@ class Response:
         self.close()
         return 0
 
+    def splice_to(self, splicer: Any, size: int) -> int:
+        """Body bytes straight from the socket into splicer's output (see splice.py);
+        -1 when this response can't (buffered bytes, chunked, TLS) or at its end: the
+        caller then uses readinto(), which also reports EOF and framing errors."""
+        reader = self._reader
+        if self._pending or not reader.passthrough or self._conn is None:
+            return -1
+        limit = reader.limit(size)
+        if not limit:
+            return -1
+        try:
+            moved = self._conn.splice_to(splicer, limit)
+        except FetchError as exc:
+            self.close()
+            raise _with_progress(exc, reader) from None
+        if moved <= 0:
+            return -1
+        reader.consumed(moved)
+        return moved
+
     def _recv(self, view: memoryview) -> int:
         assert self._conn is not None
         try:

@@ -2,6 +2,7 @@
 rule, and the job's max_time deadline (which also cuts a wait in progress)."""
 from __future__ import annotations
 
+import os
 import select
 import socket
 from time import monotonic
@@ -93,6 +94,29 @@ class Connection:
             self.speed.total += size
             if now >= self._next_check:
                 self._periodic(now)
+            return size
+
+    def splice_to(self, splicer: Any, size: int) -> int:
+        """Move up to `size` bytes socket -> pipe -> output; -1 if TLS can't; 0 at EOF."""
+        if self._tls or splicer.broken:
+            return -1
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while True:
+            try:
+                size = os.splice(self.sock.fileno(), splicer.write_fd,
+                                 min(size, splicer.capacity), flags=flags)
+            except self._want:
+                self._wait(select.POLLIN)
+                continue
+            except OSError as exc:
+                raise translate(exc, "recv", self.url) from None
+            now = monotonic()
+            self.last_activity = now
+            self.speed.total += size
+            if now >= self._next_check:
+                self._periodic(now)
+            if size:
+                splicer.drain(size)
             return size
 
     def _drain_records(self, view: memoryview) -> int:

@@ -18,6 +18,7 @@ from .options import Options, make_options
 from .output import open_output
 from .policy import Attempt, parse_checksum
 from .resume import Segment, Stream
+from .splice import Splicer
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
 
@@ -128,20 +129,29 @@ def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stre
     hashing: measured as good as three or four, at 1 MiB of memory each)."""
     views = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(2 if worker else 1)]
     sink = pipeline.sink
+    splicer = None if worker or pipeline.gunzip else Splicer.create(sink.fd, sink.path)
     turn = 0
-    while True:
-        view = views[turn]
-        if worker is not None:
-            worker.drain(keep=1)   # this buffer's previous bytes are hashed
-            turn ^= 1
-        size = stream.readinto(view)
-        if stream.identity is not None and stream.identity != sink.recorded:
-            sink.record(stream.identity)
-        if not size:
-            return
-        pipeline.write(view[:size])
-        if progress is not None:
-            progress(stream)
+    try:
+        while True:
+            view = views[turn]
+            if worker is not None:
+                worker.drain(keep=1)   # this buffer's previous bytes are hashed
+                turn ^= 1
+            size = stream.splice_to(splicer, WRITE_BUFFER) if splicer is not None else -1
+            if size > 0:
+                pipeline.written += size
+            else:
+                size = stream.readinto(view)
+                if stream.identity is not None and stream.identity != sink.recorded:
+                    sink.record(stream.identity)   # before any byte of this identity
+                if not size:
+                    return
+                pipeline.write(view[:size])
+            if progress is not None:
+                progress(stream)
+    finally:
+        if splicer is not None:
+            splicer.close()
 
 
 def _resumable(exc: BaseException, stream: Stream, sink: Any) -> bool:

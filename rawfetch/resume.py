@@ -148,6 +148,21 @@ class Stream:
             self._finish()
             return 0
 
+    def splice_to(self, splicer: Any, size: int) -> int:
+        """Like readinto(), with the bytes moved by the kernel into splicer's output;
+        -1 means "call readinto() now" (no live response, TLS, chunked, a digest to feed,
+        or a failure that was just recovered from)."""
+        if self._response is None or self.hasher is not None:
+            return -1
+        try:
+            moved = self._response.splice_to(splicer, size)
+        except FetchError as exc:
+            self._recover(exc)
+            return -1
+        if moved > 0:
+            self.offset += moved
+        return moved
+
     def read(self, size: int = -1) -> bytes:
         return read_via(self.readinto, size)
 

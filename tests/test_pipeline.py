@@ -256,3 +256,37 @@ def test_logging_records(server, tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "rawfetch"]
     assert any(m.startswith("connect ") for m in messages)
     assert any(m.startswith("done ") for m in messages)
+
+
+# ---------------------------------------------------------------- zero-copy path
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice needs Linux and Python 3.10+")
+def test_plain_download_goes_through_splice_and_resumes(server, body, tmp_path, monkeypatch):
+    calls = []
+    real = os.splice
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", counting)   # the real splice, counted
+    server.script([A.rst(at=300000), A.fin(at=200000), A.normal()])
+    rawfetch.download(server.url("/img"), tmp_path / "img", **QUICK)
+    assert (tmp_path / "img").read_bytes() == body and calls
+    calls.clear()
+    rawfetch.download(server.url("/img"), tmp_path / "img2", checksum=sha256(body), **QUICK)
+    assert not calls and (tmp_path / "img2").read_bytes() == body   # a digest needs the bytes
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice needs Linux and Python 3.10+")
+def test_splice_falls_back_to_copying_when_the_output_refuses(tmp_path):
+    from rawfetch.splice import Splicer
+    path = tmp_path / "append-only"
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND)   # splice gives EINVAL
+    splicer = Splicer.create(fd, str(path))
+    try:
+        os.write(splicer.write_fd, b"x" * 1000)
+        splicer.drain(1000)
+        assert splicer.broken and path.read_bytes() == b"x" * 1000
+    finally:
+        splicer.close()
+        os.close(fd)
