@@ -176,7 +176,7 @@ def _install_copy(fill, ring):
     import rawfetch.files as files
     _need(files, "_copy")
 
-    def _copy(stream, pipeline, progress):
+    def _copy(stream, pipeline, progress, worker=None):
         size = files.WRITE_BUFFER
         sink = getattr(pipeline, "sink", pipeline)
         views = [memoryview(bytearray(size)) for _ in range(ring)]

@@ -19,6 +19,7 @@ class Attempt(NamedTuple):
     offset: int         # bytes delivered when it failed
     elapsed: float      # seconds since the job started
     charged: bool       # whether it used up one of the retries
+    progress: int = 0   # new bytes this attempt delivered before failing
 
 
 class RetryPolicy:
@@ -29,7 +30,7 @@ class RetryPolicy:
     transfer over a link that drops now and then completes, while a server that answers
     and closes burns the budget at once. Backoff: full jitter, exponential from
     retry_delay, capped at retry_max_delay, counted over consecutive failures (and none
-    after an attempt that made progress); a
+    right after an attempt that delivered bytes); a
     Retry-After is a floor the jitter is added to, so a rack told "1 s" does not return
     in one burst. jitter=False (deterministic sleeps) exists to measure herd effects.
     """
@@ -63,15 +64,16 @@ class RetryPolicy:
                   progress: int) -> "RetryPolicy":
         """A new policy with this failure recorded."""
         attempt = Attempt(type(error).__name__, str(error.message), offset, round(elapsed, 3),
-                          progress < PROGRESS_REFUND)
+                          progress < PROGRESS_REFUND, progress)
         return RetryPolicy(self.retries, self.retry_delay, self.retry_max_delay,
                            self.history + (attempt,), self._random, self.jitter)
 
     def backoff(self, retry_after: Optional[float] = None) -> float:
-        """Seconds to sleep before the next attempt: none right after an attempt that made
-        progress (a cut in a long transfer is not a sign of an overloaded server), else
-        full jitter over the exponential ceiling of consecutive failures."""
-        if retry_after is None and self.history and not self.history[-1].charged:
+        """Seconds to sleep before the next attempt: none right after an attempt that
+        delivered new bytes (a cut in a transfer is not a sign of an overloaded server;
+        if the next attempt gets nothing, backoff resumes), else full jitter over the
+        exponential ceiling of consecutive failures."""
+        if retry_after is None and self.history and self.history[-1].progress > 0:
             return 0.0
         streak = 0
         for attempt in reversed(self.history):

@@ -279,6 +279,8 @@ def test_no_backoff_right_after_an_attempt_that_made_progress():
     assert progressed.backoff(retry_after=2) >= 2          # a server's Retry-After still holds
     stuck = progressed.increment(E.ConnectError("refused"), 8 << 20, 2, progress=0)
     assert 0 <= stuck.backoff() <= 5 and stuck.charged == 1
+    trickled = policy.increment(E.ReceiveError("reset"), offset=1000, elapsed=1, progress=1000)
+    assert trickled.backoff() == 0.0 and trickled.charged == 1   # retried at once, but charged
 
 
 def test_digest_restarts_with_the_file_when_the_object_changes(server, tmp_path):
