@@ -149,23 +149,53 @@ def _size(count: int) -> str:
 
 def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Progress) -> Any:
     """Stream to fd 1; bytes already written can't be taken back, so a change of the
-    object mid-stream is an error (exit 91), never a duplicate."""
-    from .resume import open as open_stream
-    with open_stream(args.url, urls=args.mirrors, **options) as reader:
-        stream = getattr(reader, "stream", reader)
-        buffer = bytearray(1 << 20)
-        view = memoryview(buffer)
-        while True:
-            size = reader.readinto(view)
-            if not size:
-                return stream
-            chunk = view[:size]
-            try:
-                while chunk:
-                    chunk = chunk[os.write(1, chunk):]
-            except OSError as exc:
-                raise E.LocalWriteError("writing to stdout failed: %s" % exc.strerror) from None
-            progress(stream)
+    object mid-stream is an error (exit 91), never a duplicate. A checksum is computed
+    in a worker thread over two alternating buffers, as download() does."""
+    worker, reader = _open_for_stdout(args, options)
+    views = [memoryview(bytearray(1 << 20)) for _ in range(2 if worker else 1)]
+    stream = getattr(reader, "stream", reader)
+    turn = 0
+    try:
+        with reader:
+            while True:
+                view = views[turn]
+                if worker is not None:
+                    worker.drain(keep=1)
+                    turn ^= 1
+                size = reader.readinto(view)
+                if not size:
+                    return stream
+                _write_stdout(view[:size])
+                progress(stream)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
+    from .resume import Stream, open as open_stream
+    if not options.get("checksum") or options.get("gunzip"):
+        return None, open_stream(args.url, urls=args.mirrors, **options)
+    from .digest import HashWorker, new_hasher
+    from .options import Options
+    from .policy import parse_checksum
+    opts = Options(**options)
+    worker = HashWorker(new_hasher(parse_checksum(opts.checksum)[0]))
+    stream = Stream(args.url, opts, hasher=worker, mirrors=args.mirrors)
+    try:
+        return worker, stream.start()
+    except BaseException:
+        stream.close()
+        worker.close()
+        raise
+
+
+def _write_stdout(chunk: memoryview) -> None:
+    try:
+        while chunk:
+            chunk = chunk[os.write(1, chunk):]
+    except OSError as exc:
+        raise E.LocalWriteError("writing to stdout failed: %s" % exc.strerror) from None
 
 
 class JsonLog:
