@@ -59,6 +59,27 @@ def _write_all(fd, view):
         view = view[os.write(fd, view):]
 
 
+def send_get(sock, host, port, path):
+    """The floor's whole request: nothing but what HTTP/1.1 requires."""
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
+                  % (path, host, port)).encode("ascii"))
+
+
+def read_head(sock, buf, most=0):
+    """Receive into buf until the head ends; return (end of head + 4, bytes in buf).
+    `most` caps each recv (0 = the whole buffer), so little body is read with it."""
+    view = memoryview(buf)
+    have = 0
+    while True:
+        got = sock.recv_into(view[have:], most)
+        if not got:
+            raise SystemExit("closed in the head")
+        have += got
+        end = buf.find(b"\r\n\r\n", 0, have)
+        if end >= 0:
+            return end + 4, have
+
+
 def floor(url, out, opts, fill=False, fsync=False, buffered=False):
     import socket
     scheme, host, port, path = _split(url)
@@ -67,8 +88,7 @@ def floor(url, out, opts, fill=False, fsync=False, buffered=False):
         import ssl
         ctx = ssl.create_default_context(cafile=opts["cafile"])
         sock = ctx.wrap_socket(sock, server_hostname=host)
-    sock.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
-                  % (path, host, port)).encode("ascii"))
+    send_get(sock, host, port, path)
     hasher = None
     if opts["sha256"]:
         import hashlib
@@ -76,18 +96,10 @@ def floor(url, out, opts, fill=False, fsync=False, buffered=False):
     buf = bytearray(opts["buf"])
     view = memoryview(buf)
     fd = _out(out)
-    have = 0
-    while True:                       # the head: only find its end
-        got = sock.recv_into(view[have:])
-        if not got:
-            raise SystemExit("closed in the head")
-        have += got
-        end = buf.find(b"\r\n\r\n", 0, have)
-        if end >= 0:
-            break
+    start, have = read_head(sock, buf)   # the head: only find its end
     if not buf.startswith(b"HTTP/1.1 200"):
         raise SystemExit("bad status: %r" % bytes(buf[:40]))
-    body = view[end + 4:have]
+    body = view[start:have]
     if hasher:
         hasher.update(body)
     _write_all(fd, body)

@@ -14,35 +14,16 @@ two cores. Exits non-zero on a digest mismatch.
 import os
 import sys
 
-
-def _split(url):
-    scheme, _, rest = url.partition("://")
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.rpartition(":")
-    return host, int(port), "/" + path
+from clients import _split, _write_all, read_head, send_get
 
 
 def _connect(url, buf):
     import socket
-    host, port, path = _split(url)
+    _scheme, host, port, path = _split(url)
     sock = socket.create_connection((host, port))
-    sock.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
-                  % (path, host, port)).encode("ascii"))
-    view = memoryview(buf)
-    have = 0
-    while True:
-        got = sock.recv_into(view[have:])
-        if not got:
-            raise SystemExit("closed in the head")
-        have += got
-        end = buf.find(b"\r\n\r\n", 0, have)
-        if end >= 0:
-            return sock, bytes(view[end + 4:have])
-
-
-def _write_all(fd, view):
-    while view:
-        view = view[os.write(fd, view):]
+    send_get(sock, host, port, path)
+    start, have = read_head(sock, buf)
+    return sock, bytes(buf[start:have])
 
 
 def run(url, out, expect, mode="thread", ring=4, size=1 << 20):

@@ -11,17 +11,7 @@ OUT "-" is stdout (splice to /dev/null works too). Exits 3 if os.splice is missi
 import os
 import sys
 
-
-def _split(url):
-    scheme, _, rest = url.partition("://")
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.rpartition(":")
-    return host, int(port), "/" + path
-
-
-def _write_all(fd, view):
-    while view:
-        view = view[os.write(fd, view):]
+from clients import _split, _write_all, read_head, send_get
 
 
 def run(url, out, mode="splice", chunk=1 << 20):
@@ -29,23 +19,14 @@ def run(url, out, mode="splice", chunk=1 << 20):
     if mode == "splice" and not hasattr(os, "splice"):
         sys.stderr.write("os.splice unavailable (Linux + Python >= 3.10 needed)\n")
         raise SystemExit(3)
-    host, port, path = _split(url)
+    _scheme, host, port, path = _split(url)
     sock = socket.create_connection((host, port))
-    sock.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
-                  % (path, host, port)).encode("ascii"))
+    send_get(sock, host, port, path)
     fd = 1 if out == "-" else os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     buf = bytearray(chunk)
     view = memoryview(buf)
-    have = 0
-    while True:
-        got = sock.recv_into(view[have:], 65536 if mode == "splice" else 0)
-        if not got:
-            raise SystemExit("closed in the head")
-        have += got
-        end = buf.find(b"\r\n\r\n", 0, have)
-        if end >= 0:
-            break
-    _write_all(fd, view[end + 4:have])
+    start, have = read_head(sock, buf, 65536 if mode == "splice" else 0)
+    _write_all(fd, view[start:have])
     sfd = sock.fileno()
     if mode == "copy":
         while True:
