@@ -15,7 +15,7 @@ from collections import OrderedDict
 from time import monotonic
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import (ConnectError, ConnectTimeout, DNSError, DNSTimeout, FetchError,
+from .errors import (ConnectError, ConnectTimeout, DNSError, DNSTimeout,
                      InvalidRequest, translate)
 from .timing import Deadline
 
@@ -275,10 +275,3 @@ def tls_context(cafile: Optional[str], insecure: bool) -> Any:
             context.verify_mode = ssl.CERT_NONE
         _TLS_CONTEXTS[key] = context
     return context
-
-
-def describe_failure(exc: FetchError, url: str) -> FetchError:
-    """Attach the URL to an error raised below the layer that knows it."""
-    if exc.url is None:
-        exc.url = url
-    return exc
