@@ -30,8 +30,7 @@ class Connection:
         now = monotonic()
         self.last_activity = now
         self.speed = SpeedMonitor(options.speed_limit, options.speed_time, now)
-        self._next_check = min(self.speed.next_sample,
-                               deadline.at if deadline.at is not None else float("inf"))
+        self._schedule()
         self._want = _WANT
         self._tls = False
         self._poller = select.poll()
@@ -89,11 +88,7 @@ class Connection:
                 raise translate(exc, "recv", self.url) from None
             if self._tls and 0 < size < len(view):
                 size += self._drain_records(view[size:])
-            now = monotonic()
-            self.last_activity = now
-            self.speed.total += size
-            if now >= self._next_check:
-                self._periodic(now)
+            self._arrived(size)
             return size
 
     def splice_to(self, splicer: Any, size: int) -> int:
@@ -110,11 +105,7 @@ class Connection:
                 continue
             except OSError as exc:
                 raise translate(exc, "recv", self.url) from None
-            now = monotonic()
-            self.last_activity = now
-            self.speed.total += size
-            if now >= self._next_check:
-                self._periodic(now)
+            self._arrived(size)
             if size:
                 splicer.drain(size)
             return size
@@ -134,12 +125,25 @@ class Connection:
             got += size
         return got
 
+    def _arrived(self, size: int) -> None:
+        """Account received bytes: activity for idle_timeout, totals for the speed rule,
+        and the periodic speed/deadline check once it is due."""
+        now = monotonic()
+        self.last_activity = now
+        self.speed.total += size
+        if now >= self._next_check:
+            self._periodic(now)
+
+    def _schedule(self) -> None:
+        """The next time a speed sample or the deadline needs looking at."""
+        at = self.deadline.at
+        self._next_check = min(self.speed.next_sample, at if at is not None else float("inf"))
+
     def _periodic(self, now: float) -> None:
         self.deadline.check(now)
         if now >= self.speed.next_sample:
             self.speed.sample(now)
-        self._next_check = min(self.speed.next_sample,
-                               self.deadline.at if self.deadline.at is not None else float("inf"))
+        self._schedule()
 
     def _wait(self, events: int) -> None:
         """Block until the socket is ready, or raise the bound that ran out first."""
