@@ -33,6 +33,7 @@ HINTS: Dict[type, str] = {
     E.TooManyRedirects: "raise --max-redirs or use the final URL",
     E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",
     E.InvalidRequest: "check the URL, headers and options",
+    E.InvariantViolation: "a rawfetch bug: nothing was kept; please report it with --log-json",
 }
 
 
@@ -155,6 +156,7 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
     views = [memoryview(bytearray(1 << 20)) for _ in range(2 if worker else 1)]
     stream = getattr(reader, "stream", reader)
     turn = 0
+    delivered = stream.offset   # compressed bytes the decoder took, when gunzip
     try:
         with reader:
             while True:
@@ -163,13 +165,22 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
                     worker.drain(keep=1)
                     turn ^= 1
                 size = reader.readinto(view)
-                if not size:
+                if not size:   # decoded output is not stream bytes: count its input
+                    decoder = getattr(reader, "decoder", None)
+                    check_invariants(stream, delivered if decoder is None
+                                     else decoder.total_in)
                     return stream
+                delivered += size
                 _write_stdout(view[:size])
                 progress(stream)
     finally:
         if worker is not None:
             worker.close()
+
+
+def check_invariants(stream: Any, delivered: int) -> None:
+    from .files import check_invariants as check
+    check(stream, delivered)
 
 
 def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
@@ -191,31 +202,33 @@ def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple
 
 
 def _write_stdout(chunk: memoryview) -> None:
-    try:
+    with E.mapped("write", path="stdout"):
         while chunk:
             chunk = chunk[os.write(1, chunk):]
-    except OSError as exc:
-        raise E.LocalWriteError("writing to stdout failed: %s" % exc.strerror) from None
 
 
 class JsonLog:
     """--log-json: one JSON object per event and line, flushed at once (a killed agent's
-    log is complete up to the last step)."""
+    log is complete up to the last step). A log that cannot be written fails the job
+    with exit 23 like any local write error."""
 
     def __init__(self, path: str) -> None:
         import json
         self._dumps = json.dumps
-        try:
+        self.path = path
+        with E.mapped("write", path="--log-json " + path):
             self._file = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise E.LocalWriteError("cannot open --log-json %s: %s" % (path, exc.strerror))
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        self._file.write(self._dumps(event, default=str) + "\n")
-        self._file.flush()
+        with E.mapped("write", path="--log-json " + self.path):
+            self._file.write(self._dumps(event, default=str) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass   # cleanup only: every event was flushed (or its failure reported) already
 
 
 def run(argv: Optional[List[str]] = None) -> int:

@@ -1,5 +1,12 @@
 """A non-blocking socket with every wait bounded: idle_timeout per silence, the low-speed
-rule, and the job's max_time deadline (which also cuts a wait in progress)."""
+rule, and the job's max_time deadline (which also cuts a wait in progress).
+
+The rule (issue: silent corruption after a low-speed abort on the splice path): a check
+-- low speed, deadline, idle -- never discards or strands bytes that were received. Checks
+run only where no received byte is in flight: before a receive starts and while waiting
+for the socket. Bytes a receive took from the kernel (into the caller's buffer, or into
+the splice pipe and on to the output) are always counted and handed over first.
+"""
 from __future__ import annotations
 
 import os
@@ -78,6 +85,7 @@ class Connection:
 
     def recv_into(self, view: memoryview) -> int:
         """Receive at most len(view) bytes into view; 0 means the peer closed."""
+        self._check_due()
         while True:
             try:
                 size = self.sock.recv_into(view)
@@ -95,6 +103,7 @@ class Connection:
         """Move up to `size` bytes socket -> pipe -> output; -1 if TLS can't; 0 at EOF."""
         if self._tls or splicer.broken:
             return -1
+        self._check_due()
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
         while True:
             try:
@@ -105,9 +114,9 @@ class Connection:
                 continue
             except OSError as exc:
                 raise translate(exc, "recv", self.url) from None
-            self._arrived(size)
             if size:
-                splicer.drain(size)
+                splicer.drain(size)   # pipe -> output before anything else may raise
+            self._arrived(size)
             return size
 
     def _drain_records(self, view: memoryview) -> int:
@@ -126,11 +135,14 @@ class Connection:
         return got
 
     def _arrived(self, size: int) -> None:
-        """Account received bytes: activity for idle_timeout, totals for the speed rule,
-        and the periodic speed/deadline check once it is due."""
-        now = monotonic()
-        self.last_activity = now
+        """Account received bytes: activity for idle_timeout, totals for the speed rule.
+        Never raises: the bytes are the caller's (see the rule at the top)."""
+        self.last_activity = monotonic()
         self.speed.total += size
+
+    def _check_due(self) -> None:
+        """The periodic speed/deadline check, if due; called before a receive only."""
+        now = monotonic()
         if now >= self._next_check:
             self._periodic(now)
 
@@ -167,7 +179,7 @@ class Connection:
             try:
                 sock.close()
             except OSError:
-                pass
+                pass   # cleanup only: the connection is being given up anyway
 
     @property
     def closed(self) -> bool:
@@ -188,22 +200,21 @@ def open_connection(url: URL, options: Options, deadline: Deadline) -> Connectio
         emit(options.on_event, "resolve", url=str(url), host=url.host,
              addresses=[a[1][0] for a in addresses], ms=_ms(started))
     started = monotonic()
-    sock = connect(addresses, options.connect_timeout, deadline)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if report:
-        emit(options.on_event, "connect", url=str(url), address=sock.getpeername()[0],
-             ms=_ms(started))
+    sock, address = connect(addresses, options.connect_timeout, deadline)
     conn = Connection(sock, options, deadline, str(url))
-    if url.scheme == "https":
-        started = monotonic()
-        try:
-            conn.start_tls(url.host, options.cafile, options.insecure)
-        except BaseException:
-            conn.close()
-            raise
+    try:
         if report:
-            emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
-                 cipher=conn.sock.cipher()[0], ms=_ms(started))
+            emit(options.on_event, "connect", url=str(url), address=address[1][0],
+                 ms=_ms(started))
+        if url.scheme == "https":
+            started = monotonic()
+            conn.start_tls(url.host, options.cafile, options.insecure)
+            if report:
+                emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
+                     cipher=conn.sock.cipher()[0], ms=_ms(started))
+    except BaseException:
+        conn.close()   # never leak the socket, whatever failed
+        raise
     return conn
 
 

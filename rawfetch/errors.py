@@ -178,6 +178,14 @@ class GunzipError(FetchError):
     phase = "gunzip"
 
 
+class InvariantViolation(FetchError):
+    """rawfetch's own byte accounting does not add up at the end of a job (bytes left in
+    an intermediate buffer, delivered != offset != total, file size != offset): a bug in
+    rawfetch, caught before a wrong file is kept. Never retried; never exit 0."""
+    exit_code = 96
+    phase = "verify"
+
+
 _RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))
 _CONNECT_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
                              errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL))
@@ -196,14 +204,20 @@ def _ssl_error_class(exc: BaseException) -> type | None:
 
 
 def translate(exc: BaseException, phase: str, url: str | None = None,
-              offset: int | None = None) -> FetchError:
+              offset: int | None = None, path: str | None = None) -> FetchError:
     """Map an OSError/socket/ssl exception raised during `phase` to a FetchError.
 
-    phase is one of "dns", "connect", "tls", "send", "recv".
+    phase is one of "dns", "connect", "tls", "send", "recv" (the network), or "write"
+    (a local file, pipe or device: `path` names it).
     """
     if isinstance(exc, FetchError):
         return exc
     detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if phase == "write":
+        error = LocalWriteError("writing %s failed: %s" % (path or "the output", detail),
+                                url=url)
+        error.errno = getattr(exc, "errno", None)  # type: ignore[attr-defined]
+        return error
     ssl_cls = _ssl_error_class(exc)
     if ssl_cls is not None:
         reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or detail
@@ -230,6 +244,27 @@ def translate(exc: BaseException, phase: str, url: str | None = None,
     if code in _RESET_ERRNOS:
         return ReceiveError("connection reset by the server%s" % _at(offset), url=url, offset=offset)
     return ReceiveError("receive failed: %s%s" % (detail, _at(offset)), url=url, offset=offset)
+
+
+class mapped:
+    """`with mapped("write", path=p):` -- the seam (like httpcore's map_exceptions) through
+    which an OSError (ssl errors included) of a socket, pipe or local-file call leaves as
+    rawfetch's error for its phase. FetchErrors and other exceptions pass unchanged."""
+
+    __slots__ = ("phase", "url", "path")
+
+    def __init__(self, phase: str, url: str | None = None, path: str | None = None) -> None:
+        self.phase = phase
+        self.url = url
+        self.path = path
+
+    def __enter__(self) -> "mapped":
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, FetchError) or not isinstance(exc, OSError):
+            return False
+        raise translate(exc, self.phase, self.url, path=self.path) from None
 
 
 def _at(offset: int | None) -> str:

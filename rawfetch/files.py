@@ -11,7 +11,8 @@ import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .digest import HashWorker, new_hasher
-from .errors import ChecksumMismatch, GunzipError, ProtocolError, ResourceChanged
+from .errors import (ChecksumMismatch, GunzipError, InvariantViolation, ProtocolError,
+                     ResourceChanged)
 from .events import emit, wants_events
 from .gunzip import Gunzip
 from .options import Options, make_options
@@ -52,21 +53,32 @@ def _rehash(part: str, held: int, algo: str) -> Any:
 
 
 class _Pipeline:
-    """Stream -> (gunzip) -> sink, restartable from zero."""
+    """Stream -> (gunzip) -> sink, restartable from zero: the stream's consumer.
+
+    `fed` counts the bytes the stream delivered into the pipeline (the compressed ones
+    when gunzip), `written` the bytes in the output; both include an earlier run's.
+    """
 
     def __init__(self, sink: Any, gunzip: bool, held: int) -> None:
         self.sink = sink
         self.gunzip = gunzip
         self.decoder: Optional[Gunzip] = Gunzip() if gunzip else None
-        self.written = held     # bytes in the output, those of an earlier run included
+        self.fed = held
+        self.written = held
+
+    def record(self, identity: Any) -> None:
+        """A new identity, before any byte of it is written (the sidecar of a .part)."""
+        if identity != self.sink.recorded:
+            self.sink.record(identity)
 
     def restart(self) -> None:
         self.sink.restart()
-        self.written = 0
+        self.fed = self.written = 0
         if self.gunzip:
             self.decoder = Gunzip()
 
     def write(self, view: memoryview) -> None:
+        self.fed += len(view)
         if self.decoder is None:
             self.sink.write(view)
             self.written += len(view)
@@ -74,6 +86,11 @@ class _Pipeline:
         for piece in self.decoder.feed(view):
             self.sink.write(piece)
             self.written += len(piece)
+
+    def spliced(self, size: int) -> None:
+        """`size` bytes went socket -> pipe -> output in the kernel."""
+        self.fed += size
+        self.written += size
 
     def finish(self) -> None:
         if self.decoder is not None:
@@ -95,23 +112,29 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     sink = open_output(path, url, opts.in_place, resumable=not opts.gunzip)
     held, identity = sink.open()
     pipeline = _Pipeline(sink, opts.gunzip, held)
-    worker = None
-    if checksum:
-        worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
-                            else new_hasher(checksum[0]))
-    stream = Stream(url, opts, offset=held, identity=identity, restart=pipeline.restart,
-                    hasher=worker, mirrors=urls)
+    worker = splicer = None
     try:
-        _copy(stream, pipeline, progress, worker)
-        pipeline.finish()
-        sink.commit(pipeline.written)
-    except BaseException as exc:
-        stream.close()
-        sink.abandon(keep=_resumable(exc, stream, sink))
-        raise
+        if checksum:
+            worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
+                                else new_hasher(checksum[0]))
+        stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
+                        hasher=worker, mirrors=urls)
+        if not (worker or opts.gunzip):
+            splicer = Splicer.create(sink.fd, sink.path)
+        try:
+            _copy(stream, pipeline, progress, worker, splicer)
+            pipeline.finish()
+            check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
+            sink.commit(pipeline.written)
+        except BaseException as exc:
+            stream.close()
+            sink.abandon(keep=_resumable(exc, stream, sink))
+            raise
     finally:
         if worker is not None:
             worker.close()
+        if splicer is not None:
+            splicer.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
                             stream.restarts, held, round(time.monotonic() - stream.started, 3),
                             stream.digest, stream.history, tuple(stream.segments))
@@ -124,44 +147,57 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
 
 
 def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-          worker: Optional[HashWorker]) -> None:
+          worker: Optional[HashWorker], splicer: Optional[Splicer]) -> None:
     """Receive into one buffer while the worker hashes the other (two buffers only when
     hashing: measured as good as three or four, at 1 MiB of memory each)."""
     views = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(2 if worker else 1)]
-    sink = pipeline.sink
-    splicer = None if worker or pipeline.gunzip else Splicer.create(sink.fd, sink.path)
     turn = 0
-    try:
-        while True:
-            view = views[turn]
-            if worker is not None:
-                worker.drain(keep=1)   # this buffer's previous bytes are hashed
-                turn ^= 1
-            size = stream.splice_to(splicer, WRITE_BUFFER) if splicer is not None else -1
-            if size > 0:
-                pipeline.written += size
-            else:
-                size = stream.readinto(view)
-                if stream.identity is not None and stream.identity != sink.recorded:
-                    sink.record(stream.identity)   # before any byte of this identity
-                if not size:
-                    return
-                pipeline.write(view[:size])
-            if progress is not None:
-                progress(stream)
-    finally:
-        if splicer is not None:
-            splicer.close()
+    while True:
+        view = views[turn]
+        if worker is not None:
+            worker.drain(keep=1)   # this buffer's previous bytes are hashed
+            turn ^= 1
+        size = stream.splice_to(splicer, WRITE_BUFFER) if splicer is not None else -1
+        if size > 0:
+            pipeline.spliced(size)
+        else:
+            size = stream.readinto(view)
+            if not size:
+                return
+            pipeline.write(view[:size])
+        if progress is not None:
+            progress(stream)
+
+
+def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] = None,
+                     sink: Any = None, written: Optional[int] = None) -> None:
+    """At the end of a job, before the output is kept: every byte received was delivered
+    exactly once. A failure here is a rawfetch bug, reported instead of a wrong file."""
+    problems = []
+    left = splicer.pending() if splicer is not None else 0
+    if left:
+        problems.append("%d bytes left in the splice pipe" % left)
+    if delivered != stream.offset:
+        problems.append("%d bytes delivered but the stream is at %d" % (delivered, stream.offset))
+    if stream.size is not None and stream.offset != stream.size:
+        problems.append("stream at %d of %d bytes" % (stream.offset, stream.size))
+    if sink is not None and written is not None:
+        position = sink.position()
+        if position is not None and position != written:
+            problems.append("%s is at %d, expected %d" % (sink.path, position, written))
+    if problems:
+        raise InvariantViolation("byte accounting does not add up (%s); the output was not "
+                                 "kept" % "; ".join(problems), url=stream.url)
 
 
 def _resumable(exc: BaseException, stream: Stream, sink: Any) -> bool:
     if not sink.resumable or stream.offset == 0:
         return False
-    if isinstance(exc, (ChecksumMismatch, ResourceChanged, GunzipError)):
+    if isinstance(exc, (ChecksumMismatch, ResourceChanged, GunzipError, InvariantViolation)):
         return False
     if isinstance(exc, ProtocolError) and not exc.retryable:
         return False
-    return stream._provable()
+    return stream.resumable
 
 
 def segments_summary(segments: List[Segment]) -> str:

@@ -155,9 +155,10 @@ class _Attempt:
 
 
 def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline,
-            memory: AddressMemory = ADDRESS_MEMORY) -> socket.socket:
+            memory: AddressMemory = ADDRESS_MEMORY) -> Tuple[socket.socket, Address]:
     """Race the addresses (RFC 8305): next one 250 ms after the previous if still pending,
-    immediately after a failure; first success wins, the rest are closed."""
+    immediately after a failure; first success wins (with TCP_NODELAY set), the rest are
+    closed. Returns the socket and the address it is connected to."""
     queue = memory.order(addresses)
     pending: Dict[int, _Attempt] = {}
     failures: List[str] = []
@@ -207,30 +208,46 @@ def _expire(pending: Dict[int, _Attempt], now: float, poller: Any, failures: Lis
 
 def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires: float,
            failures: List[str], memory: AddressMemory) -> None:
-    sock = socket.socket(address[0], socket.SOCK_STREAM)
-    sock.setblocking(False)
-    code = sock.connect_ex(address[1])
+    """Start a non-blocking connect. A local failure (EMFILE, EAFNOSUPPORT on a host
+    without IPv6...) fails this address like a refusal would: the others still race,
+    and if all fail connect() raises ConnectError naming each reason."""
+    try:
+        sock = socket.socket(address[0], socket.SOCK_STREAM)
+    except OSError as exc:
+        memory.failed(address[1])
+        failures.append("%s: %s" % (_show(address), exc.strerror or exc))
+        return
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(address[1])
+    except OSError as exc:
+        code = exc.errno or errno.EINVAL
     if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
         pending[sock.fileno()] = _Attempt(sock, address, expires)
         poller.register(sock.fileno(), select.POLLOUT)
         return
     sock.close()
     memory.failed(address[1])
-    failures.append("%s: %s" % (_show(address), errno.errorcode.get(code, code)))
+    failures.append("%s: %s" % (_show(address), _errname(code)))
 
 
-def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float,
-                  failures: List[str], memory: AddressMemory) -> Optional[socket.socket]:
+def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float, failures: List[str],
+                  memory: AddressMemory) -> Optional[Tuple[socket.socket, Address]]:
     for fd, _events in poller.poll(int(wait * 1000) + 1):
         attempt = pending.get(fd)
         if attempt is None:
             continue
-        code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        try:
+            code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                attempt.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:   # reset between connect and now: this address failed
+            code = exc.errno or errno.ECONNRESET
         if code == 0:
             poller.unregister(fd)
             del pending[fd]
             memory.succeeded(attempt.address[1])
-            return attempt.sock
+            return attempt.sock, attempt.address
         failures.append("%s: %s" % (_show(attempt.address), _errname(code)))
         _drop(fd, pending, poller, memory)
     return None

@@ -85,8 +85,8 @@ class Options:
 def _number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest("option %s must be a number, not %r" % (name, value))
-    if value < 0 or value != value:
-        raise InvalidRequest("option %s must be >= 0, not %r" % (name, value))
+    if not 0 <= value < float("inf"):   # also refuses NaN; inf would overflow timers
+        raise InvalidRequest("option %s must be a finite number >= 0, not %r" % (name, value))
     return kind(value)
 
 
