@@ -227,8 +227,8 @@ class JsonLog:
     def close(self) -> None:
         try:
             self._file.close()
-        except OSError:
-            pass   # cleanup only: every event was flushed (or its failure reported) already
+        except OSError:  # cleanup only: each event was flushed, or its failure reported
+            pass
 
 
 def run(argv: Optional[List[str]] = None) -> int:

@@ -80,7 +80,7 @@ class HttpUrl:
             handle.flush()
             try:
                 os.fsync(handle.fileno())
-            except OSError:  # /dev/null and pipes cannot be fsynced
+            except OSError:  # cleanup-grade: /dev/null and pipes cannot be fsynced
                 pass
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import socket
 from time import monotonic
 from typing import Any, Optional
 
-from .errors import FetchError, IdleTimeout, translate
+from .errors import IdleTimeout, mapped
 from .events import emit, wants_events
 from .net import connect, parse_resolve, resolve, tls_context
 from .options import Options
@@ -51,7 +51,7 @@ class Connection:
         self._want = _WANT + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._tls = True
         self.phase = "tls"
-        try:
+        with mapped("tls", self.url, catch=(OSError, ValueError)):
             self.sock = context.wrap_socket(self.sock, server_hostname=host,
                                             do_handshake_on_connect=False)
             while True:
@@ -62,42 +62,36 @@ class Connection:
                     self._wait(select.POLLOUT)
                 except ssl.SSLWantReadError:
                     self._wait(select.POLLIN)
-        except FetchError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise translate(exc, "tls", self.url) from None
         self.phase = "recv"
 
     def send_all(self, data: bytes) -> None:
         view = memoryview(data)
         self.phase = "send"
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except self._want:
-                self._wait(select.POLLOUT)
-                continue
-            except OSError as exc:
-                raise translate(exc, "send", self.url) from None
-            view = view[sent:]
-            self.last_activity = monotonic()
+        with mapped("send", self.url):
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except self._want:
+                    self._wait(select.POLLOUT)
+                    continue
+                view = view[sent:]
+                self.last_activity = monotonic()
         self.phase = "recv"
 
     def recv_into(self, view: memoryview) -> int:
         """Receive at most len(view) bytes into view; 0 means the peer closed."""
         self._check_due()
-        while True:
-            try:
-                size = self.sock.recv_into(view)
-            except self._want:
-                self._wait(select.POLLIN)
-                continue
-            except OSError as exc:
-                raise translate(exc, "recv", self.url) from None
-            if self._tls and 0 < size < len(view):
-                size += self._drain_records(view[size:])
-            self._arrived(size)
-            return size
+        with mapped("recv", self.url):
+            while True:
+                try:
+                    size = self.sock.recv_into(view)
+                except self._want:
+                    self._wait(select.POLLIN)
+                    continue
+                if self._tls and 0 < size < len(view):
+                    size += self._drain_records(view[size:])
+                self._arrived(size)
+                return size
 
     def splice_to(self, splicer: Any, size: int) -> int:
         """Move up to `size` bytes socket -> pipe -> output; -1 if TLS can't; 0 at EOF."""
@@ -105,19 +99,18 @@ class Connection:
             return -1
         self._check_due()
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        while True:
-            try:
-                size = os.splice(self.sock.fileno(), splicer.write_fd,
-                                 min(size, splicer.capacity), flags=flags)
-            except self._want:
-                self._wait(select.POLLIN)
-                continue
-            except OSError as exc:
-                raise translate(exc, "recv", self.url) from None
-            if size:
-                splicer.drain(size)   # pipe -> output before anything else may raise
-            self._arrived(size)
-            return size
+        with mapped("recv", self.url):
+            while True:
+                try:
+                    size = os.splice(self.sock.fileno(), splicer.write_fd,
+                                     min(size, splicer.capacity), flags=flags)
+                except self._want:
+                    self._wait(select.POLLIN)
+                    continue
+                if size:
+                    splicer.drain(size)   # pipe -> output before anything else may raise
+                self._arrived(size)
+                return size
 
     def _drain_records(self, view: memoryview) -> int:
         """TLS hands over one 16 KiB record per recv; take every record already here so
@@ -127,7 +120,7 @@ class Connection:
         while got < len(view):
             try:
                 size = self.sock.recv_into(view[got:])
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # not lost: the next recv_into raises it, mapped
                 break
             if not size:
                 break
@@ -178,8 +171,8 @@ class Connection:
         if sock is not None:
             try:
                 sock.close()
-            except OSError:
-                pass   # cleanup only: the connection is being given up anyway
+            except OSError:  # cleanup only: the connection is being given up anyway
+                pass
 
     @property
     def closed(self) -> bool:

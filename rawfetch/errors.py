@@ -251,18 +251,20 @@ class mapped:
     which an OSError (ssl errors included) of a socket, pipe or local-file call leaves as
     rawfetch's error for its phase. FetchErrors and other exceptions pass unchanged."""
 
-    __slots__ = ("phase", "url", "path")
+    __slots__ = ("phase", "url", "path", "catch")
 
-    def __init__(self, phase: str, url: str | None = None, path: str | None = None) -> None:
+    def __init__(self, phase: str, url: str | None = None, path: str | None = None,
+                 catch: tuple = (OSError,)) -> None:
         self.phase = phase
         self.url = url
         self.path = path
+        self.catch = catch   # the TLS handshake adds ValueError (ssl's bad-argument errors)
 
     def __enter__(self) -> "mapped":
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or isinstance(exc, FetchError) or not isinstance(exc, OSError):
+        if exc is None or isinstance(exc, FetchError) or not isinstance(exc, self.catch):
             return False
         raise translate(exc, self.phase, self.url, path=self.path) from None
 

@@ -80,7 +80,7 @@ def _literal(address: str, entry: str) -> str:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         socket.inet_pton(family, address)
-    except OSError:
+    except OSError:  # not I/O: inet_pton's way of saying "not an address"
         raise InvalidRequest("resolve entry %r: %r is not an IP address" % (entry, address)) from None
     return address
 
@@ -100,7 +100,7 @@ def _is_literal(host: str) -> bool:
         try:
             socket.inet_pton(family, host)
             return True
-        except OSError:
+        except OSError:  # not I/O: inet_pton's way of saying "not an address"
             pass
     return False
 
@@ -213,14 +213,14 @@ def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires:
     and if all fail connect() raises ConnectError naming each reason."""
     try:
         sock = socket.socket(address[0], socket.SOCK_STREAM)
-    except OSError as exc:
+    except OSError as exc:  # this address fails (see above); connect() reports them all
         memory.failed(address[1])
         failures.append("%s: %s" % (_show(address), exc.strerror or exc))
         return
     try:
         sock.setblocking(False)
         code = sock.connect_ex(address[1])
-    except OSError as exc:
+    except OSError as exc:  # likewise: an errno for this address's failure line
         code = exc.errno or errno.EINVAL
     if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
         pending[sock.fileno()] = _Attempt(sock, address, expires)
@@ -284,7 +284,7 @@ def tls_context(cafile: Optional[str], insecure: bool) -> Any:
         import ssl
         try:
             context = ssl.create_default_context(cafile=cafile)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError) as exc:  # the caller's input, refused up front
             raise InvalidRequest("cannot load CA file %r: %s" % (cafile, exc)) from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if insecure:

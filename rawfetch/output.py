@@ -53,8 +53,8 @@ class PartFile:
         try:
             with open(self.sidecar, "rb") as handle:
                 data = json.loads(handle.read(SIDECAR_MAX_BYTES).decode("utf-8"))
-        except (OSError, ValueError, UnicodeError):
-            return None   # no usable sidecar (missing, unreadable, damaged): start from zero
+        except (OSError, ValueError, UnicodeError):  # not a failure: no usable sidecar
+            return None                              # (missing, damaged) means start at 0
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT \
                 or data.get("url") != self.url:
             return None
@@ -119,8 +119,8 @@ class PartFile:
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
-    except OSError:
-        pass   # cleanup only: already gone, or nothing more we can do about it
+    except OSError:  # cleanup only: already gone, or nothing more we can do about it
+        pass
 
 
 def _close(sink: Any) -> None:
@@ -128,8 +128,8 @@ def _close(sink: Any) -> None:
     if sink.fd >= 0:
         try:
             os.close(sink.fd)
-        except OSError:
-            pass   # cleanup only
+        except OSError:  # cleanup only
+            pass
         sink.fd = -1
 
 
@@ -138,12 +138,12 @@ def _fsync_dir(directory: str) -> None:
     error (cleanup-grade: the file itself was fsynced before the rename)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return   # cleanup-grade, see above
+    except OSError:  # cleanup-grade, see above
+        return
     try:
         os.fsync(fd)
-    except OSError:
-        pass     # cleanup-grade, see above
+    except OSError:  # cleanup-grade, see above
+        pass
     finally:
         os.close(fd)
 
@@ -203,8 +203,8 @@ class InPlace:
                     os.ftruncate(self.fd, size)
                 try:
                     os.fsync(self.fd)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:  # /dev/null and FIFOs can't fsync
+                except OSError as exc:  # inside mapped: only /dev/null's EINVAL is ignored
+                    if exc.errno != errno.EINVAL:  # (character devices and FIFOs can't fsync)
                         raise
         finally:
             _close(self)

@@ -28,7 +28,7 @@ class Splicer:
         try:
             import fcntl
             self.capacity = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except (ImportError, AttributeError, OSError):
+        except (ImportError, AttributeError, OSError):  # not a failure: default pipe size
             pass
 
     @classmethod
@@ -37,7 +37,7 @@ class Splicer:
             return None
         try:
             return cls(out_fd, name)
-        except OSError:
+        except OSError:  # not a failure: no pipe means the copy path, which works anyway
             return None
 
     def drain(self, count: int) -> None:
@@ -47,7 +47,7 @@ class Splicer:
             try:
                 while count:
                     count -= os.splice(self.read_fd, self.out_fd, count, flags=os.SPLICE_F_MOVE)
-            except OSError as exc:
+            except OSError as exc:  # inside mapped: only "no splice here" is handled
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 self.broken = True   # this output takes no splice: copy what is in the pipe
@@ -73,5 +73,5 @@ class Splicer:
         for fd in (self.read_fd, self.write_fd):
             try:
                 os.close(fd)
-            except OSError:
-                pass   # cleanup only
+            except OSError:  # cleanup only
+                pass

@@ -221,3 +221,19 @@ def test_sidecar_written_before_the_first_byte_of_each_identity(origin, tmp_path
     origin.script([A.rst(at=1 << 20), A.normal()])
     rawfetch.download(origin.url("/img"), tmp_path / "img", on_event=watch, **SPEED)
     assert seen == ['"x1"']
+
+
+def test_oserror_is_mapped_in_one_place():
+    """errors.translate/mapped is the one OSError/ssl mapping; any other `except OSError`
+    in rawfetch/ is cleanup or "not an I/O failure", and says so on its own line."""
+    import re
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rawfetch")
+    bare = []
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".py") or name == "errors.py":
+            continue
+        with open(os.path.join(root, name), encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if re.search(r"except \(?[\w., ]*\bOSError\b", line) and "#" not in line:
+                    bare.append("%s:%d: %s" % (name, number, line.strip()))
+    assert bare == []
