@@ -19,7 +19,7 @@ from .errors import IdleTimeout, mapped
 from .events import emit, wants_events
 from .net import connect, parse_resolve, resolve, tls_context
 from .options import Options
-from .timing import Deadline, SpeedMonitor
+from .timing import Deadline, RateLimiter, SpeedMonitor
 from .url import URL
 
 _WANT = (BlockingIOError, InterruptedError)
@@ -29,9 +29,10 @@ class Connection:
     """One TCP (or TLS) connection carrying one request/response."""
 
     def __init__(self, sock: socket.socket, options: Options, deadline: Deadline,
-                 url: str = "") -> None:
+                 url: str = "", limiter: Optional[RateLimiter] = None) -> None:
         self.sock: Any = sock
         self.url = url
+        self.limiter = limiter
         self.idle_timeout = options.idle_timeout
         self.deadline = deadline
         now = monotonic()
@@ -81,6 +82,8 @@ class Connection:
     def recv_into(self, view: memoryview) -> int:
         """Receive at most len(view) bytes into view; 0 means the peer closed."""
         self._check_due()
+        if self.limiter is not None:
+            view = view[:self._paced(len(view))]
         with mapped("recv", self.url):
             while True:
                 try:
@@ -98,6 +101,8 @@ class Connection:
         if self._tls or splicer.broken:
             return -1
         self._check_due()
+        if self.limiter is not None:
+            size = self._paced(size)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
         with mapped("recv", self.url):
             while True:
@@ -132,6 +137,15 @@ class Connection:
         Never raises: the bytes are the caller's (see the rule at the top)."""
         self.last_activity = monotonic()
         self.speed.total += size
+        if self.limiter is not None:
+            self.limiter.took(size)
+
+    def _paced(self, want: int) -> int:
+        """--limit-rate: wait for the bucket before receiving. Our own sleep is not the
+        server's silence, so idle_timeout counts from its end."""
+        granted = self.limiter.grant(want, self.deadline)
+        self.last_activity = max(self.last_activity, monotonic())
+        return granted
 
     def _check_due(self) -> None:
         """The periodic speed/deadline check, if due; called before a receive only."""
@@ -182,7 +196,8 @@ class Connection:
 _PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending the request"}
 
 
-def open_connection(url: URL, options: Options, deadline: Deadline) -> Connection:
+def open_connection(url: URL, options: Options, deadline: Deadline,
+                    limiter: Optional[RateLimiter] = None) -> Connection:
     """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each."""
     report = wants_events(options)
     pins = parse_resolve(options.resolve)
@@ -194,7 +209,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline) -> Connectio
              addresses=[a[1][0] for a in addresses], ms=_ms(started))
     started = monotonic()
     sock, address = connect(addresses, options.connect_timeout, deadline)
-    conn = Connection(sock, options, deadline, str(url))
+    conn = Connection(sock, options, deadline, str(url), limiter)
     try:
         if report:
             emit(options.on_event, "connect", url=str(url), address=address[1][0],

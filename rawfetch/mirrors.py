@@ -6,6 +6,7 @@ in turn. The resume rules across mirrors live in judge.py.
 """
 from __future__ import annotations
 
+import random
 from typing import List, Optional, Sequence, Set, Tuple
 
 from .errors import FetchError
@@ -14,9 +15,10 @@ from .errors import FetchError
 class MirrorSet:
     """The mirror list of one job and the one in use."""
 
-    def __init__(self, url: str, mirrors: Sequence[str] = ()) -> None:
-        self.urls: List[str] = [url] + [m for m in mirrors if m != url]
-        self.current = url
+    def __init__(self, url: str, mirrors: Sequence[str] = (), order: str = "ordered",
+                 seed: Optional[str] = None) -> None:
+        self.urls: List[str] = arrange([url] + [m for m in mirrors if m != url], order, seed)
+        self.current = self.urls[0]
         self._dead: Set[str] = set()
         self._failures = 0       # consecutive failures of the current mirror
 
@@ -46,3 +48,20 @@ class MirrorSet:
     def share(self, retries: int) -> int:
         """Consecutive failures one mirror may use before the next one gets a turn."""
         return max(1, (retries + 1) // len(self.urls))
+
+
+def arrange(urls: List[str], order: str, seed: Optional[str]) -> List[str]:
+    """The order mirrors are tried in: as given; shuffled per run ("random"); or rotated by
+    a hash of `seed` (else the host name) so a rack spreads over its mirrors the same way
+    every boot ("hash"). Failover then walks the list from there, wrapping around."""
+    if order == "random":
+        shuffled = list(urls)
+        random.shuffle(shuffled)
+        return shuffled
+    if order == "hash" and len(urls) > 1:
+        if seed is None:
+            import socket
+            seed = socket.gethostname()
+        start = random.Random("mirror-order:" + seed).randrange(len(urls))
+        return urls[start:] + urls[:start]
+    return list(urls)

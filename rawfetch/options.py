@@ -31,10 +31,16 @@ DEFAULTS: Dict[str, Any] = {
     "gunzip": False,            # download(): decompress on the way (checksum = compressed)
     "in_place": False,          # download(): write an existing file directly, no .part
     "on_event": None,           # callable(dict) receiving every step as an event
+    "limit_rate": 0.0,          # bytes/s averaged over the job (curl --limit-rate); 0 = none
+    "splay": 0.0,               # s; random wait in [0, splay] before the first request
+    "splay_seed": None,         # text making splay (and mirror_order="hash") deterministic
+    "mirror_order": "ordered",  # "ordered", "random" (per run) or "hash" (by splay_seed/host)
 }
 
+MIRROR_ORDERS = ("ordered", "random", "hash")
+
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
-           "retry_delay", "retry_max_delay")
+           "retry_delay", "retry_max_delay", "limit_rate", "splay")
 _INTS = ("speed_limit", "max_redirs", "retries")
 _BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place")
 
@@ -63,6 +69,12 @@ class Options:
                 raise InvalidRequest("option %s must be callable" % name)
         if values["max_time"] is not None:
             values["max_time"] = _number("max_time", values["max_time"], float)
+        _pace(values, "speed_limit" in kwargs)
+        if values["mirror_order"] not in MIRROR_ORDERS:
+            raise InvalidRequest("mirror_order must be one of %s, not %r"
+                                 % (", ".join(MIRROR_ORDERS), values["mirror_order"]))
+        if values["splay_seed"] is not None and not isinstance(values["splay_seed"], str):
+            raise InvalidRequest("splay_seed must be text, not %r" % (values["splay_seed"],))
         values["headers"] = normalize_headers(values["headers"])
         values["resolve"] = tuple(values["resolve"] or ())
         for name, value in values.items():
@@ -80,6 +92,19 @@ class Options:
         changed = ["%s=%r" % (k, getattr(self, k)) for k in DEFAULTS
                    if getattr(self, k) != DEFAULTS[k]]
         return "Options(%s)" % ", ".join(changed)
+
+
+def _pace(values: Dict[str, Any], explicit_speed_limit: bool) -> None:
+    """limit_rate must never trip rawfetch's own low-speed rule: an explicit speed_limit at
+    or above the rate is refused; the default one is lowered to half the rate."""
+    rate, floor = values["limit_rate"], values["speed_limit"]
+    if not rate or floor < rate:
+        return
+    if explicit_speed_limit:
+        raise InvalidRequest("speed_limit %d bytes/s is at or above limit_rate %g bytes/s: "
+                             "every transfer would abort as too slow; lower speed_limit "
+                             "below the rate" % (floor, rate))
+    values["speed_limit"] = int(rate // 2)
 
 
 def _number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:

@@ -81,7 +81,7 @@ class Stream:
                  hasher: Any = None, mirrors: Sequence[str] = (),
                  budget: Optional[Budget] = None) -> None:
         self.options = options
-        self.mirrors = MirrorSet(url, mirrors)
+        self.mirrors = MirrorSet(url, mirrors, options.mirror_order, options.splay_seed)
         self.budget = budget or Budget(options, deadline)
         self.checksum = parse_checksum(options.checksum)
         self.hasher = hasher if hasher is not None else (
@@ -220,13 +220,13 @@ class Stream:
         if decision.action in (RESTART, CHANGED):
             self._changed(decision.why)
             decision, headers = plan(self._held())
-        attempt = self.budget.begin()
+        attempt = self.budget.begin(self._emit)
         self._attempt_start = self.offset
         self._emit("request", attempt=attempt, offset=self.offset,
                    range=dict(headers).get("Range"))
         try:
             response = request("GET", self.url, options=self.options, deadline=self.deadline,
-                               extra_headers=headers)
+                               extra_headers=headers, limiter=self.budget.limiter)
         except FetchError as exc:
             self._recover(exc)
             return
