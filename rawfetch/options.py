@@ -31,12 +31,17 @@ DEFAULTS: Dict[str, Any] = {
     "gunzip": False,            # download(): decompress on the way (checksum = compressed)
     "in_place": False,          # download(): write an existing file directly, no .part
     "on_event": None,           # callable(dict) receiving every step as an event
+    # issue 12 disk safety (rawfetch/disk.py; in-place writes only)
+    "preserve_on_error": False,  # leave the first MiB as it is after a failure (debugging)
+    "allow_any_format": False,  # write qcow2/VMDK output raw instead of refusing it
+    "verify_written": False,    # read the written range back and compare its sha256
 }
 
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
            "retry_delay", "retry_max_delay")
 _INTS = ("speed_limit", "max_redirs", "retries")
 _BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place")
+_BOOLS += ("preserve_on_error", "allow_any_format", "verify_written")  # issue 12 disk
 
 
 class Options:
