@@ -293,10 +293,10 @@ class SafeDisk:
         if not self.checked:
             found = foreign_format(bytes(self.head[:SIGNATURE_BYTES]))
             if found and not self.allow_any_format:
+                untouched = "" if self.wiped else "; nothing was written"
                 raise UnsupportedImageFormat(
-                    "image is %s, not raw: refusing to write it to %s (nothing was written;"
-                    " allow_any_format / --allow-any-format writes it anyway)"
-                    % (found, self.path))
+                    "image is %s, not raw: refusing to write it to %s%s (--allow-any-format"
+                    " / allow_any_format writes it anyway)" % (found, self.path, untouched))
             self.checked = True
         if self.positional and not self.wiped:
             self.wiped = True   # from here on a failure zeroes again, even a failed wipe

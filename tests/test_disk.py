@@ -198,8 +198,22 @@ def test_qcow2_and_vmdk_are_refused_with_the_target_untouched(make_server, targe
         feed(server.url("/img"), target, events, **QUICK)
     assert caught.value.exit_code == 95
     assert "image is %s, not raw" % name in str(caught.value)
+    assert "nothing was written" in str(caught.value)
     assert digest(read(target)) == before
     assert not {"wipe", "wipe_on_failure", "head_written"} & set(names(events))
+
+
+def test_restart_into_a_qcow2_is_refused_and_zeroes_the_start(srv, target):
+    """The object is replaced by a qcow2 mid-transfer: its first bytes are checked again
+    after the restart; writing had begun, so the start is zeroed again."""
+    srv.script([A.fin(at=2 * MiB), A.replace(b"QFI\xfb" + IMAGE[4:], then=A.normal())])
+    events: List[Dict[str, Any]] = []
+    with pytest.raises(E.UnsupportedImageFormat) as caught:
+        feed(srv.url("/img"), target, events, **QUICK)
+    assert "nothing was written" not in str(caught.value)
+    assert read(target, 0, MiB) == bytes(MiB)
+    order = [n for n in names(events) if n in ("wipe", "restart", "wipe_on_failure")]
+    assert order == ["wipe", "restart", "wipe_on_failure"]
 
 
 def test_allow_any_format_writes_a_qcow2_byte_exact(make_server, target):
