@@ -168,7 +168,7 @@ class SafeDisk:
         self.capacity: Optional[int] = None   # block device size in bytes
         self.hold = HEAD_HOLD        # bytes of output held back (4 when not positional)
         self.head = bytearray()
-        self.position = 0            # output bytes taken in this pass (head included)
+        self.taken = 0               # output bytes taken in this pass (head included)
         self.checked = False         # first bytes checked against qcow2/VMDK
         self.wiped = False           # the target's start was zeroed: writing began
         self.head_flushed = False    # non-positional targets: the 4 held bytes went out
@@ -189,7 +189,7 @@ class SafeDisk:
     def head_bytes_needed(self) -> int:
         """Output bytes still to come before the held head is complete; while > 0 every
         byte must go through write() (no splice): it is being held or checked."""
-        return max(0, self.hold - self.position)
+        return max(0, self.hold - self.taken)
 
     @property
     def splice_ready(self) -> bool:
@@ -232,22 +232,35 @@ class SafeDisk:
         view = memoryview(data)
         if self.digest is not None:
             self.digest.update(view)
-        if self.position < self.hold:
-            take = min(self.hold - self.position, len(view))
+        if self.taken < self.hold:
+            take = min(self.hold - self.taken, len(view))
             self.head += view[:take]
-            self.position += take
+            self.taken += take
             view = view[take:]
             if len(self.head) >= SIGNATURE_BYTES:
                 self._check_then_wipe()
-            if self.position == self.hold:
+            if self.taken == self.hold:
                 self._head_complete()
         if view:
             self._write(view, "writing")
-            self.position += len(view)
+            self.taken += len(view)
+
+    def position(self) -> Optional[int]:
+        """Where the output stands, for download()'s end-of-job accounting check: the
+        fd's real offset once the head is complete (tail bytes and splice land there),
+        the held bytes before; None for a target without positions."""
+        if not self.positional:
+            return None
+        if self.head_bytes_needed:
+            return len(self.head)
+        try:
+            return os.lseek(self.fd, 0, os.SEEK_CUR)
+        except OSError as exc:
+            raise _os_error(exc, "seeking in", self.path) from None
 
     def spliced(self, count: int) -> None:
         """Account for `count` bytes the kernel moved into fd (only when splice_ready)."""
-        self.position += count
+        self.taken += count
 
     def restart(self) -> None:
         """The download starts over from zero: drop the held head and check the new
@@ -255,7 +268,7 @@ class SafeDisk:
         if not self.positional:
             self.inner.restart()
         self.head = bytearray()
-        self.position = 0
+        self.taken = 0
         self.checked = False
         self.head_flushed = False
         if self.digest is not None:
@@ -266,9 +279,9 @@ class SafeDisk:
         fsync; read back if asked. Returns the read-back seconds (None without it).
         A failure here cleans up (zeroes) before raising: abandon() then does nothing."""
         try:
-            if size != self.position:
+            if size != self.taken:
                 raise LocalWriteError("%s: %d bytes to commit but %d were written"
-                                      % (self.path, size, self.position))
+                                      % (self.path, size, self.taken))
             self._check_then_wipe()
             self._write_head()
             self.inner.commit(size)

@@ -39,18 +39,41 @@ def feed(url: str, target: str, events: Optional[List[Dict[str, Any]]] = None,
                     allow_any_format=opts.allow_any_format,
                     verify_written=opts.verify_written, emit=emit)
     sink.open()
-    stream = Stream(url, opts, restart=sink.restart)
+    stream = _stream(url, opts, sink)
     try:
         stream.start()
         if stream.size is not None:
             sink.expect_size(stream.size)
         _copy(stream, sink, progress)
-        sink.commit(sink.position)
+        sink.commit(sink.taken)
     except BaseException:
         stream.close()
         sink.abandon(keep=False)
         raise
     return sink
+
+
+class _Consumer:
+    """download()'s pipeline as the Stream sees it: record an identity, restart."""
+
+    def __init__(self, sink: SafeDisk) -> None:
+        self.sink = sink
+
+    def record(self, identity: Any) -> None:
+        if identity != self.sink.recorded:
+            self.sink.record(identity)
+
+    def restart(self) -> None:
+        self.sink.restart()
+
+
+def _stream(url: str, opts: Options, sink: SafeDisk) -> Stream:
+    """Stream(consumer=) on main since the resume split; Stream(restart=) before it.
+    Gone when these tests call download() itself."""
+    import inspect
+    if "consumer" in inspect.signature(Stream).parameters:
+        return Stream(url, opts, consumer=_Consumer(sink))
+    return Stream(url, opts, restart=sink.restart)  # type: ignore[call-arg]
 
 
 def _copy(stream: Stream, sink: SafeDisk, progress: Optional[Callable[[SafeDisk], None]]
@@ -68,7 +91,7 @@ def _copy(stream: Stream, sink: SafeDisk, progress: Optional[Callable[[SafeDisk]
 
 
 def _print_position(sink: SafeDisk) -> None:
-    print(sink.position, flush=True)
+    print(sink.taken, flush=True)
 
 
 if __name__ == "__main__":

@@ -74,14 +74,17 @@ def test_success_holds_the_head_back_then_writes_the_exact_image(srv, target):
     head_written."""
     srv.script([A.rst(at=MiB + MiB // 2), A.rst(at=2 * MiB + 100), A.normal()])
     seen_while_writing: List[bytes] = []
+    positions: List[bool] = []
 
     def look(sink: SafeDisk) -> None:
-        if sink.position >= 2 * MiB and not seen_while_writing:
+        positions.append(sink.position() == sink.taken)   # download()'s accounting check
+        if sink.taken >= 2 * MiB and not seen_while_writing:
             seen_while_writing.append(read(target, 0, HEAD_HOLD))
 
     events: List[Dict[str, Any]] = []
     sink = feed(srv.url("/img"), target, events, progress=look, **QUICK)
     assert seen_while_writing == [bytes(HEAD_HOLD)]
+    assert positions and all(positions)
     assert digest(read(target)) == digest(IMAGE)
     order = [n for n in names(events) if n in ("wipe", "resume", "head_written")]
     assert order == ["wipe", "resume", "resume", "head_written"]
@@ -316,7 +319,7 @@ def test_character_device_only_gets_the_format_check(srv):
     is still refused; read-back is refused up front (nothing to read)."""
     events: List[Dict[str, Any]] = []
     sink = feed(srv.url("/img"), "/dev/null", events, **QUICK)
-    assert sink.position == len(IMAGE) and "wipe" not in names(events)
+    assert sink.taken == len(IMAGE) and "wipe" not in names(events)
     with pytest.raises(E.InvalidRequest):
         feed(srv.url("/img"), "/dev/null", verify_written=True, **QUICK)
     qcow = SafeDisk(InPlace("/dev/null"))
