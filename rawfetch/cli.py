@@ -34,6 +34,9 @@ HINTS: Dict[type, str] = {
     E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",
     E.InvalidRequest: "check the URL, headers and options",
     E.InvariantViolation: "a rawfetch bug: nothing was kept; please report it with --log-json",
+    E.ReadBackMismatch: "the device does not keep what is written: check it (dmesg, SMART)",
+    E.UnsupportedImageFormat: "convert it with qemu-img convert -O raw, or pass "
+                              "--allow-any-format",
 }
 
 
@@ -87,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--in-place", action="store_true", help="write into an existing file directly "
         "(devices always are)")
     add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
+    # issue 12 disk flags
+    add("--preserve-on-error", action="store_true", help="after a failed in-place write, "
+        "leave the first MiB as it is instead of zeroing it (for debugging)")
+    add("--allow-any-format", action="store_true", help="write output that starts like "
+        "qcow2 or VMDK raw onto the device anyway")
+    add("--verify-written", action="store_true", help="after the final fsync, read the "
+        "written range back from the device and compare its sha256 (exit 93 if different)")
     return p
 
 
@@ -95,14 +105,18 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
                          args.md5 and "md5:" + args.md5) if c]
     if len(given) > 1:
         raise E.InvalidRequest("give only one of --sha256, --md5, --checksum")
-    return dict(retries=args.retries, retry_delay=args.retry_delay,
-                retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
-                connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
-                speed_limit=args.speed_limit, speed_time=args.speed_time,
-                max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
-                insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
-                checksum=given[0] if given else None, gunzip=args.gunzip,
-                in_place=args.in_place)
+    options = dict(retries=args.retries, retry_delay=args.retry_delay,
+                   retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
+                   connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
+                   speed_limit=args.speed_limit, speed_time=args.speed_time,
+                   max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
+                   insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
+                   checksum=given[0] if given else None, gunzip=args.gunzip,
+                   in_place=args.in_place)
+    # issue 12 disk flags
+    options.update(preserve_on_error=args.preserve_on_error,
+                   allow_any_format=args.allow_any_format, verify_written=args.verify_written)
+    return options
 
 
 class Progress:

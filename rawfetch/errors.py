@@ -160,6 +160,20 @@ class LocalWriteError(FetchError):
     phase = "write"
 
 
+class ReadBackMismatch(FetchError):
+    """--verify-written read the device back and it differs from what was written: the
+    device does not store what it is given (fuel-agent's reason to read back)."""
+    exit_code = 93
+    phase = "verify"
+
+
+class UnsupportedImageFormat(FetchError):
+    """The output starts with a qcow2/VMDK signature: writing it raw would give a disk
+    that never boots; refused before anything is written."""
+    exit_code = 95
+    phase = "format"
+
+
 class ChecksumMismatch(FetchError):
     """All bytes arrived but their digest is not the expected one (rawfetch's own code)."""
     exit_code = 90

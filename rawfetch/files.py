@@ -67,9 +67,12 @@ class _Pipeline:
         self.written = held
 
     def record(self, identity: Any) -> None:
-        """A new identity, before any byte of it is written (the sidecar of a .part)."""
+        """A new identity, before any byte of it is written (the sidecar of a .part; a
+        device too small for a known size is refused here, before the first byte)."""
         if identity != self.sink.recorded:
             self.sink.record(identity)
+        if self.decoder is None and identity.total is not None:
+            self.sink.expect_size(identity.total)
 
     def restart(self) -> None:
         self.sink.restart()
@@ -89,6 +92,7 @@ class _Pipeline:
 
     def spliced(self, size: int) -> None:
         """`size` bytes went socket -> pipe -> output in the kernel."""
+        self.sink.spliced(size)
         self.fed += size
         self.written += size
 
@@ -110,6 +114,8 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     checksum = parse_checksum(opts.checksum)
     path = os.fspath(path)
     sink = open_output(path, url, opts.in_place, resumable=not opts.gunzip)
+    if sink.in_place:
+        sink = _safe_disk(sink, url, opts)
     held, identity = sink.open()
     pipeline = _Pipeline(sink, opts.gunzip, held)
     worker = splicer = None
@@ -125,7 +131,7 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
             _copy(stream, pipeline, progress, worker, splicer)
             pipeline.finish()
             check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
-            sink.commit(pipeline.written)
+            readback = sink.commit(pipeline.written)
         except BaseException as exc:
             stream.close()
             sink.abandon(keep=_resumable(exc, stream, sink))
@@ -142,8 +148,21 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
              written=result.written, digest=result.digest, attempts=result.attempts,
              elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
-             segments=[list(s) for s in result.segments])
+             segments=[list(s) for s in result.segments], readback_seconds=readback)
     return result
+
+
+def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
+    """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
+    size guards, the first MiB zeroed first and written last, read-back on request."""
+    from .disk import SafeDisk
+
+    def report(name: str, **fields: Any) -> None:
+        if wants_events(opts):
+            emit(opts.on_event, name, url=url, **fields)
+    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
+                    allow_any_format=opts.allow_any_format,
+                    verify_written=opts.verify_written, emit=report)
 
 
 def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
@@ -157,7 +176,9 @@ def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stre
         if worker is not None:
             worker.drain(keep=1)   # this buffer's previous bytes are hashed
             turn ^= 1
-        size = stream.splice_to(splicer, WRITE_BUFFER) if splicer is not None else -1
+        size = -1
+        if splicer is not None and pipeline.sink.splice_ready:
+            size = stream.splice_to(splicer, WRITE_BUFFER)
         if size > 0:
             pipeline.spliced(size)
         else:

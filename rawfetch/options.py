@@ -35,6 +35,9 @@ DEFAULTS: Dict[str, Any] = {
     "splay": 0.0,               # s; random wait in [0, splay] before the first request
     "splay_seed": None,         # text making splay (and mirror_order="hash") deterministic
     "mirror_order": "ordered",  # "ordered", "random" (per run) or "hash" (by splay_seed/host)
+    "preserve_on_error": False,  # leave the first MiB as it is after a failure (debugging)
+    "allow_any_format": False,  # write qcow2/VMDK output raw instead of refusing it
+    "verify_written": False,    # read the written range back and compare its sha256
 }
 
 MIRROR_ORDERS = ("ordered", "random", "hash")
@@ -42,7 +45,8 @@ MIRROR_ORDERS = ("ordered", "random", "hash")
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
            "retry_delay", "retry_max_delay", "limit_rate", "splay")
 _INTS = ("speed_limit", "max_redirs", "retries")
-_BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place")
+_BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place",
+          "preserve_on_error", "allow_any_format", "verify_written")
 
 
 class Options:

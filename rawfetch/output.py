@@ -17,7 +17,19 @@ SIDECAR_FORMAT = 1
 SIDECAR_MAX_BYTES = 65536  # a sidecar is a few hundred bytes; refuse to parse a huge one
 
 
-class PartFile:
+class Sink:
+    """Defaults of the sink interface that only some sinks refine (disk.SafeDisk does)."""
+
+    splice_ready = True   # the kernel may move bytes straight into fd at its offset
+
+    def spliced(self, count: int) -> None:
+        """`count` bytes were moved into fd by splice (nothing to account here)."""
+
+    def expect_size(self, size: int) -> None:
+        """The byte count to write is known in advance (nothing to check here)."""
+
+
+class PartFile(Sink):
     """PATH.part with its sidecar; renamed onto PATH only when complete and verified.
 
     `resumable` False (gunzip output: the decoder state cannot be saved) means every run
@@ -155,7 +167,7 @@ def _write_all(fd: int, data: Any, name: str) -> None:
             view = view[os.write(fd, view):]
 
 
-class InPlace:
+class InPlace(Sink):
     """A block/character device, or an existing file with in_place: written directly from
     its start, no .part and no rename, fsynced at the end. Within a run a resume simply
     continues writing; a restart seeks back to the start. Not resumable across runs."""
