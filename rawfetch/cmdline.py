@@ -10,9 +10,12 @@ a whole parameter or around its value is dropped, and nothing can be escaped. A 
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .errors import FetchError
+
+if TYPE_CHECKING:
+    from .cliopts import Opt
 
 PREFIX = "rawfetch."
 DEFAULT_FILE = "/proc/cmdline"
@@ -96,24 +99,29 @@ def to_argv(text: str) -> List[str]:
         if opt is None:
             raise KernelCmdlineError("unknown kernel parameter %s (no option --%s)"
                                      % (param, name))
-        options += _option_argv(param, opt.long_name, opt.action, value)
+        options += _option_argv(param, opt, value)
     if mirrors and not url:
         raise KernelCmdlineError("kernel parameter %smirror needs %surl" % (PREFIX, PREFIX))
     return options + (["--"] + url + mirrors if url else [])
 
 
-def _option_argv(param: str, name: str, action: str, value: Optional[str]) -> List[str]:
-    if action == "store_true":
+def _option_argv(param: str, opt: "Opt", value: Optional[str]) -> List[str]:
+    if opt.action == "store_true":
         word = value.lower() if value is not None else None
         if word is None or word in FLAG_ON:
-            return ["--" + name]
+            return ["--" + opt.long_name]
         if word in FLAG_OFF:
             return []
         raise KernelCmdlineError("kernel parameter %s is a flag: give it alone or =1/=0, "
                                  "not %r" % (param, value))
     if value is None:
         raise KernelCmdlineError("kernel parameter %s needs a value (%s=...)" % (param, param))
-    return ["--%s=%s" % (name, value)]
+    if opt.parse is not None:           # name the kernel parameter, not the flag, when bad
+        try:
+            opt.parse(value)
+        except argparse.ArgumentTypeError as exc:
+            raise KernelCmdlineError("kernel parameter %s: %s" % (param, exc)) from None
+    return ["--%s=%s" % (opt.long_name, value)]
 
 
 def read_cmdline(path: str) -> str:
