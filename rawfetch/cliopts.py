@@ -56,6 +56,7 @@ class Opt(NamedTuple):
     shown_default: Optional[str] = None  # when the default is behaviour, not a value
     slot: Optional[str] = None        # options answering one question: the kernel
                                       # command line's value is replaced as a whole
+    choices: Optional[Tuple[str, ...]] = None   # the only values accepted
 
     @property
     def positional(self) -> bool:
@@ -192,6 +193,8 @@ def build_parser(prog: str = "rawfetch", defaults: bool = True,
             kwargs["type"] = opt.parse
         if opt.nargs is not None:
             kwargs["nargs"] = opt.nargs
+        if opt.choices is not None:
+            kwargs["choices"] = opt.choices
         if opt.flags[0] == "--cmdline":
             kwargs["const"] = "/proc/cmdline"
         if defaults:

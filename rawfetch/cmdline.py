@@ -116,11 +116,13 @@ def _option_argv(param: str, opt: "Opt", value: Optional[str]) -> List[str]:
                                  "not %r" % (param, value))
     if value is None:
         raise KernelCmdlineError("kernel parameter %s needs a value (%s=...)" % (param, param))
-    if opt.parse is not None:           # name the kernel parameter, not the flag, when bad
-        try:
-            opt.parse(value)
-        except argparse.ArgumentTypeError as exc:
-            raise KernelCmdlineError("kernel parameter %s: %s" % (param, exc)) from None
+    try:                                # name the kernel parameter, not the flag, when bad
+        checked = opt.parse(value) if opt.parse is not None else value
+    except argparse.ArgumentTypeError as exc:
+        raise KernelCmdlineError("kernel parameter %s: %s" % (param, exc)) from None
+    if opt.choices is not None and checked not in opt.choices:
+        raise KernelCmdlineError("kernel parameter %s: %r is not one of %s"
+                                 % (param, value, ", ".join(opt.choices)))
     return ["--%s=%s" % (opt.long_name, value)]
 
 
