@@ -132,7 +132,7 @@ def read_cmdline(path: str) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CMDLINE_BYTES + 1)
-    except OSError as exc:
+    except OSError as exc:  # not a transfer: an unreadable input is a usage error (2)
         raise KernelCmdlineError("cannot read the kernel command line %s: %s"
                                  % (path, exc.strerror)) from None
     if len(data) > MAX_CMDLINE_BYTES:

@@ -273,7 +273,7 @@ def draw(timeline: Timeline, path: str, size: Tuple[int, int] = DEFAULT_SIZE) ->
     axes.set_title("%s\n%s" % (url, summary), fontsize=10, loc="left")
     try:
         figure.savefig(path, dpi=DPI, format=fmt)
-    except OSError as exc:
+    except OSError as exc:  # not a transfer: the picture file, the tool's exit 1
         raise TimelineError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
 
 
@@ -406,7 +406,7 @@ def _load(path: str, choice: int) -> Timeline:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             runs = split_runs(read_events(handle))
-    except OSError as exc:
+    except OSError as exc:  # not a transfer: the log file, the tool's exit 1
         raise TimelineError("cannot read %s: %s" % (path, exc.strerror)) from None
     if not runs:
         raise TimelineError("%s holds no download (no request event)" % path)
