@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import errors as E
-from .options import DEFAULTS
+from . import __version__, errors as E
+from .cliopts import OPTIONS, build_parser
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
@@ -40,83 +40,48 @@ HINTS: Dict[type, str] = {
 }
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("%r must be a finite number >= 0" % text)
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a whole number >= 0" % text)
-    return int(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rawfetch", description="Download URL to PATH byte-exact, or fail clearly "
-        "within the bounds you set. Exit codes follow curl's where one exists.")
-    p.add_argument("url", metavar="URL")
-    p.add_argument("mirrors", metavar="MIRROR_URL", nargs="*",
-                   help="the same object on other servers, tried in order")
-    p.add_argument("-o", "--output", required=True, metavar="PATH",
-                   help="file to write; '-' streams to stdout")
-    add = p.add_argument
-    add("--retries", type=_count, default=DEFAULTS["retries"], metavar="N")
-    add("--retry-delay", type=_seconds, default=DEFAULTS["retry_delay"], metavar="S")
-    add("--retry-max-delay", type=_seconds, default=DEFAULTS["retry_max_delay"], metavar="S")
-    add("--dns-timeout", type=_seconds, default=DEFAULTS["dns_timeout"], metavar="S")
-    add("--connect-timeout", type=_seconds, default=DEFAULTS["connect_timeout"], metavar="S")
-    add("--idle-timeout", type=_seconds, default=DEFAULTS["idle_timeout"], metavar="S")
-    add("--speed-limit", type=_count, default=DEFAULTS["speed_limit"], metavar="BYTES")
-    add("--speed-time", type=_seconds, default=DEFAULTS["speed_time"], metavar="S")
-    add("--max-time", type=_seconds, default=None, metavar="S")
-    add("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR[,ADDR...]")
-    add("--cacert", metavar="FILE")
-    add("-k", "--insecure", action="store_true")
-    add("-H", "--header", action="append", default=[], metavar="'Name: value'")
-    add("--max-redirs", type=_count, default=DEFAULTS["max_redirs"], metavar="N")
-    add("--sha256", metavar="HEX")
-    add("--md5", metavar="HEX")
-    add("--checksum", metavar="ALGO:HEX")
-    add("-q", "--quiet", action="store_true", help="no progress and no summary")
-    add("--progress", action="store_true", help="progress line even when not a TTY")
-    add("--gunzip", action="store_true", help="decompress on the fly (checksums apply to "
-        "the compressed bytes as downloaded)")
-    add("--in-place", action="store_true", help="write into an existing file directly "
-        "(devices always are)")
-    add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
-    # issue 12 disk flags
-    add("--preserve-on-error", action="store_true", help="after a failed in-place write, "
-        "leave the first MiB as it is instead of zeroing it (for debugging)")
-    add("--allow-any-format", action="store_true", help="write output that starts like "
-        "qcow2 or VMDK raw onto the device anyway")
-    add("--verify-written", action="store_true", help="after the final fsync, read the "
-        "written range back from the device and compare its sha256 (exit 93 if different)")
-    return p
-
-
 def options_from(args: argparse.Namespace) -> Dict[str, Any]:
+    """open()/download() keywords from the parsed flags: every table row with a keyword
+    passes on as it is; the three checksum flags become one `checksum`."""
     given = [c for c in (args.checksum, args.sha256 and "sha256:" + args.sha256,
                          args.md5 and "md5:" + args.md5) if c]
     if len(given) > 1:
         raise E.InvalidRequest("give only one of --sha256, --md5, --checksum")
-    options = dict(retries=args.retries, retry_delay=args.retry_delay,
-                   retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
-                   connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
-                   speed_limit=args.speed_limit, speed_time=args.speed_time,
-                   max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
-                   insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
-                   checksum=given[0] if given else None, gunzip=args.gunzip,
-                   in_place=args.in_place)
-    # issue 12 disk flags
-    options.update(preserve_on_error=args.preserve_on_error,
-                   allow_any_format=args.allow_any_format, verify_written=args.verify_written)
+    options = {opt.keyword: getattr(args, opt.dest) for opt in OPTIONS
+               if opt.keyword and not (opt.given_only and getattr(args, opt.dest) is None)}
+    options["checksum"] = given[0] if given else None
     return options
+
+
+def remote_name(url: str) -> str:
+    """-O's file name, as curl takes it: the last path segment of the URL, query and
+    fragment dropped, percent-decoded. Refused when it could escape the current
+    directory or name it: empty, '.', '..', or holding '/', '\\' or NUL once decoded."""
+    from .url import parse_url
+    segment = parse_url(url).target.partition("?")[0].rpartition("/")[2]
+    name = _percent_decode(segment)
+    if name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+        raise E.InvalidRequest("-O cannot save under %r, the last path segment of the URL; "
+                               "give -o PATH" % name, url=url)
+    return name
+
+
+def _percent_decode(text: str) -> str:
+    """%XX to bytes (invalid escapes kept as they are, like curl), then a file name."""
+    out = bytearray()
+    index = 0
+    while index < len(text):
+        pair = text[index + 1:index + 3]
+        if text[index] == "%" and len(pair) == 2 and all(c in _HEX for c in pair):
+            out.append(int(pair, 16))
+            index += 3
+        else:
+            out += text[index].encode("utf-8")
+            index += 1
+    return os.fsdecode(bytes(out))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class Progress:
@@ -246,13 +211,16 @@ class JsonLog:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(version="rawfetch " + __version__)
+    args = _parse(parser, argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
     log: Optional[JsonLog] = None
     try:
         options = options_from(args)
+        if args.remote_name:
+            args.output = remote_name(args.url)
         if args.log_json:
             log = JsonLog(args.log_json)
             options["on_event"] = log
@@ -275,6 +243,27 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not args.quiet:
         sys.stderr.write("rawfetch: %s%s\n" % (summary, " " + digest if digest else ""))
     return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
+    """Flags, then the kernel command line under them (--cmdline), then the checks
+    argparse cannot express; every usage error exits 2 with argparse's message."""
+    args = parser.parse_args(argv)
+    if args.cmdline is not None:
+        from .cmdline import KernelCmdlineError, merge, read_cmdline
+        try:
+            args = merge(argv, read_cmdline(args.cmdline))
+        except KernelCmdlineError as exc:
+            parser.error(str(exc))
+    if not args.url:
+        parser.error("the following arguments are required: URL"
+                     + (" (or rawfetch.url= on the kernel command line)" if args.cmdline
+                        is not None else ""))
+    if args.output is not None and args.remote_name:
+        parser.error("-o/--output and -O/--remote-name exclude each other")
+    if not args.output and not args.remote_name:
+        parser.error("one of -o/--output PATH or -O/--remote-name is required")
+    return args
 
 
 def _execute(args: argparse.Namespace, options: Dict[str, Any],
