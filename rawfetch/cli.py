@@ -86,7 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("--in-place", action="store_true", help="write into an existing file directly "
         "(devices always are)")
     add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
+    # issue 12 flags
+    from .options import DECOMPRESS_KINDS, parse_size
+    add("--decompress", choices=DECOMPRESS_KINDS, default=DEFAULTS["decompress"],
+        metavar="|".join(DECOMPRESS_KINDS), help="decompress on the fly; auto picks by the "
+        "first bytes' magic and passes anything else through (default: %(default)s; "
+        "checksums apply to the bytes as downloaded)")
+    add("--xz-memlimit", type=_argument(parse_size), default=DEFAULTS["xz_memlimit"],
+        metavar="SIZE", help="most memory an xz stream may need; K/M/G suffixes are powers "
+        "of 1024 (default: 256M)")
+    add("--checksum-url", metavar="URL", help="fetch the image's checksum from this "
+        "SHA256SUMS-style file (GNU, BSD tagged or one bare hash; default: none)")
+    add("--checksum-name", metavar="NAME", help="the entry to use in --checksum-url "
+        "(default: the last path segment of URL, percent-decoded)")
     return p
+
+
+def _argument(parse: Any) -> Any:
+    """An argparse type from an options parser: its InvalidRequest becomes a usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except E.InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def options_from(args: argparse.Namespace) -> Dict[str, Any]:
@@ -94,7 +117,7 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
                          args.md5 and "md5:" + args.md5) if c]
     if len(given) > 1:
         raise E.InvalidRequest("give only one of --sha256, --md5, --checksum")
-    return dict(retries=args.retries, retry_delay=args.retry_delay,
+    options = dict(retries=args.retries, retry_delay=args.retry_delay,
                 retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
                 connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
                 speed_limit=args.speed_limit, speed_time=args.speed_time,
@@ -102,6 +125,10 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
                 insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
                 checksum=given[0] if given else None, gunzip=args.gunzip,
                 in_place=args.in_place)
+    # issue 12 flags
+    options.update(decompress=args.decompress, xz_memlimit=args.xz_memlimit,
+                   checksum_url=args.checksum_url, checksum_name=args.checksum_name)
+    return options
 
 
 class Progress:
