@@ -14,8 +14,7 @@ the codec.
 """
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Deque, Iterator, List, Optional, Tuple, Type
+from typing import Any, Iterator, List, Optional, Tuple, Type
 
 from .errors import DecompressError, GunzipError, InvalidRequest
 from .options import DEFAULTS
@@ -362,7 +361,8 @@ class DecompressReader:
                  xz_memlimit: int = DEFAULTS["xz_memlimit"], chunk_size: int = 1 << 20) -> None:
         self.stream = stream
         self.decoder = make_decoder(kind, xz_memlimit)
-        self._pending: Deque[Any] = deque()
+        self._pieces: Iterator[Any] = iter(())   # pulled one at a time: a bomb stays bounded
+        self._rest: Any = None                   # the unread end of the last piece
         self._chunk_size = chunk_size
         self._position = 0
         self._done = False
@@ -383,14 +383,21 @@ class DecompressReader:
             yield piece if isinstance(piece, bytes) else bytes(piece)
 
     def _next_piece(self) -> Any:
-        while not self._pending and not self._done:
+        if self._rest is not None:
+            piece, self._rest = self._rest, None
+            return piece
+        while True:
+            piece = next(self._pieces, None)
+            if piece is not None:
+                return piece
+            if self._done:
+                return b""
             chunk = self.stream.read(self._chunk_size)
             if chunk:
-                self._pending.extend(self.decoder.feed(chunk))
+                self._pieces = self.decoder.feed(chunk)
             else:
-                self._pending.extend(self.decoder.finish())
+                self._pieces = iter(self.decoder.finish())
                 self._done = True
-        return self._pending.popleft() if self._pending else b""
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -398,7 +405,7 @@ class DecompressReader:
         size = min(len(piece), len(view))
         view[:size] = piece[:size]
         if size < len(piece):
-            self._pending.appendleft(memoryview(piece)[size:])   # a view: no copy of the rest
+            self._rest = memoryview(piece)[size:]   # a view: no copy of the rest
         self._position += size
         return size
 
