@@ -135,7 +135,7 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
     views = [memoryview(bytearray(1 << 20)) for _ in range(2 if worker else 1)]
     stream = getattr(reader, "stream", reader)
     turn = 0
-    delivered = stream.offset   # compressed bytes the decoder took, when gunzip
+    delivered = stream.offset   # (the decoder counts its own input: see below)
     try:
         with reader:
             while True:
@@ -163,21 +163,28 @@ def check_invariants(stream: Any, delivered: int) -> None:
 
 
 def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
-    from .resume import Stream, open as open_stream
-    if not options.get("checksum") or options.get("gunzip"):
-        return None, open_stream(args.url, urls=args.mirrors, **options)
+    """The stream for -o -: a checksum (given, or from --checksum-url) is computed in a
+    worker thread over two buffers when no decoder needs the bytes inline."""
+    from .budget import Budget
+    from .decompress import reader_for
     from .digest import HashWorker, new_hasher
     from .options import Options
     from .policy import parse_checksum
+    from .resume import open_stream, with_checksum_file
     opts = Options(**options)
-    worker = HashWorker(new_hasher(parse_checksum(opts.checksum)[0]))
-    stream = Stream(args.url, opts, hasher=worker, mirrors=args.mirrors)
+    budget = Budget(opts)
+    opts = with_checksum_file(args.url, opts, budget)
+    checksum = parse_checksum(opts.checksum)
+    worker = None
+    if checksum and opts.decompress == "none":
+        worker = HashWorker(new_hasher(checksum[0]))
     try:
-        return worker, stream.start()
+        stream = open_stream(args.url, opts, args.mirrors, budget, worker)
     except BaseException:
-        stream.close()
-        worker.close()
+        if worker is not None:
+            worker.close()
         raise
+    return worker, reader_for(stream, opts)
 
 
 def _write_stdout(chunk: memoryview) -> None:
@@ -263,6 +270,11 @@ def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespa
         parser.error("-o/--output and -O/--remote-name exclude each other")
     if not args.output and not args.remote_name:
         parser.error("one of -o/--output PATH or -O/--remote-name is required")
+    if args.limit_rate and args.speed_limit is not None and args.speed_limit >= args.limit_rate:
+        parser.error("--speed-limit %d is at or above --limit-rate %d: every transfer would "
+                     "abort as too slow; give a --speed-limit below the rate (or none: the "
+                     "default is lowered to half the rate)" % (args.speed_limit,
+                                                               args.limit_rate))
     return args
 
 
@@ -275,7 +287,8 @@ def _execute(args: argparse.Namespace, options: Dict[str, Any],
     from .files import download
     result = download(args.url, args.output, urls=args.mirrors, progress=progress, **options)
     summary = "saved %s (%d bytes%s, %d attempt(s), %.2fs)" % (
-        result.path, result.bytes, ", %d written" % result.written if args.gunzip else "",
+        result.path, result.bytes, ", %d written" % result.written
+        if result.written != result.bytes else "",
         result.attempts, result.elapsed)
     if len({s.url for s in result.segments}) > 1:
         from .files import segments_summary

@@ -38,6 +38,21 @@ def count(text: str) -> int:
     return int(text)
 
 
+def size(text: str) -> int:
+    """Bytes with curl's suffixes: K, M, G (powers of 1024), fractions allowed ("1.5M")."""
+    from .errors import InvalidRequest
+    from .options import parse_size
+    try:
+        return parse_size(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def rate(text: str) -> int:
+    """--limit-rate: bytes per second, with size()'s suffixes; 0 means no limit."""
+    return size(text)
+
+
 class Group(NamedTuple):
     key: str
     title: str
@@ -91,6 +106,10 @@ OPTIONS: Tuple[Opt, ...] = (
         shown_default="required", slot="source"),
     Opt(("mirrors",), "source", "the same object on other servers, tried in order "
         "(API: urls=[...])", "MIRROR_URL", nargs="*", shown_default="none", slot="source"),
+    Opt(("--mirror-order",), "source", "order the mirrors are tried in: as given, "
+        "shuffled per run, or rotated by a hash of --splay-seed (else the host name) so a "
+        "rack spreads over them", "ordered|random|hash", keyword="mirror_order",
+        choices=("ordered", "random", "hash")),
     Opt(("--cmdline",), "source", "also read rawfetch.url=, rawfetch.mirror=, "
         "rawfetch.OPTION=VALUE from the kernel command line (FILE, else /proc/cmdline); "
         "options given here win", "FILE", nargs="?", shown_default="off"),
@@ -110,6 +129,12 @@ OPTIONS: Tuple[Opt, ...] = (
         "retry_max_delay"),
     Opt(("--max-time",), "retries", "one deadline over everything: DNS, connects, every "
         "attempt and sleep", "S", seconds, "max_time"),
+    Opt(("--splay",), "retries", "before the first request wait a random time in "
+        "[0, S] (inside --max-time), so a rack does not start at once", "S", seconds,
+        "splay"),
+    Opt(("--splay-seed",), "retries", "make --splay's delay (and --mirror-order hash) a "
+        "fixed function of this text, e.g. the node's host name or MAC", "TEXT",
+        keyword="splay_seed", shown_default="random"),
     Opt(("--dns-timeout",), "retries", "one name lookup (getaddrinfo runs in a worker "
         "thread)", "S", seconds, "dns_timeout"),
     Opt(("--connect-timeout",), "retries", "per address; the next address starts 250 ms "
@@ -121,6 +146,9 @@ OPTIONS: Tuple[Opt, ...] = (
         "BYTES", count, "speed_limit", given_only=True),
     Opt(("--speed-time",), "retries", "window the --speed-limit average is taken over",
         "S", seconds, "speed_time"),
+    Opt(("--limit-rate",), "network", "most bytes per second, averaged over the whole "
+        "job with bursts of about one second's worth (K/M/G = powers of 1024; 0 = none)",
+        "RATE", rate, "limit_rate", shown_default="none"),
     Opt(("--resolve",), "network", "pin addresses (repeatable); Host, SNI and "
         "certificate checks keep HOST", "HOST:PORT:ADDR[,ADDR...]", keyword="resolve",
         action="append"),
@@ -132,8 +160,20 @@ OPTIONS: Tuple[Opt, ...] = (
         "'Name: value'", keyword="headers", action="append"),
     Opt(("--max-redirs",), "network", "redirects followed; one more is an error (exit "
         "47)", "N", count, "max_redirs"),
-    Opt(("--gunzip",), "pipeline", "decompress on the fly; checksums apply to the "
-        "compressed bytes as downloaded", keyword="gunzip", action="store_true"),
+    Opt(("--gunzip",), "pipeline", "the same as --decompress gzip", keyword="gunzip",
+        action="store_true"),
+    Opt(("--decompress",), "pipeline", "decompress on the fly: auto picks by the first "
+        "bytes' magic and passes anything else through; checksums apply to the bytes as "
+        "downloaded", "auto|gzip|xz|bzip2|none", keyword="decompress",
+        choices=("auto", "gzip", "xz", "bzip2", "none")),
+    Opt(("--xz-memlimit",), "pipeline", "most memory one xz stream may need (K/M/G = "
+        "powers of 1024); a stream needing more is exit 92", "SIZE", size, "xz_memlimit",
+        shown_default="256M"),
+    Opt(("--checksum-url",), "pipeline", "verify against the image's entry in this "
+        "checksum file (GNU, BSD tagged or one bare hash), fetched first with the same "
+        "budget", "URL", keyword="checksum_url"),
+    Opt(("--checksum-name",), "pipeline", "the entry to use in --checksum-url", "NAME",
+        keyword="checksum_name", shown_default="the URL's last path segment"),
     Opt(("--preserve-on-error",), "pipeline", "after a failed in-place write, leave the "
         "first MiB as it is instead of zeroing it again (for debugging)",
         keyword="preserve_on_error", action="store_true"),

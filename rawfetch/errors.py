@@ -186,9 +186,21 @@ class ResourceChanged(FetchError):
     phase = "resume"
 
 
-class GunzipError(FetchError):
-    """The downloaded gzip stream is truncated, corrupt or followed by garbage."""
+class DecompressError(FetchError):
+    """The downloaded gzip/xz/bzip2 stream is truncated, corrupt, fails its check, is
+    followed by garbage or needs more memory than xz_memlimit (rawfetch's own code)."""
     exit_code = 92
+    phase = "decompress"
+
+    def __init__(self, message: str, *, codec: str = "", produced: int = 0,
+                 **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.codec = codec          # "gzip", "xz" or "bzip2"
+        self.produced = produced    # decompressed bytes delivered before the failure
+
+
+class GunzipError(DecompressError):
+    """A gzip failure: kept so code written for the gzip-only pipeline still catches it."""
     phase = "gunzip"
 
 
@@ -198,6 +210,13 @@ class InvariantViolation(FetchError):
     rawfetch, caught before a wrong file is kept. Never retried; never exit 0."""
     exit_code = 96
     phase = "verify"
+
+
+class ChecksumFileError(FetchError):
+    """The checksum file has no usable entry for the image: none matches its name, two
+    differ, or nothing in it parses (rawfetch's own code)."""
+    exit_code = 94
+    phase = "checksum-file"
 
 
 _RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))

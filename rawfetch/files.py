@@ -3,7 +3,8 @@
 Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL and the object's
 identity (length, ETag, Last-Modified) so a later run can resume with If-Range. On
 success: fsync, verify, rename onto PATH, fsync the directory, drop the sidecar. Devices
-(and in_place files) are written directly instead; gunzip decompresses on the way.
+(and in_place files) are written directly instead; a decoder (gzip, xz, bzip2, auto)
+decompresses on the way.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .digest import HashWorker, new_hasher
-from .errors import (ChecksumMismatch, GunzipError, InvariantViolation, ProtocolError,
+from .budget import Budget
+from .decompress import make_decoder
+from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
                      ResourceChanged)
 from .events import emit, wants_events
-from .gunzip import Gunzip
 from .options import Options, make_options
 from .output import open_output
 from .policy import Attempt, parse_checksum
-from .resume import Segment, Stream
+from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
@@ -27,8 +29,8 @@ WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmark
 class DownloadResult(NamedTuple):
     path: str
     url: str
-    bytes: int               # bytes downloaded (compressed bytes when gunzip)
-    written: int             # bytes written to path (decompressed bytes when gunzip)
+    bytes: int               # bytes downloaded (the compressed bytes when decompressing)
+    written: int             # bytes written to path (decompressed bytes when decompressing)
     attempts: int
     restarts: int
     resumed_from: int        # bytes already held from an earlier run
@@ -53,16 +55,16 @@ def _rehash(part: str, held: int, algo: str) -> Any:
 
 
 class _Pipeline:
-    """Stream -> (gunzip) -> sink, restartable from zero: the stream's consumer.
+    """Stream -> (decoder) -> sink, restartable from zero: the stream's consumer.
 
     `fed` counts the bytes the stream delivered into the pipeline (the compressed ones
-    when gunzip), `written` the bytes in the output; both include an earlier run's.
+    when decompressing), `written` the bytes in the output; both include an earlier run's.
     """
 
-    def __init__(self, sink: Any, gunzip: bool, held: int) -> None:
+    def __init__(self, sink: Any, opts: Options, held: int) -> None:
         self.sink = sink
-        self.gunzip = gunzip
-        self.decoder: Optional[Gunzip] = Gunzip() if gunzip else None
+        self.decoder: Any = None if opts.decompress == "none" else make_decoder(
+            opts.decompress, opts.xz_memlimit)
         self.fed = held
         self.written = held
 
@@ -77,8 +79,8 @@ class _Pipeline:
     def restart(self) -> None:
         self.sink.restart()
         self.fed = self.written = 0
-        if self.gunzip:
-            self.decoder = Gunzip()
+        if self.decoder is not None:
+            self.decoder.reset()
 
     def write(self, view: memoryview) -> None:
         self.fed += len(view)
@@ -97,8 +99,11 @@ class _Pipeline:
         self.written += size
 
     def finish(self) -> None:
+        """The input ended: the decoder checks its end (and may hand over a last piece)."""
         if self.decoder is not None:
-            self.decoder.finish()
+            for piece in self.decoder.finish():
+                self.sink.write(piece)
+                self.written += len(piece)
 
 
 def download(url: str, path: Any, *, urls: Sequence[str] = (),
@@ -111,21 +116,23 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     """
     import os
     opts = make_options(options, kwargs)
-    checksum = parse_checksum(opts.checksum)
     path = os.fspath(path)
-    sink = open_output(path, url, opts.in_place, resumable=not opts.gunzip)
+    sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
+    budget = Budget(opts)
+    opts = with_checksum_file(url, opts, budget)
+    checksum = parse_checksum(opts.checksum)
     if sink.in_place:
         sink = _safe_disk(sink, url, opts)
     held, identity = sink.open()
-    pipeline = _Pipeline(sink, opts.gunzip, held)
+    pipeline = _Pipeline(sink, opts, held)
     worker = splicer = None
     try:
         if checksum:
             worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
                                 else new_hasher(checksum[0]))
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
-                        hasher=worker, mirrors=urls)
-        if not (worker or opts.gunzip):
+                        hasher=worker, mirrors=urls, budget=budget)
+        if worker is None and pipeline.decoder is None:
             splicer = Splicer.create(sink.fd, sink.path)
         try:
             _copy(stream, pipeline, progress, worker, splicer)
@@ -148,7 +155,8 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
              written=result.written, digest=result.digest, attempts=result.attempts,
              elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
-             segments=[list(s) for s in result.segments], readback_seconds=readback)
+             segments=[list(s) for s in result.segments], readback_seconds=readback,
+             decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
     return result
 
 
@@ -214,7 +222,8 @@ def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] 
 def _resumable(exc: BaseException, stream: Stream, sink: Any) -> bool:
     if not sink.resumable or stream.offset == 0:
         return False
-    if isinstance(exc, (ChecksumMismatch, ResourceChanged, GunzipError, InvariantViolation)):
+    if isinstance(exc, (ChecksumMismatch, ResourceChanged, DecompressError,
+                        InvariantViolation)):
         return False
     if isinstance(exc, ProtocolError) and not exc.retryable:
         return False

@@ -30,6 +30,11 @@ DEFAULTS: Dict[str, Any] = {
     "checksum": None,           # "ALGO:HEX", any hashlib algorithm (of the bytes downloaded)
     "gunzip": False,            # download(): decompress on the way (checksum = compressed)
     "in_place": False,          # download(): write an existing file directly, no .part
+    # issue 12: image formats (validated by _check_formats below)
+    "decompress": "none",       # auto|gzip|xz|bzip2|none, on the way (checksum = compressed)
+    "xz_memlimit": 256 << 20,   # bytes an xz stream may need (xz -9 needs 65 MiB to decode)
+    "checksum_url": None,       # URL of a SHA256SUMS-style file holding the image's checksum
+    "checksum_name": None,      # its entry to use (default: the image URL's last segment)
     "on_event": None,           # callable(dict) receiving every step as an event
     "limit_rate": 0.0,          # bytes/s averaged over the job (curl --limit-rate); 0 = none
     "splay": 0.0,               # s; random wait in [0, splay] before the first request
@@ -79,6 +84,7 @@ class Options:
                                  % (", ".join(MIRROR_ORDERS), values["mirror_order"]))
         if values["splay_seed"] is not None and not isinstance(values["splay_seed"], str):
             raise InvalidRequest("splay_seed must be text, not %r" % (values["splay_seed"],))
+        _check_formats(values)
         values["headers"] = normalize_headers(values["headers"])
         values["resolve"] = tuple(values["resolve"] or ())
         for name, value in values.items():
@@ -145,3 +151,54 @@ def make_options(options: Optional[Options], kwargs: Dict[str, Any]) -> Options:
     if options is None:
         return Options(**kwargs)
     return options.replace(**kwargs) if kwargs else options
+
+
+# ---------------------------------------------------------------- issue 12: image formats
+DECOMPRESS_KINDS = ("auto", "gzip", "xz", "bzip2", "none")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: Any) -> int:
+    """'256M', '1.5G', '512k', '4096' (or an int) -> bytes. K/M/G/T are powers of 1024,
+    as in curl's --limit-rate and xz's --memlimit; fractions are rounded down."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    if not isinstance(text, str):
+        raise InvalidRequest("size %r is not a number with an optional K/M/G/T suffix" % (text,))
+    spec = text.strip()
+    unit = spec[-1:].lower() if spec[-1:].isalpha() else ""
+    number = spec[:-1] if unit else spec
+    digits = number.replace(".", "", 1)
+    if unit not in _SIZE_UNITS or not (digits.isascii() and digits.isdigit()):
+        raise InvalidRequest("size %r is not a number with an optional K/M/G/T suffix "
+                             "(powers of 1024)" % text)
+    if "." not in number:
+        return int(number) * _SIZE_UNITS[unit]    # exact, however large
+    value = float(number) * _SIZE_UNITS[unit]
+    if value == float("inf"):
+        raise InvalidRequest("size %r is too large" % text)
+    return int(value)
+
+
+def _check_formats(values: Dict[str, Any]) -> None:
+    """Validate the issue-12 keys in place; gunzip=True is the old spelling of gzip."""
+    kind = values["decompress"]
+    if kind not in DECOMPRESS_KINDS:
+        raise InvalidRequest("option decompress must be one of %s, not %r"
+                             % (", ".join(DECOMPRESS_KINDS), kind))
+    if values["gunzip"]:
+        if kind not in ("none", "gzip"):
+            raise InvalidRequest("gunzip=True means decompress='gzip'; it conflicts with "
+                                 "decompress=%r" % kind)
+        values["decompress"] = "gzip"
+    limit = parse_size(values["xz_memlimit"])
+    if limit < 1:
+        raise InvalidRequest("option xz_memlimit must be at least 1 byte")
+    values["xz_memlimit"] = limit
+    for name in ("checksum_url", "checksum_name"):
+        if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
+            raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))
+    if values["checksum_url"] is not None and values["checksum"] is not None:
+        raise InvalidRequest("give either checksum or checksum_url, not both")
+    if values["checksum_name"] is not None and values["checksum_url"] is None:
+        raise InvalidRequest("checksum_name needs checksum_url")

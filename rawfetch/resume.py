@@ -25,7 +25,8 @@ from .options import Options, make_options
 from .policy import Attempt, parse_checksum
 from .timing import Deadline
 
-__all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open"]
+__all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open", "open_stream",
+           "with_checksum_file"]
 
 SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 full body)
 
@@ -382,18 +383,47 @@ class Stream:
 
 
 def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
-         urls: Sequence[str] = (), **kwargs: Any) -> Stream:
+         urls: Sequence[str] = (), **kwargs: Any) -> Any:
     """Open `url` (then mirrors `urls`, the same object elsewhere) as a resumable stream;
-    the first attempt is made before returning. With gunzip=True the stream yields the
-    decompressed bytes (a GunzipReader; checksum still applies to the compressed bytes)."""
+    the first attempt is made before returning (a checksum_url is fetched before it).
+    With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
+    DecompressReader; the checksum still applies to the bytes as downloaded)."""
+    from .decompress import reader_for
     opts = make_options(options, kwargs)
-    stream = Stream(url, opts, mirrors=urls)
+    budget = Budget(opts)
+    opts = with_checksum_file(url, opts, budget)
+    return reader_for(open_stream(url, opts, urls, budget), opts)
+
+
+def open_stream(url: str, opts: Options, urls: Sequence[str] = (), budget: Optional[Budget]
+                = None, hasher: Any = None) -> Stream:
+    """A started Stream (no decoder): open()'s core, and the command's stdout path."""
+    stream = Stream(url, opts, mirrors=urls, budget=budget, hasher=hasher)
     try:
         stream.start()
     except BaseException:
         stream.close()
         raise
-    if opts.gunzip:
-        from .gunzip import GunzipReader
-        return GunzipReader(stream)  # type: ignore[return-value]
     return stream
+
+
+def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
+    """checksum_url: fetch the checksum file before the image, with the job's engine,
+    options, budget (one retries count, one max_time, one rate limit); return the
+    options carrying the checksum found for the image's name."""
+    if opts.checksum_url is None:
+        return opts
+    from .checksumfile import fetch_checksum, image_name_from_url, read_limited
+    where, name = opts.checksum_url, opts.checksum_name or image_name_from_url(url)
+    plain = opts.replace(checksum_url=None, checksum_name=None, decompress="none",
+                         gunzip=False)
+
+    def read(limit: int) -> bytes:
+        with open_stream(where, plain, budget=budget) as stream:
+            return read_limited(stream, limit)
+
+    algo, hexdigest = fetch_checksum(where, name, read)
+    if wants_events(opts):
+        emit(opts.on_event, "checksum", url=where, name=name, algorithm=algo)
+    return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
+                        checksum_name=None)
