@@ -15,8 +15,9 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
-from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest,
-                     InvariantViolation, LocalWriteError, ProtocolError, ResourceChanged)
+from .errors import (ChecksumFileError, ChecksumMismatch, DeadlineExceeded, DecompressError,
+                     FetchError, InvalidRequest, InvariantViolation, LocalWriteError,
+                     ProtocolError, ReadBackMismatch, ResourceChanged, UnsupportedImageFormat)
 from .events import emit, wants_events
 from .judge import (ADOPT, CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, judge, parse_content_range, plan, provable)
@@ -32,7 +33,8 @@ SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 
 
 # Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
 FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged,
-                InvariantViolation)
+                InvariantViolation, DecompressError, ReadBackMismatch, UnsupportedImageFormat,
+                ChecksumFileError)
 
 
 class Segment(NamedTuple):
@@ -233,6 +235,9 @@ class Stream:
             return
         try:
             self._take(response)
+        except (ChecksumMismatch, InvariantViolation):
+            response.close()     # the end-of-body verdict: already recorded and reported
+            raise
         except FetchError as exc:
             response.close()
             self._recover(exc)
@@ -424,6 +429,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
 
     algo, hexdigest = fetch_checksum(where, name, read)
     if wants_events(opts):
-        emit(opts.on_event, "checksum", url=where, name=name, algorithm=algo)
+        emit(opts.on_event, "checksum", url=where, entry=name, algorithm=algo)
     return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
                         checksum_name=None)
