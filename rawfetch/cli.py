@@ -167,7 +167,7 @@ def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple
     worker thread over two buffers when no decoder needs the bytes inline."""
     from .budget import Budget
     from .decompress import reader_for
-    from .digest import HashWorker, new_hasher
+    from .digest import Worker, new_hasher
     from .options import Options
     from .policy import parse_checksum
     from .resume import open_stream, with_checksum_file
@@ -177,7 +177,7 @@ def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple
     checksum = parse_checksum(opts.checksum)
     worker = None
     if checksum and opts.decompress == "none":
-        worker = HashWorker(new_hasher(checksum[0]))
+        worker = Worker(new_hasher(checksum[0]))
     try:
         stream = open_stream(args.url, opts, args.mirrors, budget, worker)
     except BaseException:
@@ -200,15 +200,18 @@ class JsonLog:
 
     def __init__(self, path: str) -> None:
         import json
+        import threading
         self._dumps = json.dumps
+        self._lock = threading.Lock()
         self.path = path
         with E.mapped("write", path="--log-json " + path):
             self._file = open(path, "a", encoding="utf-8")
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        with E.mapped("write", path="--log-json " + self.path):
-            self._file.write(self._dumps(event, default=str) + "\n")
-            self._file.flush()
+        line = self._dumps(event, default=str) + "\n"
+        with self._lock, E.mapped("write", path="--log-json " + self.path):
+            self._file.write(line)     # whole lines: disk events come from the worker
+            self._file.flush()         # thread, the others from the receiving one
 
     def close(self) -> None:
         try:

@@ -1,14 +1,11 @@
-"""Running digests; hashlib is imported on first use (it loads OpenSSL's libcrypto).
-
-HashWorker overlaps hashing with receiving: hashlib releases the GIL on large buffers, so
-hashing buffer N in a worker while the caller writes it and receives buffer N+1 runs on
-two cores (bench: sha256 to a file 0.67x the wall time of hashing inline).
-"""
+"""Running digests, and the worker thread that hashes, decodes and writes delivered
+buffers off the receiving thread. hashlib is imported on first use (it loads OpenSSL's
+libcrypto)."""
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Deque, Optional
+from typing import Any, Callable, Deque, Optional
 
 from .errors import FetchError
 
@@ -18,13 +15,23 @@ def new_hasher(algo: str) -> Any:
     return hashlib.new(algo)
 
 
-class HashWorker:
-    """A digest fed from a worker thread. update() does not copy: the caller must not
-    reuse a buffer until drain(keep) says its hashing is done."""
+class Worker:
+    """One thread that takes the delivered buffers in order: it hashes each (when a
+    checksum is asked for), then hands it to `consume` (download()'s decoder and sink).
 
-    def __init__(self, hasher: Any) -> None:
+    Receiving, hashing, decompressing and writing then overlap on two cores: hashlib,
+    zlib, lzma, bz2 and os.write all release the GIL on large buffers (bench: sha256 to a
+    file 0.67x the wall time of hashing inline; docs/benchmarks.md for the pipeline).
+    update() does not copy: the caller must not reuse a buffer until drain(keep) says it
+    is done. A failure in the thread is raised in the caller's thread by the next
+    update() or drain(): a FetchError as it is (a decompression error stays exit 92).
+    """
+
+    def __init__(self, hasher: Any = None, consume: Optional[Callable[[Any], None]] = None
+                 ) -> None:
         self._hasher = hasher
-        self.name = hasher.name
+        self.name = hasher.name if hasher is not None else None
+        self._consume = consume
         self._queue: Deque[Any] = deque()
         self._ready = threading.Condition()
         self._thread: Optional[threading.Thread] = None
@@ -33,12 +40,12 @@ class HashWorker:
 
     def update(self, view: Any) -> None:
         with self._ready:
-            if self._failure is not None:
-                return   # drain() reports it
+            self._raise_failure()
             self._queue.append(view)
             self._ready.notify_all()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="rawfetch-hash", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="rawfetch-worker",
+                                            daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -49,9 +56,12 @@ class HashWorker:
                 if not self._queue:
                     return
                 view = self._queue[0]
-            try:
-                self._hasher.update(view)   # outside the lock; hashlib drops the GIL
-            except BaseException as exc:    # handed to the caller's thread by drain()
+            try:                # outside the lock: the heavy calls drop the GIL
+                if self._hasher is not None:
+                    self._hasher.update(view)
+                if self._consume is not None:
+                    self._consume(view)
+            except BaseException as exc:    # handed to the caller's thread
                 with self._ready:
                     self._failure = exc
                     self._queue.clear()
@@ -62,22 +72,32 @@ class HashWorker:
                 self._ready.notify_all()
 
     def drain(self, keep: int = 0) -> None:
-        """Wait until at most `keep` submitted buffers are still being hashed; raise in
-        the caller's thread if hashing failed (the digest is then meaningless)."""
+        """Wait until at most `keep` submitted buffers are still in work; raise in the
+        caller's thread if the work failed."""
         with self._ready:
             while len(self._queue) > keep and self._failure is None:
                 self._ready.wait()
-            if self._failure is not None:
-                raise FetchError("computing the %s checksum failed: %s: %s" % (
-                    self.name, type(self._failure).__name__, self._failure))
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is None:
+            return
+        if isinstance(failure, FetchError):
+            raise failure
+        raise FetchError("%s the downloaded bytes failed: %s: %s" % (
+            "computing the %s checksum of" % self.name if self.name else "processing",
+            type(failure).__name__, failure))
 
     def hexdigest(self) -> str:
         self.drain()
         return self._hasher.hexdigest()
 
-    def reset(self) -> "HashWorker":
+    def reset(self) -> "Worker":
+        """After a restart from zero: nothing in work, a new digest."""
         self.drain()
-        self._hasher = new_hasher(self.name)
+        if self._hasher is not None:
+            self._hasher = new_hasher(self.name)
         return self
 
     def close(self) -> None:
@@ -92,6 +112,6 @@ class HashWorker:
 
 def fresh(hasher: Any) -> Any:
     """An empty digest of the same algorithm (after a restart from zero)."""
-    if isinstance(hasher, HashWorker):
+    if isinstance(hasher, Worker):
         return hasher.reset()
     return new_hasher(hasher.name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .digest import HashWorker, new_hasher
+from .digest import Worker, new_hasher
 from .budget import Budget
 from .decompress import make_decoder
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
@@ -24,6 +24,8 @@ from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
+RING_BUFFERS = 4          # buffers in flight to the worker: receiving never waits for one
+                          # slow decode step (4 MiB of memory; bench: 2 and 8 no better)
 
 
 class DownloadResult(NamedTuple):
@@ -67,6 +69,7 @@ class _Pipeline:
             opts.decompress, opts.xz_memlimit)
         self.fed = held
         self.written = held
+        self.worker: Optional[Worker] = None   # hashes, decodes and writes off-thread
 
     def record(self, identity: Any) -> None:
         """A new identity, before any byte of it is written (the sidecar of a .part; a
@@ -77,6 +80,8 @@ class _Pipeline:
             self.sink.expect_size(identity.total)
 
     def restart(self) -> None:
+        if self.worker is not None:
+            self.worker.drain()   # no byte of the old start may land after the restart
         self.sink.restart()
         self.fed = self.written = 0
         if self.decoder is not None:
@@ -127,15 +132,19 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     pipeline = _Pipeline(sink, opts, held)
     worker = splicer = None
     try:
-        if checksum:
-            worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
-                                else new_hasher(checksum[0]))
+        if checksum or pipeline.decoder is not None:   # bytes must pass through Python
+            hasher = None if not checksum else (
+                _rehash(sink.part, held, checksum[0]) if held else new_hasher(checksum[0]))
+            worker = pipeline.worker = Worker(hasher, consume=pipeline.write)
+        else:
+            splicer = Splicer.create(sink.fd, sink.path)
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
                         hasher=worker, mirrors=urls, budget=budget)
-        if worker is None and pipeline.decoder is None:
-            splicer = Splicer.create(sink.fd, sink.path)
         try:
-            _copy(stream, pipeline, progress, worker, splicer)
+            if worker is not None:
+                _hand_over(stream, worker, progress)
+            else:
+                _copy(stream, pipeline, progress, splicer)
             pipeline.finish()
             check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
             readback = sink.commit(pipeline.written)
@@ -173,17 +182,28 @@ def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
                     verify_written=opts.verify_written, emit=report)
 
 
-def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-          worker: Optional[HashWorker], splicer: Optional[Splicer]) -> None:
-    """Receive into one buffer while the worker hashes the other (two buffers only when
-    hashing: measured as good as three or four, at 1 MiB of memory each)."""
-    views = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(2 if worker else 1)]
+def _hand_over(stream: Stream, worker: Worker,
+               progress: Optional[Callable[[Stream], None]]) -> None:
+    """Receive into a ring of buffers; the stream hands each delivered buffer to the
+    worker (its `hasher`), which hashes, decodes and writes it while the next arrives."""
+    ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(RING_BUFFERS)]
     turn = 0
     while True:
-        view = views[turn]
-        if worker is not None:
-            worker.drain(keep=1)   # this buffer's previous bytes are hashed
-            turn ^= 1
+        worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
+        if not stream.readinto(ring[turn]):
+            worker.drain()
+            return
+        turn = (turn + 1) % RING_BUFFERS
+        if progress is not None:
+            progress(stream)
+
+
+def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
+          splicer: Optional[Splicer]) -> None:
+    """No byte needs Python: splice socket -> pipe -> file where the kernel can, else
+    receive into one buffer and write it."""
+    view = memoryview(bytearray(WRITE_BUFFER))
+    while True:
         size = -1
         if splicer is not None and pipeline.sink.splice_ready:
             size = stream.splice_to(splicer, WRITE_BUFFER)

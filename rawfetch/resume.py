@@ -90,6 +90,8 @@ class Stream:
         self.mirrors = MirrorSet(url, mirrors, options.mirror_order, options.splay_seed)
         self.budget = budget or Budget(options, deadline)
         self.checksum = parse_checksum(options.checksum)
+        # Every delivered buffer goes to hasher.update(): a digest, or download()'s
+        # worker thread that also decodes and writes it.
         self.hasher = hasher if hasher is not None else (
             new_hasher(self.checksum[0]) if self.checksum else None)
         self.ledger = Ledger(offset)
@@ -195,7 +197,7 @@ class Stream:
 
     @property
     def digest(self) -> Optional[str]:
-        if self.hasher is None:
+        if self.hasher is None or self.checksum is None:
             return None
         return "%s:%s" % (self.hasher.name, self.hasher.hexdigest())
 

@@ -145,13 +145,13 @@ def test_log_json_on_a_full_disk_is_a_write_error(origin, tmp_path):
 
 
 def test_hashing_failure_is_reported_not_a_hang():
-    from rawfetch.digest import HashWorker, new_hasher
-    worker = HashWorker(new_hasher("sha256"))
+    from rawfetch.digest import Worker, new_hasher
+    worker = Worker(new_hasher("sha256"))
     released = memoryview(bytearray(16))
     released.release()                 # hashlib refuses a released buffer
     try:
         worker.update(released)
-        with pytest.raises(E.FetchError, match="computing the sha256 checksum failed"):
+        with pytest.raises(E.FetchError, match="computing the sha256 checksum of the downloaded bytes failed"):
             worker.drain()
         with pytest.raises(E.FetchError):
             worker.hexdigest()

@@ -291,9 +291,9 @@ def test_digest_restarts_with_the_file_when_the_object_changes(server, tmp_path)
 
 
 def test_hash_worker_matches_inline_hashing():
-    from rawfetch.digest import HashWorker, new_hasher
+    from rawfetch.digest import Worker, new_hasher
     data = make_body(5 << 20, seed=4)
-    worker = HashWorker(new_hasher("sha256"))
+    worker = Worker(new_hasher("sha256"))
     views = [memoryview(data)[i:i + 65536] for i in range(0, len(data), 65536)]
     for view in views:
         worker.update(view)
