@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import threading
 import time
 from typing import Iterator, List
 
@@ -22,6 +23,10 @@ from tests.faultserver import FaultServer, actions as A, make_body
 pytestmark = pytest.mark.timeout(60)
 
 FAST = dict(idle_timeout=2.0, connect_timeout=2.0, dns_timeout=2.0)
+# Upper time bounds: whatever would end the wait if the behaviour under test failed (a
+# retry's backoff, a slow answer) is made ALTERNATIVE seconds long, and the test asserts
+# an elapsed time under ALTERNATIVE / 2.
+ALTERNATIVE = 20.0
 BODY = make_body(100000, seed=7)
 
 
@@ -293,17 +298,27 @@ def test_location_with_controls_is_refused(server, make_server, location, error)
 
 
 def test_redirect_chain_runs_under_max_time(server):
+    """Three redirects of 0.3 s each, then one answered only after ALTERNATIVE seconds:
+    max_time=1.0 must cut the chain in the middle of that wait."""
+    release = threading.Event()
+
     def slow_redirect(request) -> bytes:
-        time.sleep(0.3)
+        if len(server.requests) > 3:
+            release.wait(ALTERNATIVE)
+        else:
+            time.sleep(0.3)
         return _raw_redirect(b"/loop")
 
     server.script([A.raw(slow_redirect)])
     started = time.monotonic()
-    with pytest.raises(E.DeadlineExceeded):
-        fetch(server.url("/loop"), max_time=1.0, max_redirs=50)
-    elapsed = time.monotonic() - started
-    assert 0.95 <= elapsed < 1.5, elapsed
-    assert 3 <= len(server.requests) <= 5
+    try:
+        with pytest.raises(E.DeadlineExceeded):   # idle_timeout would be an IdleTimeout
+            fetch(server.url("/loop"), max_time=1.0, max_redirs=50, idle_timeout=ALTERNATIVE)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.95 <= elapsed < ALTERNATIVE / 2, elapsed
+    assert 3 <= len(server.requests) <= 4
 
 
 def test_download_never_takes_a_filename_from_the_server(server, body, tmp_path, monkeypatch):
@@ -339,10 +354,11 @@ def test_certificate_failure_is_never_retried_by_download(make_server, tmp_path,
     srv = _tls(make_server, mode)
     path = tmp_path / "img"
     started = time.monotonic()
-    with pytest.raises(E.CertificateError) as info:
+    with pytest.raises(E.CertificateError) as info:   # a retry would first sleep ALTERNATIVE
         rawfetch.download(srv.url("/img"), str(path), cafile=srv.ca_path, retries=5,
-                          retry_delay=0.01, **FAST)
-    assert time.monotonic() - started < 2.0
+                          retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
+                          retry_jitter=False, **FAST)
+    assert time.monotonic() - started < ALTERNATIVE / 2
     assert (info.value.exit_code, info.value.retryable) == (60, False)
     assert srv.connection_count == 1 and srv.requests == []
     assert not os.listdir(str(tmp_path))
@@ -362,13 +378,16 @@ def test_handshake_failure_is_a_tls_error_and_not_retried(make_server, tmp_path,
 def test_handshake_stall_is_bounded_at_download_level(make_server, tmp_path):
     srv = _tls(make_server, "ok")
     srv.script([A.tls_stall()])
+    options = dict(retries=50, retry_delay=0.01, idle_timeout=0.3, max_time=1.0)
     started = time.monotonic()
     with pytest.raises(E.FetchTimeout) as info:
         rawfetch.download(srv.url("/img"), str(tmp_path / "img"), cafile=srv.ca_path,
-                          retries=50, retry_delay=0.01, idle_timeout=0.3, max_time=1.0)
-    assert time.monotonic() - started < 1.6
+                          **options)
+    # Without max_time the 51 attempts of idle_timeout each would take 15 s or more.
+    assert time.monotonic() - started < (options["retries"] + 1) * options["idle_timeout"] / 2
     assert info.value.exit_code == 28 and srv.requests == []
-    assert 2 <= srv.connection_count <= 4   # idle timeouts are retried, within max_time
+    # Idle timeouts are retried, within max_time: each attempt lasts idle_timeout.
+    assert 2 <= srv.connection_count <= options["max_time"] / options["idle_timeout"] + 1
 
 
 def test_https_to_http_refusal_makes_no_plain_connection(make_server, server):

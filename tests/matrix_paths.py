@@ -1,0 +1,175 @@
+"""The data paths of the fault x data-path matrix (tests/test_matrix.py).
+
+Each path is one way a user gets the bytes: a driver runs the download and returns what
+the user ended up holding (file contents, stdout, bytes read) with the exit code or the
+exception. Command paths run the real `rawfetch` command in a subprocess; the API paths
+run in-process. The matrix crosses every path with every fault of test_matrix.py.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import rawfetch
+from rawfetch import errors as E
+from rawfetch.compat import HttpUrl
+from tests.faultserver import make_body
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (4 << 20) + 17              # odd, and long enough for two faults past 1 MiB each
+BODY = make_body(SIZE, seed=10)
+GZ = gzip.compress(BODY, compresslevel=1, mtime=0)   # what the --gunzip path is served
+XOR_FF = bytes(255 - i for i in range(256))
+# --in-place target: differs from BODY at every offset and is longer, so a stale byte
+# anywhere (a gap, a shift, an uncut tail) shows in the comparison.
+STALE = BODY.translate(XOR_FF) + b"\xa5" * 4099
+READ_SIZES = (1, 7, 4095, 65537, 1 << 20)   # open().readinto() sizes, cycled
+HTTPURL_CHUNK = 98317                       # compat.HttpUrl chunk_size: odd, not a power of 2
+COMMAND_TIMEOUT = 50.0   # hang guard only (below the cell's pytest timeout), not a speed bound
+FLAG_NAMES = {"cafile": "--cacert"}
+
+
+class Got(NamedTuple):
+    """What the user holds after one run of a path."""
+    data: bytes                     # file contents, stdout, or bytes read through the API
+    code: Optional[int]             # command exit code (None for API paths)
+    error: Optional[BaseException]  # the FetchError an API path raised (None on success)
+    final: Optional[str]            # the output file a file-mode path promises, else None
+    stderr: str
+    elapsed: float
+
+
+class DataPath(NamedTuple):
+    """One data path: its driver and how its cells are set up."""
+    name: str
+    driver: Callable[[Sequence[str], Dict[str, Any], str], Got]
+    checksum: bool = False     # pass --sha256 of the served bytes (copy path + hash worker)
+    tls: bool = False          # serve over https from the TLS fault server
+    gunzip: bool = False       # serve GZ, expect BODY out
+    chunked: bool = False      # chunked transfer coding
+    mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
+    stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
+    in_place: bool = False     # writes into STALE
+
+    def served(self) -> bytes:
+        return GZ if self.gunzip else BODY
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def flags(options: Dict[str, Any]) -> List[str]:
+    """API keywords -> the command's flags (dashes for underscores, cafile is --cacert)."""
+    argv: List[str] = []
+    for name, value in sorted(options.items()):
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_command(urls: Sequence[str], options: Dict[str, Any], output: str) -> Got:
+    """`python3 -m rawfetch URL [MIRROR...] -o OUTPUT -q FLAGS`; reads OUTPUT back."""
+    argv = [sys.executable, "-m", "rawfetch", *urls, "-o", output, "-q", *flags(options)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=COMMAND_TIMEOUT)
+    elapsed = time.monotonic() - started
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if output == "-":
+        return Got(proc.stdout, proc.returncode, None, None, stderr, elapsed)
+    data = b""
+    if os.path.exists(output):
+        with open(output, "rb") as handle:
+            data = handle.read()
+    return Got(data, proc.returncode, None, output, stderr, elapsed)
+
+
+def drive_file(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    return run_command(urls, options, os.path.join(tmp, "img"))
+
+
+def drive_in_place(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    target = os.path.join(tmp, "disk.img")
+    with open(target, "wb") as handle:
+        handle.write(STALE)
+    return run_command(urls, dict(options, in_place=True), target)
+
+
+def drive_stdout(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    return run_command(urls, options, "-")
+
+
+def drive_open(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    """rawfetch.open() read with readinto() at odd sizes, cycling through READ_SIZES."""
+    got = bytearray()
+    error: Optional[BaseException] = None
+    started = time.monotonic()
+    try:
+        with rawfetch.open(urls[0], urls=list(urls[1:]), **options) as stream:
+            for size in itertools.cycle(READ_SIZES):
+                buffer = bytearray(size)
+                count = stream.readinto(buffer)
+                if not count:
+                    break
+                got += buffer[:count]
+    except E.FetchError as exc:
+        error = exc
+    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+
+
+def drive_httpurl(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    """compat.HttpUrl iterated in HTTPURL_CHUNK pieces, as fuel-agent's chain reads it."""
+    got = bytearray()
+    error: Optional[BaseException] = None
+    started = time.monotonic()
+    try:
+        for chunk in HttpUrl(urls[0], chunk_size=HTTPURL_CHUNK, **options):
+            got += chunk
+    except E.FetchError as exc:
+        error = exc
+    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+
+
+PATHS = [
+    # Linux + Python >= 3.10 moves plain-HTTP bodies with os.splice; 3.8 runs the copy path.
+    DataPath("splice", drive_file),
+    DataPath("sha256", drive_file, checksum=True),
+    DataPath("tls", drive_file, tls=True),
+    DataPath("in-place", drive_in_place, in_place=True),
+    DataPath("stdout", drive_stdout, stream=True),
+    DataPath("gunzip", drive_file, gunzip=True),
+    DataPath("chunked", drive_file, chunked=True),
+    DataPath("mirror", drive_file, mirrors="first"),
+    DataPath("mirror-both", drive_file, mirrors="both"),
+    DataPath("open", drive_open, stream=True),
+    DataPath("httpurl", drive_httpurl, stream=True),
+]
+
+
+def first_difference(got: bytes, want: bytes) -> int:
+    """Offset of the first byte where got and want differ (-1 if equal)."""
+    common = min(len(got), len(want))
+    step = 1 << 16
+    for start in range(0, common, step):
+        end = min(start + step, common)
+        if got[start:end] != want[start:end]:
+            return next(i for i in range(start, end) if got[i] != want[i])
+    return -1 if len(got) == len(want) else common
+
+
+def describe(got: Got, want: bytes) -> str:
+    """One line for an assertion message: outcome, size, first wrong byte."""
+    diff = first_difference(got.data, want)
+    where = "byte-exact" if diff < 0 else "first wrong byte at %d" % diff
+    return "exit %s, error %r, %d of %d bytes, %s; stderr: %s" % (
+        got.code, got.error, len(got.data), len(want), where, got.stderr.strip()[-300:])

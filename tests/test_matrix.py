@@ -1,0 +1,244 @@
+"""Fault x data-path matrix (issue 10): every way a user gets the bytes, crossed with every
+fault a server or network throws mid-body. Each cell asserts what the user cares about:
+the exact bytes (digest) and the exit code or error class, and that every Range the
+server saw starts where the bytes the client held end (no overlap, no gap).
+
+The data paths and their drivers are in tests/matrix_paths.py. Fault offsets lie past
+1 MiB (one splice moves up to 1 MiB through the pipe) and at odd values.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import pytest
+
+from rawfetch import errors as E
+from rawfetch.timing import SPEED_SAMPLES
+from tests.faultserver import FaultServer, actions as A
+from tests.faultserver.actions import Action, Serve
+from tests.matrix_paths import (BODY, PATHS, STALE, DataPath, Got, describe,
+                                first_difference, sha256)
+
+pytestmark = pytest.mark.timeout(60)
+
+CUT = (1 << 20) + 13        # first fault: body bytes of the first response before it
+CUT2 = (1 << 20) + 4099     # a later fault, counted in the (resumed) response it hits
+ETAG = '"matrix-1"'         # the same strong ETag on both mirrors: continuing is provable
+IDLE = 0.3                  # idle_timeout: a stall costs this much
+SPEED_TIME = 0.4            # the low-speed window ...
+SPEED_LIMIT = 100000        # ... and limit: a trickle (1 byte per >= 20 ms) is far below it
+CHECK = SPEED_TIME / SPEED_SAMPLES   # the low-speed rule looks at progress this often
+TRICKLE_GAPS = (0.5, 1, 2, 4)        # x CHECK: off the check interval, on it, multiples
+RETRIES = 6
+# Budget: every failing response in a cell's script costs at most one retry (an attempt
+# that brought >= 1 MiB is not even charged), and no cell scripts more than five failing
+# responses (cell_scripts asserts it), so RETRIES = 6 lets every cell but max-time
+# succeed. No max_time is set there: those cells have no time budget to run out of.
+OPTIONS: Dict[str, Any] = dict(retries=RETRIES, retry_delay=0.001, retry_max_delay=0.01,
+                               idle_timeout=IDLE, speed_limit=SPEED_LIMIT,
+                               speed_time=SPEED_TIME, connect_timeout=2.0)
+# max-time cell: the server trickles forever, so only max_time can end it. It must come
+# before the retries run out: each trickling attempt lasts at least SPEED_TIME, so
+# RETRIES attempts need more than RETRIES * SPEED_TIME > MAX_TIME; and after the first
+# attempt's low-speed failure (SPEED_TIME + one CHECK), so a resumed attempt is cut.
+MAX_TIME = 2 * SPEED_TIME
+DISCONNECT_WAIT = 10.0      # a trickle/stall handler notices the client left within ~1 gap
+EXACT_FAULTS = ("fin", "stall")   # nothing is in flight when the client gives up on these
+# In place, a failed download may leave the target's first MiB zeroed (a disk must not
+# look bootable half-written: rawfetch.disk.HEAD_HOLD, README "In place").
+WIPED_HEAD = 1 << 20
+
+
+class Fault(NamedTuple):
+    """A server misbehaviour: `steps(at, at2)` are the failing responses (fault offsets
+    `at`, then `at2` for a second one), `final` the response after them (it repeats)."""
+    name: str
+    steps: Callable[[int, int], List[Action]]
+    final: Action = A.normal()
+    error: Optional[type] = None    # the error the cell must end with (None: success)
+
+
+def _trickle(gap: float) -> Callable[[int, int], List[Action]]:
+    return lambda at, at2: [A.trickle(at=at, gap=gap)]
+
+
+FAULTS = [
+    Fault("fin", lambda at, at2: [A.fin(at=at)]),
+    Fault("rst", lambda at, at2: [A.rst(at=at)]),
+    Fault("stall", lambda at, at2: [A.stall(at=at)]),
+] + [
+    Fault("trickle-%gx" % factor, _trickle(factor * CHECK)) for factor in TRICKLE_GAPS
+] + [
+    Fault("two-trickles", lambda at, at2: [A.trickle(at=at, gap=CHECK),
+                                           A.trickle(at=at2, gap=2 * CHECK)]),
+    Fault("range-ignored", lambda at, at2: [A.fin(at=at)], final=A.normal(ignore_range=True)),
+    Fault("wrong-content-range", lambda at, at2: [A.fin(at=at), A.wrong_content_range()]),
+    Fault("503-then-cut", lambda at, at2: [A.status(503, {"Retry-After": "0"}),
+                                           A.rst(at=at)]),
+    # Trickles forever, from every offset: an error cell ended by max_time.
+    Fault("max-time", lambda at, at2: [A.trickle(at=at, gap=CHECK)],
+          final=A.trickle(at=0, gap=CHECK), error=E.DeadlineExceeded),
+]
+
+
+# ------------------------------------------------------------------ servers and cells
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Dict[str, FaultServer]]:
+    """Plain, second plain (the mirror) and TLS servers shared by all cells: each cell
+    has its own path and per-path script, and one CA serves the whole module."""
+    started = {"plain": FaultServer(), "mirror": FaultServer(), "tls": FaultServer(tls="ok")}
+    for srv in started.values():
+        srv.start()
+    yield started
+    for srv in started.values():
+        srv.stop()
+
+
+Script = List[Tuple[FaultServer, List[Action]]]
+
+
+def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
+                 name: str) -> Tuple[List[str], Script, int]:
+    """Serve the object at `name` and script the fault; returns (urls, scripts, number of
+    failing responses scripted)."""
+    first = servers["tls" if path.tls else "plain"]
+    first.add(name, path.served(), etag=ETAG, chunked=path.chunked)
+    steps = fault.steps(CUT, CUT2)
+    if not path.mirrors:
+        scripts = [(first, steps + [fault.final])]
+        failing = len(steps)
+    else:
+        second = servers["mirror"]
+        second.add(name, path.served(), etag=ETAG, chunked=path.chunked)
+        later = fault.steps(CUT2, CUT2) if path.mirrors == "both" else []
+        if fault.error is not None:     # both trickle for ever: only max_time ends it
+            scripts = [(first, steps + [fault.final]), (second, [fault.final])]
+        else:
+            # A 404 after the fault makes the first mirror fail for good, so the handover
+            # comes right after the fault (a merely flaky mirror keeps its turn for its
+            # share of the budget and would finish the job itself).
+            scripts = [(first, steps + [A.status(404)]), (second, later + [fault.final])]
+        failing = len(steps) + 1 + len(later)
+    if fault.error is None:
+        assert failing <= RETRIES, "the retry budget must let this cell succeed"
+    for srv, script in scripts:
+        srv.script(script, path=name)
+    return [srv.url(name) for srv, _ in scripts], scripts, failing
+
+
+def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
+                 ) -> Dict[str, Any]:
+    options = dict(OPTIONS)
+    if path.checksum:
+        options["checksum"] = "sha256:" + sha256(path.served())
+    if path.tls:
+        options["cafile"] = servers["tls"].ca_path
+    if path.gunzip:
+        options["gunzip"] = True
+    if fault.error is not None:
+        options["max_time"] = MAX_TIME
+    return options
+
+
+# ------------------------------------------------------------------ what the servers saw
+class Served(NamedTuple):
+    """One request of the cell as a server saw it, with the action that answered it."""
+    time: float
+    start: int          # Range start asked for (0 without Range)
+    action: Action
+    sent: int           # body bytes the server sent on that connection
+
+
+def served_log(scripts: Script, name: str) -> List[Served]:
+    """Every request of this cell on every server, in time order."""
+    rows: List[Served] = []
+    for srv, script in scripts:
+        requests = [r for r in srv.requests if r.path == name]
+        conns = {r.conn for r in requests}
+        deadline = time.monotonic() + DISCONNECT_WAIT
+        while not conns <= {d.conn for d in srv.disconnects} and time.monotonic() < deadline:
+            srv.wait_disconnects(len(srv.disconnects) + 1, timeout=0.1)
+        sent = {d.conn: d.body_bytes_sent for d in srv.disconnects}
+        assert conns <= set(sent), "a connection of this cell never ended on the server"
+        for index, request in enumerate(requests):
+            action = script[min(index, len(script) - 1)]
+            rows.append(Served(request.time, range_start(request.range), action,
+                               sent[request.conn]))
+    return sorted(rows)
+
+
+def range_start(value: Optional[str]) -> int:
+    if value is None:
+        return 0
+    assert value.startswith("bytes=") and value.endswith("-"), value
+    return int(value[len("bytes="):-1])
+
+
+def check_ranges(rows: List[Served]) -> None:
+    """Each Range starts where the bytes held end: exactly after a FIN or a stall (nothing
+    in flight), never past the bytes the server sent (a gap) and never before what was
+    held (an overlap); a response the client must reject adds nothing held."""
+    for number, (row, following) in enumerate(zip(rows, rows[1:]), start=2):
+        action, asked = row.action, following.start
+        if isinstance(action, Serve) and not action.wrong_range:
+            base = 0 if action.ignore_range else row.start
+            end = max(row.start, base + row.sent)
+            if action.fault in EXACT_FAULTS:
+                assert asked == end, "request %d asked bytes=%d-, held %d" % (
+                    number, asked, end)
+            else:
+                assert row.start <= asked <= end, "request %d asked bytes=%d-, held %d-%d" % (
+                    number, asked, row.start, end)
+        else:
+            assert asked == row.start, "request %d asked bytes=%d- after a rejected " \
+                                       "response to bytes=%d-" % (number, asked, row.start)
+
+
+# ------------------------------------------------------------------ the matrix
+def check_success(got: Got, rows: List[Served]) -> None:
+    exact = got.code in (None, 0) and got.error is None and sha256(got.data) == sha256(BODY)
+    assert exact, "%s; served %s" % (describe(got, BODY), summary(rows))
+
+
+def check_failure(path: DataPath, fault: Fault, got: Got, rows: List[Served]) -> None:
+    """An error cell: the right error, only a byte-exact prefix delivered, no final file."""
+    assert fault.error is not None
+    context = "%s; served %s" % (describe(got, BODY), summary(rows))
+    if got.code is None:
+        assert isinstance(got.error, fault.error), context
+    else:
+        assert got.code == fault.error.exit_code and "max_time" in got.stderr, context
+    assert got.elapsed >= MAX_TIME, context    # the deadline cannot fire early
+    if path.stream:
+        assert got.data == BODY[:len(got.data)], context
+    elif path.in_place:   # (head wiped or BODY's), BODY up to where it stopped, STALE after
+        head = got.data[:WIPED_HEAD]
+        assert head in (BODY[:WIPED_HEAD], bytes(WIPED_HEAD)), context
+        held = WIPED_HEAD + first_difference(got.data[WIPED_HEAD:], BODY[WIPED_HEAD:])
+        assert len(got.data) == len(STALE) and got.data[held:] == STALE[held:], context
+    else:
+        assert got.final is not None and not os.path.exists(got.final), context
+
+
+def summary(rows: List[Served]) -> str:
+    """'bytes=0- sent 1048601 (trickle), bytes=1048599- ...' for failure messages."""
+    return ", ".join("bytes=%d- sent %d (%s)" % (row.start, row.sent, getattr(
+        row.action, "fault", type(row.action).__name__)) for row in rows)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_cell(servers, tmp_path, path: DataPath, fault: Fault) -> None:
+    name = "/%s/%s" % (path.name, fault.name)
+    urls, scripts, failing = cell_scripts(servers, path, fault, name)
+    got = path.driver(urls, cell_options(path, fault, servers), str(tmp_path))
+    rows = served_log(scripts, name)
+    if fault.error is None:
+        check_success(got, rows)
+    else:
+        check_failure(path, fault, got, rows)
+    check_ranges(rows)
+    if fault.error is None and not path.mirrors:   # every scripted fault was served
+        assert len(rows) >= failing + 1, summary(rows)
