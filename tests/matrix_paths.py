@@ -7,6 +7,7 @@ run in-process. The matrix crosses every path with every fault of test_matrix.py
 """
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import itertools
@@ -25,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (4 << 20) + 17              # odd, and long enough for two faults past 1 MiB each
 BODY = make_body(SIZE, seed=10)
 GZ = gzip.compress(BODY, compresslevel=1, mtime=0)   # what the --gunzip path is served
+PACKED = {"gzip": GZ, "bzip2": bz2.compress(BODY, 1)}  # xz: packed on first use (slow)
 XOR_FF = bytes(255 - i for i in range(256))
 # --in-place target: differs from BODY at every offset and is longer, so a stale byte
 # anywhere (a gap, a shift, an uncut tail) shows in the comparison.
@@ -51,14 +53,21 @@ class DataPath(NamedTuple):
     driver: Callable[[Sequence[str], Dict[str, Any], str], Got]
     checksum: bool = False     # pass --sha256 of the served bytes (copy path + hash worker)
     tls: bool = False          # serve over https from the TLS fault server
-    gunzip: bool = False       # serve GZ, expect BODY out
+    gunzip: bool = False       # serve GZ, expect BODY out (the --gunzip spelling)
+    codec: str = ""            # serve BODY packed with it, --decompress it, expect BODY out
+    limit_rate: int = 0        # --limit-rate: the pacing path
     chunked: bool = False      # chunked transfer coding
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
     in_place: bool = False     # writes into STALE
 
     def served(self) -> bytes:
-        return GZ if self.gunzip else BODY
+        if self.gunzip:
+            return GZ
+        if self.codec and self.codec not in PACKED:
+            import lzma
+            PACKED[self.codec] = lzma.compress(BODY, preset=0)
+        return PACKED[self.codec] if self.codec else BODY
 
 
 def sha256(data: bytes) -> str:
@@ -148,6 +157,12 @@ PATHS = [
     DataPath("in-place", drive_in_place, in_place=True),
     DataPath("stdout", drive_stdout, stream=True),
     DataPath("gunzip", drive_file, gunzip=True),
+    # the worker thread decodes and writes while the next buffer arrives
+    DataPath("xz", drive_file, codec="xz"),
+    DataPath("bzip2-stdout", drive_stdout, codec="bzip2", stream=True),
+    DataPath("xz-open", drive_open, codec="xz", stream=True),
+    # paced before every receive; well above the matrix's low-speed limit
+    DataPath("rate-limit", drive_file, limit_rate=16 << 20),
     DataPath("chunked", drive_file, chunked=True),
     DataPath("mirror", drive_file, mirrors="first"),
     DataPath("mirror-both", drive_file, mirrors="both"),

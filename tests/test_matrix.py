@@ -137,6 +137,10 @@ def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
         options["cafile"] = servers["tls"].ca_path
     if path.gunzip:
         options["gunzip"] = True
+    if path.codec:
+        options["decompress"] = path.codec
+    if path.limit_rate:
+        options["limit_rate"] = path.limit_rate
     if fault.error is not None:
         options["max_time"] = MAX_TIME
     return options
