@@ -10,8 +10,11 @@ from typing import Any, Optional
 
 from .errors import FetchError, IdleTimeout, translate
 from .events import emit, wants_events
-from .net import connect, parse_resolve, resolve, tls_context
+from .net import (certificate_refusal, client_context, connect, parse_resolve, resolve,
+                  stop_watching, tls_context)
 from .options import Options
+from .http11 import USER_AGENT
+from .proxy import Proxy, open_tunnel, proxy_failure
 from .timing import Deadline, SpeedMonitor
 from .url import URL
 
@@ -37,9 +40,10 @@ class Connection:
         self._poller.register(sock.fileno(), select.POLLIN)
         self.phase = "recv"
 
-    def start_tls(self, host: str, cafile: Optional[str], insecure: bool) -> None:
+    def start_tls(self, host: str, cafile: Optional[str], insecure: bool,
+                  context: Any = None) -> None:
         """Wrap and handshake without blocking, under idle_timeout and max_time."""
-        context = tls_context(cafile, insecure)
+        context = context or tls_context(cafile, insecure)
         import ssl
         self._want = _WANT + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._tls = True
@@ -58,7 +62,8 @@ class Connection:
         except FetchError:
             raise
         except (OSError, ValueError) as exc:
-            raise translate(exc, "tls", self.url) from None
+            raise certificate_refusal(translate(exc, "tls", self.url), self.sock) from None
+        stop_watching(self.sock)
         self.phase = "recv"
 
     def send_all(self, data: bytes) -> None:
@@ -177,27 +182,25 @@ class Connection:
 _PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending the request"}
 
 
-def open_connection(url: URL, options: Options, deadline: Deadline) -> Connection:
-    """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each."""
+def open_connection(url: URL, options: Options, deadline: Deadline,
+                    proxy: Optional[Proxy] = None) -> Connection:
+    """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each.
+    With a proxy, resolve and connect reach the proxy and https first opens a CONNECT
+    tunnel; TLS then checks the origin's certificate for the origin's name."""
     report = wants_events(options)
-    pins = parse_resolve(options.resolve)
-    started = monotonic()
-    addresses = resolve(url.host, url.port, options.dns_timeout, deadline,
-                        options.resolver, pins)
-    if report:
-        emit(options.on_event, "resolve", url=str(url), host=url.host,
-             addresses=[a[1][0] for a in addresses], ms=_ms(started))
-    started = monotonic()
-    sock = connect(addresses, options.connect_timeout, deadline)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if report:
-        emit(options.on_event, "connect", url=str(url), address=sock.getpeername()[0],
-             ms=_ms(started))
+    try:
+        sock = _dial(url, proxy, options, deadline, report)
+    except FetchError as exc:
+        if proxy is None:
+            raise
+        raise proxy_failure(exc, proxy) from None
     conn = Connection(sock, options, deadline, str(url))
     if url.scheme == "https":
         started = monotonic()
         try:
-            conn.start_tls(url.host, options.cafile, options.insecure)
+            if proxy is not None:
+                open_tunnel(conn, url, proxy, USER_AGENT)
+            conn.start_tls(url.host, options.cafile, options.insecure, client_context(options))
         except BaseException:
             conn.close()
             raise
@@ -205,6 +208,26 @@ def open_connection(url: URL, options: Options, deadline: Deadline) -> Connectio
             emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
                  cipher=conn.sock.cipher()[0], ms=_ms(started))
     return conn
+
+
+def _dial(url: URL, proxy: Optional[Proxy], options: Options, deadline: Deadline,
+          report: bool) -> socket.socket:
+    """A connected socket to the origin, or to the proxy when there is one."""
+    hop, shown = (url if proxy is None else proxy.url), str(url)
+    pins = parse_resolve(options.resolve)
+    started = monotonic()
+    addresses = resolve(hop.host, hop.port, options.dns_timeout, deadline,
+                        options.resolver, pins)
+    if report:
+        emit(options.on_event, "resolve", url=shown, host=hop.host,
+             addresses=[a[1][0] for a in addresses], ms=_ms(started))
+    started = monotonic()
+    sock = connect(addresses, options.connect_timeout, deadline)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if report:
+        emit(options.on_event, "connect", url=shown, address=sock.getpeername()[0],
+             ms=_ms(started), proxy=None if proxy is None else proxy.shown)
+    return sock
 
 
 def _ms(started: float) -> float:
