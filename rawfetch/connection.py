@@ -188,6 +188,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
     With a proxy, resolve and connect reach the proxy and https first opens a CONNECT
     tunnel; TLS then checks the origin's certificate for the origin's name."""
     report = wants_events(options)
+    context = client_context(options) if url.scheme == "https" else None  # bad files: no connect
     try:
         sock = _dial(url, proxy, options, deadline, report)
     except FetchError as exc:
@@ -200,7 +201,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
         try:
             if proxy is not None:
                 open_tunnel(conn, url, proxy, USER_AGENT)
-            conn.start_tls(url.host, options.cafile, options.insecure, client_context(options))
+            conn.start_tls(url.host, options.cafile, options.insecure, context)
         except BaseException:
             conn.close()
             raise

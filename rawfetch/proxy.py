@@ -236,11 +236,15 @@ def open_tunnel(conn: Any, url: URL, proxy: Proxy, user_agent: str) -> None:
     conn.phase = "the proxy's CONNECT answer"
     parser = HeadParser()
     view = memoryview(bytearray(CONNECT_RECV_SIZE))
+    received = 0
     try:
         while True:
             size = conn.recv_into(view)
             if not size:
-                raise ProtocolError("the connection closed before the CONNECT answer")
+                raise ProtocolError("the connection closed %s" % (
+                    "in the middle of the CONNECT answer (%d bytes)" % received if received
+                    else "before the CONNECT answer"))
+            received += size
             head, leftover = parser.feed(bytes(view[:size]))
             if head is not None:
                 break
