@@ -33,6 +33,12 @@ HINTS: Dict[type, str] = {
     E.TooManyRedirects: "raise --max-redirs or use the final URL",
     E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",
     E.InvalidRequest: "check the URL, headers and options",
+    E.ClientCertificateError: "give the certificate the server expects: --cert FILE "
+                              "[--key FILE]",
+    E.ProxyResolveError: "check the proxy's host name (-x/--proxy, http_proxy, https_proxy)",
+    E.ProxyConnectError: "is the proxy up and reachable? check -x/--proxy or the *_proxy "
+                         "variables, or bypass it with --noproxy",
+    E.ProxyTunnelError: "the proxy refused the tunnel: check --proxy-user and its access rules",
 }
 
 
@@ -52,8 +58,48 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _user_pass(text: str) -> str:
+    """USER:PASSWORD; the message never repeats the value (it may be a password)."""
+    if ":" not in text:
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD (rawfetch never prompts "
+                                         "for a password)")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors never echo a password from the command line."""
+
+    argv: List[str] = []
+
+    def error(self, message: str) -> Any:
+        from .credentials import redact_argv
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, redact_argv(message, self.argv)))
+
+
+def _add_access_flags(add: Any) -> None:
+    """Proxies, credentials and client certificates (curl's flags and meanings)."""
+    add("-x", "--proxy", metavar="URL", default=None,
+        help="[http://][USER:PASS@]HOST[:PORT] (port 1080 if none); '' = no proxy; default: the "
+        "http_proxy/https_proxy/all_proxy environment variables")
+    add("--noproxy", metavar="LIST", default=None, help="hosts, .domains, IPs and CIDR "
+        "ranges reached directly ('*' = all); default: no_proxy/NO_PROXY")
+    add("-U", "--proxy-user", metavar="USER:PASS", type=_user_pass, default=None,
+        help="Basic credentials sent only to the proxy")
+    add("-u", "--user", metavar="USER:PASS", type=_user_pass, default=None,
+        help="Basic credentials for the origin (over URL userinfo and netrc)")
+    add("--netrc", action="store_true", help="origin credentials from $NETRC or ~/.netrc")
+    add("--netrc-file", metavar="FILE", default=None, help="origin credentials from FILE")
+    add("--cert", metavar="FILE", default=None, help="client certificate, PEM (the key may "
+        "be in the same file)")
+    add("--key", metavar="FILE", default=None, help="client private key, PEM")
+    add("--capath", metavar="DIR", default=None, help="directory of hashed CA certificates "
+        "(replaces the system CAs)")
+    add("--tlsv1.3", dest="tlsv13", action="store_true", help="require TLS 1.3 or later")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="rawfetch", description="Download URL to PATH byte-exact, or fail clearly "
         "within the bounds you set. Exit codes follow curl's where one exists.")
     p.add_argument("url", metavar="URL")
@@ -74,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR[,ADDR...]")
     add("--cacert", metavar="FILE")
     add("-k", "--insecure", action="store_true")
-    add("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    add("-H", "--header", action="append", default=[], metavar="'Name: value' or @FILE",
+        help="extra request header (repeatable); @FILE reads one header per line")
     add("--max-redirs", type=_count, default=DEFAULTS["max_redirs"], metavar="N")
     add("--sha256", metavar="HEX")
     add("--md5", metavar="HEX")
@@ -86,10 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--in-place", action="store_true", help="write into an existing file directly "
         "(devices always are)")
     add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
+    _add_access_flags(add)
     return p
 
 
 def options_from(args: argparse.Namespace) -> Dict[str, Any]:
+    access = access_options(args)   # first: it expands -H @FILE in args.header
     given = [c for c in (args.checksum, args.sha256 and "sha256:" + args.sha256,
                          args.md5 and "md5:" + args.md5) if c]
     if len(given) > 1:
@@ -101,7 +150,17 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
                 max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
                 insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
                 checksum=given[0] if given else None, gunzip=args.gunzip,
-                in_place=args.in_place)
+                in_place=args.in_place, **access)
+
+
+def access_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """Proxy, credential and TLS options from the flags (-H @FILE expanded here)."""
+    from .credentials import expand_header_args
+    args.header = expand_header_args(args.header)
+    return dict(proxy=args.proxy, no_proxy=args.noproxy, proxy_user=args.proxy_user,
+                user=args.user, netrc=args.netrc, netrc_file=args.netrc_file,
+                cert=args.cert, key=args.key, capath=args.capath,
+                tls_min="1.3" if args.tlsv13 else "1.2")
 
 
 class Progress:
@@ -202,16 +261,18 @@ class JsonLog:
     """--log-json: one JSON object per event and line, flushed at once (a killed agent's
     log is complete up to the last step)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secrets: Any = ()) -> None:
         import json
         self._dumps = json.dumps
+        self._secrets = secrets
         try:
             self._file = open(path, "a", encoding="utf-8")
         except OSError as exc:
             raise E.LocalWriteError("cannot open --log-json %s: %s" % (path, exc.strerror))
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        self._file.write(self._dumps(event, default=str) + "\n")
+        from .credentials import redact_text
+        self._file.write(redact_text(self._dumps(event, default=str), self._secrets) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -220,22 +281,26 @@ class JsonLog:
 
 def run(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
     log: Optional[JsonLog] = None
+    secrets: Any = ()
     try:
         options = options_from(args)
+        secrets = _secrets(args, options)
         if args.log_json:
-            log = JsonLog(args.log_json)
+            log = JsonLog(args.log_json, secrets)
             options["on_event"] = log
         summary, digest = _execute(args, options, progress)
     except E.FetchError as exc:
         progress.end()
         hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
             (h for cls, h in HINTS.items() if isinstance(exc, cls)), "")
-        sys.stderr.write("rawfetch: error %d: %s%s\n" % (
-            exc.exit_code, exc, " -- hint: " + hint if hint else ""))
+        from .credentials import redact_text
+        sys.stderr.write(redact_text("rawfetch: error %d: %s%s\n" % (
+            exc.exit_code, exc, " -- hint: " + hint if hint else ""), secrets))
         return exc.exit_code
     except KeyboardInterrupt:
         progress.end()
@@ -248,6 +313,13 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not args.quiet:
         sys.stderr.write("rawfetch: %s%s\n" % (summary, " " + digest if digest else ""))
     return 0
+
+
+def _secrets(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+    """Every secret on this command line, masked in whatever the command writes."""
+    from .credentials import secrets_of
+    from .options import Options
+    return secrets_of(Options(**options), [args.url] + list(args.mirrors))
 
 
 def _execute(args: argparse.Namespace, options: Dict[str, Any],
