@@ -163,3 +163,38 @@ def test_empty_proxy_flag_overrides_the_environment(squid, origin, tmp_path):
                        env={"http_proxy": squid.url})
     assert run.returncode == 0, run.stderr
     assert quiet_log(squid, origin) == []
+
+
+def test_object_replaced_during_a_cut_restarts_cleanly_through_squid(squid, origin, tmp_path):
+    """The resume rules hold through a proxy: If-Range travels through squid, the origin's
+    new version comes back as a 200 and the download restarts from zero."""
+    new = make_body(SIZE, seed=12)
+    origin.script([A.rst(at=1 << 20), A.replace(new, then=A.normal())])
+    out, log = tmp_path / "img", str(tmp_path / "events")
+    run = run_rawfetch(origin.url("/img"), "-o", str(out), "-x", squid.url, *QUICK, log=log)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() == new
+    assert len(run.named("restart")) == 1 and run.named("resume") == []
+    assert origin.requests[1].if_range == '"img-v1"'
+
+
+def test_resume_of_an_earlier_run_is_served_from_squids_cache(squid, origin, tmp_path):
+    """Node A fetched the image through squid; node B's earlier run was cut at 1 MiB. B's
+    resume (Range + If-Range) is answered by squid from its cache, and checked by the same
+    rules: the origin sees nothing more and B's file is exact."""
+    first = run_rawfetch(origin.url("/img"), "-o", str(tmp_path / "a"), "-x", squid.url, *QUICK)
+    assert first.returncode == 0, first.stderr
+    origin.script([A.rst(at=1 << 20)])
+    cut = run_rawfetch(origin.url("/img"), "-o", str(tmp_path / "b"), "--retries", "0",
+                       "--noproxy", "*", *QUICK)
+    assert cut.returncode != 0 and (tmp_path / "b.part").stat().st_size > 0
+    held = (tmp_path / "b.part").stat().st_size
+    seen = len(origin.requests)
+    log = str(tmp_path / "events")
+    run = run_rawfetch(origin.url("/img"), "-o", str(tmp_path / "b"), "-x", squid.url, *QUICK,
+                       log=log)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "b").read_bytes() == BODY
+    assert len(origin.requests) == seen                     # squid answered from its cache
+    assert run.named("request")[0]["range"] == "bytes=%d-" % held
+    assert "HIT" in lines_for(squid, 2)[-1].code
