@@ -316,7 +316,10 @@ def _note_certificate_request(sock: Any, direction: str, _version: Any, content_
     """ssl's message callback, during the handshake only (see stop_watching)."""
     if direction == "read" and content_type == TLS_HANDSHAKE \
             and msg_type == CERTIFICATE_REQUEST:
-        sock.certificate_requested = True
+        try:  # an exception here would surface from the handshake itself
+            sock.certificate_requested = True
+        except AttributeError:
+            pass
 
 
 def stop_watching(sock: Any) -> None:

@@ -213,6 +213,29 @@ def test_unresolvable_proxy_is_exit_5_and_the_origin_is_never_resolved():
     assert asked == ["proxy.invalid"]
 
 
+def test_slow_proxy_lookup_is_bounded_by_dns_timeout():
+    def resolver(host: str, port: int) -> List[str]:
+        time.sleep(3)
+        return ["127.0.0.1"]
+
+    started = time.monotonic()
+    with pytest.raises(E.DNSTimeout) as caught:
+        rawfetch.request("GET", "http://origin.example/img", proxy="proxy.lan:3128",
+                         resolver=resolver, dns_timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert caught.value.exit_code == 28 and "proxy http://proxy.lan:3128" in str(caught.value)
+
+
+def test_blackholed_proxy_is_bounded_by_connect_timeout(blackhole):
+    port = blackhole()
+    started = time.monotonic()
+    with pytest.raises(E.ConnectTimeout) as caught:
+        rawfetch.request("GET", "http://origin.example/img", proxy="127.0.0.2:%d" % port,
+                         connect_timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert "proxy http://127.0.0.2:%d" % port in str(caught.value)
+
+
 def test_silent_proxy_is_bounded_by_idle_timeout():
     with FaultServer() as fake_proxy:
         fake_proxy.script([A.silence()])
