@@ -5,8 +5,10 @@ Serves a generated gzip image (64 MiB uncompressed) from two in-repo fault serve
 loopback: a broken mirror that resets mid-body and then loses the file (404), and a
 master that throws a storm of faults (reset, 503 + Retry-After, stall, trickle, cut, a
 Range ignored). Downloads it with the real `rawfetch` command, --gunzip, a progress line
-and the mirror list, then prints the verified digests and a summary of the events.
-Usage: python3 demo.py [--size MiB] [--keep PATH]
+and the mirror list, then prints the verified digests and a summary of the events, and
+draws the download's timeline next to its event log when matplotlib is installed
+(docs/timeline.png is `python3 demo.py --timeline docs/timeline.png`).
+Usage: python3 demo.py [--size MiB] [--keep PATH] [--timeline PNG]
 """
 from __future__ import annotations
 
@@ -62,6 +64,19 @@ def summarize(log_path: str) -> str:
     return "\n".join("  " + line for line in lines)
 
 
+def draw_timeline(log_path: str, picture: str) -> str:
+    """The picture of this download (rawfetch-timeline), or how to get one."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ("timeline: python3 -m pip install 'rawfetch[plot]', then\n"
+                "  python3 -m rawfetch.timeline %s -o timeline.png" % log_path)
+    code = subprocess.call([sys.executable, "-m", "rawfetch.timeline", log_path, "-o",
+                            picture], stdout=subprocess.DEVNULL,
+                           env=dict(os.environ, PYTHONPATH=HERE))
+    return "timeline: %s" % picture if code == 0 else "timeline: not drawn (exit %d)" % code
+
+
 def run(image: bytes, packed: bytes, target: str, log_path: str) -> int:
     with FaultServer() as mirror, FaultServer() as master:
         for server in (mirror, master):
@@ -90,6 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="image size in MiB (64)")
     parser.add_argument("--keep", metavar="PATH", help="keep the image at PATH")
+    parser.add_argument("--timeline", metavar="PNG", help="write the timeline picture "
+                        "here (default: next to the event log)")
     args = parser.parse_args()
     image = make_image(max(args.size, 1) << 20)
     packed = gzip.compress(image, compresslevel=1)
@@ -101,15 +118,13 @@ def main() -> int:
     elapsed = time.monotonic() - started
     ok = code == 0 and open(target, "rb").read() == image
     print("\nevents (%s):\n%s" % (log_path, summarize(log_path)))
+    print(draw_timeline(log_path, args.timeline or os.path.join(workdir, "timeline.png")))
     print("\nexit code %d in %.1fs: %s" % (code, elapsed, (
         "image verified, compressed sha256:%s, decompressed sha256:%s" % (
             hashlib.sha256(packed).hexdigest(), hashlib.sha256(image).hexdigest()))
         if ok else "FAILED"))
-    for path in (target if not args.keep else None, log_path):
-        if path and os.path.exists(path):
-            os.unlink(path)
-    if not os.listdir(workdir):
-        os.rmdir(workdir)
+    if not args.keep and os.path.exists(target):
+        os.unlink(target)               # the event log and the timeline stay for a look
     return 0 if ok else 1
 
 

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import errors as E
-from .options import DEFAULTS
+from . import __version__, errors as E
+from .cliopts import OPTIONS, build_parser
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
@@ -33,6 +33,10 @@ HINTS: Dict[type, str] = {
     E.TooManyRedirects: "raise --max-redirs or use the final URL",
     E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",
     E.InvalidRequest: "check the URL, headers and options",
+    E.InvariantViolation: "a rawfetch bug: nothing was kept; please report it with --log-json",
+    E.ReadBackMismatch: "the device does not keep what is written: check it (dmesg, SMART)",
+    E.UnsupportedImageFormat: "convert it with qemu-img convert -O raw, or pass "
+                              "--allow-any-format",
     E.ClientCertificateError: "give the certificate the server expects: --cert FILE "
                               "[--key FILE]",
     E.ProxyResolveError: "check the proxy's host name (-x/--proxy, http_proxy, https_proxy)",
@@ -42,125 +46,52 @@ HINTS: Dict[type, str] = {
 }
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("%r must be a finite number >= 0" % text)
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a whole number >= 0" % text)
-    return int(text)
-
-
-def _user_pass(text: str) -> str:
-    """USER:PASSWORD; the message never repeats the value (it may be a password)."""
-    if ":" not in text:
-        raise argparse.ArgumentTypeError("expected USER:PASSWORD (rawfetch never prompts "
-                                         "for a password)")
-    return text
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors never echo a password from the command line."""
-
-    argv: List[str] = []
-
-    def error(self, message: str) -> Any:
-        from .credentials import redact_argv
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, redact_argv(message, self.argv)))
-
-
-def _add_access_flags(add: Any) -> None:
-    """Proxies, credentials and client certificates (curl's flags and meanings)."""
-    add("-x", "--proxy", metavar="URL", default=None,
-        help="[http://][USER:PASS@]HOST[:PORT] (port 1080 if none); '' = no proxy; default: the "
-        "http_proxy/https_proxy/all_proxy environment variables")
-    add("--noproxy", metavar="LIST", default=None, help="hosts, .domains, IPs and CIDR "
-        "ranges reached directly ('*' = all); default: no_proxy/NO_PROXY")
-    add("-U", "--proxy-user", metavar="USER:PASS", type=_user_pass, default=None,
-        help="Basic credentials sent only to the proxy")
-    add("-u", "--user", metavar="USER:PASS", type=_user_pass, default=None,
-        help="Basic credentials for the origin (over URL userinfo and netrc)")
-    add("--netrc", action="store_true", help="origin credentials from $NETRC or ~/.netrc")
-    add("--netrc-file", metavar="FILE", default=None, help="origin credentials from FILE")
-    add("--cert", metavar="FILE", default=None, help="client certificate, PEM (the key may "
-        "be in the same file)")
-    add("--key", metavar="FILE", default=None, help="client private key, PEM")
-    add("--capath", metavar="DIR", default=None, help="directory of hashed CA certificates "
-        "(replaces the system CAs)")
-    add("--tlsv1.3", dest="tlsv13", action="store_true", help="require TLS 1.3 or later")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="rawfetch", description="Download URL to PATH byte-exact, or fail clearly "
-        "within the bounds you set. Exit codes follow curl's where one exists.")
-    p.add_argument("url", metavar="URL")
-    p.add_argument("mirrors", metavar="MIRROR_URL", nargs="*",
-                   help="the same object on other servers, tried in order")
-    p.add_argument("-o", "--output", required=True, metavar="PATH",
-                   help="file to write; '-' streams to stdout")
-    add = p.add_argument
-    add("--retries", type=_count, default=DEFAULTS["retries"], metavar="N")
-    add("--retry-delay", type=_seconds, default=DEFAULTS["retry_delay"], metavar="S")
-    add("--retry-max-delay", type=_seconds, default=DEFAULTS["retry_max_delay"], metavar="S")
-    add("--dns-timeout", type=_seconds, default=DEFAULTS["dns_timeout"], metavar="S")
-    add("--connect-timeout", type=_seconds, default=DEFAULTS["connect_timeout"], metavar="S")
-    add("--idle-timeout", type=_seconds, default=DEFAULTS["idle_timeout"], metavar="S")
-    add("--speed-limit", type=_count, default=DEFAULTS["speed_limit"], metavar="BYTES")
-    add("--speed-time", type=_seconds, default=DEFAULTS["speed_time"], metavar="S")
-    add("--max-time", type=_seconds, default=None, metavar="S")
-    add("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR[,ADDR...]")
-    add("--cacert", metavar="FILE")
-    add("-k", "--insecure", action="store_true")
-    add("-H", "--header", action="append", default=[], metavar="'Name: value' or @FILE",
-        help="extra request header (repeatable); @FILE reads one header per line")
-    add("--max-redirs", type=_count, default=DEFAULTS["max_redirs"], metavar="N")
-    add("--sha256", metavar="HEX")
-    add("--md5", metavar="HEX")
-    add("--checksum", metavar="ALGO:HEX")
-    add("-q", "--quiet", action="store_true", help="no progress and no summary")
-    add("--progress", action="store_true", help="progress line even when not a TTY")
-    add("--gunzip", action="store_true", help="decompress on the fly (checksums apply to "
-        "the compressed bytes as downloaded)")
-    add("--in-place", action="store_true", help="write into an existing file directly "
-        "(devices always are)")
-    add("--log-json", metavar="FILE", help="write every event as one JSON object per line")
-    _add_access_flags(add)
-    return p
-
-
 def options_from(args: argparse.Namespace) -> Dict[str, Any]:
-    access = access_options(args)   # first: it expands -H @FILE in args.header
+    """open()/download() keywords from the parsed flags: every table row with a keyword
+    passes on as it is; the three checksum flags become one `checksum`."""
     given = [c for c in (args.checksum, args.sha256 and "sha256:" + args.sha256,
                          args.md5 and "md5:" + args.md5) if c]
     if len(given) > 1:
         raise E.InvalidRequest("give only one of --sha256, --md5, --checksum")
-    return dict(retries=args.retries, retry_delay=args.retry_delay,
-                retry_max_delay=args.retry_max_delay, dns_timeout=args.dns_timeout,
-                connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
-                speed_limit=args.speed_limit, speed_time=args.speed_time,
-                max_time=args.max_time, resolve=args.resolve, cafile=args.cacert,
-                insecure=args.insecure, headers=args.header, max_redirs=args.max_redirs,
-                checksum=given[0] if given else None, gunzip=args.gunzip,
-                in_place=args.in_place, **access)
-
-
-def access_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """Proxy, credential and TLS options from the flags (-H @FILE expanded here)."""
+    options = {opt.keyword: getattr(args, opt.dest) for opt in OPTIONS
+               if opt.keyword and not (opt.given_only and getattr(args, opt.dest) is None)}
+    options["checksum"] = given[0] if given else None
     from .credentials import expand_header_args
-    args.header = expand_header_args(args.header)
-    return dict(proxy=args.proxy, no_proxy=args.noproxy, proxy_user=args.proxy_user,
-                user=args.user, netrc=args.netrc, netrc_file=args.netrc_file,
-                cert=args.cert, key=args.key, capath=args.capath,
-                tls_min="1.3" if args.tlsv13 else "1.2")
+    options["headers"] = expand_header_args(options["headers"])   # -H @FILE
+    if getattr(args, "tlsv1.3", False):
+        options["tls_min"] = "1.3"
+    return options
+
+
+def remote_name(url: str) -> str:
+    """-O's file name, as curl takes it: the last path segment of the URL, query and
+    fragment dropped, percent-decoded. Refused when it could escape the current
+    directory or name it: empty, '.', '..', or holding '/', '\\' or NUL once decoded."""
+    from .url import parse_url
+    segment = parse_url(url).target.partition("?")[0].rpartition("/")[2]
+    name = _percent_decode(segment)
+    if name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+        raise E.InvalidRequest("-O cannot save under %r, the last path segment of the URL; "
+                               "give -o PATH" % name, url=url)
+    return name
+
+
+def _percent_decode(text: str) -> str:
+    """%XX to bytes (invalid escapes kept as they are, like curl), then a file name."""
+    out = bytearray()
+    index = 0
+    while index < len(text):
+        pair = text[index + 1:index + 3]
+        if text[index] == "%" and len(pair) == 2 and all(c in _HEX for c in pair):
+            out.append(int(pair, 16))
+            index += 3
+        else:
+            out += text[index].encode("utf-8")
+            index += 1
+    return os.fsdecode(bytes(out))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class Progress:
@@ -214,6 +145,7 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
     views = [memoryview(bytearray(1 << 20)) for _ in range(2 if worker else 1)]
     stream = getattr(reader, "stream", reader)
     turn = 0
+    delivered = stream.offset   # (the decoder counts its own input: see below)
     try:
         with reader:
             while True:
@@ -222,8 +154,12 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
                     worker.drain(keep=1)
                     turn ^= 1
                 size = reader.readinto(view)
-                if not size:
+                if not size:   # decoded output is not stream bytes: count its input
+                    decoder = getattr(reader, "decoder", None)
+                    check_invariants(stream, delivered if decoder is None
+                                     else decoder.total_in)
                     return stream
+                delivered += size
                 _write_stdout(view[:size])
                 progress(stream)
     finally:
@@ -231,58 +167,74 @@ def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Prog
             worker.close()
 
 
+def check_invariants(stream: Any, delivered: int) -> None:
+    from .files import check_invariants as check
+    check(stream, delivered)
+
+
 def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
-    from .resume import Stream, open as open_stream
-    if not options.get("checksum") or options.get("gunzip"):
-        return None, open_stream(args.url, urls=args.mirrors, **options)
+    """The stream for -o -: a checksum (given, or from --checksum-url) is computed in a
+    worker thread over two buffers when no decoder needs the bytes inline."""
+    from .budget import Budget
+    from .decompress import reader_for
     from .digest import HashWorker, new_hasher
     from .options import Options
     from .policy import parse_checksum
+    from .resume import open_stream, with_checksum_file
     opts = Options(**options)
-    worker = HashWorker(new_hasher(parse_checksum(opts.checksum)[0]))
-    stream = Stream(args.url, opts, hasher=worker, mirrors=args.mirrors)
+    budget = Budget(opts)
+    opts = with_checksum_file(args.url, opts, budget)
+    checksum = parse_checksum(opts.checksum)
+    worker = None
+    if checksum and opts.decompress == "none":
+        worker = HashWorker(new_hasher(checksum[0]))
     try:
-        return worker, stream.start()
+        stream = open_stream(args.url, opts, args.mirrors, budget, worker)
     except BaseException:
-        stream.close()
-        worker.close()
+        if worker is not None:
+            worker.close()
         raise
+    return worker, reader_for(stream, opts)
 
 
 def _write_stdout(chunk: memoryview) -> None:
-    try:
+    with E.mapped("write", path="stdout"):
         while chunk:
             chunk = chunk[os.write(1, chunk):]
-    except OSError as exc:
-        raise E.LocalWriteError("writing to stdout failed: %s" % exc.strerror) from None
 
 
 class JsonLog:
     """--log-json: one JSON object per event and line, flushed at once (a killed agent's
-    log is complete up to the last step)."""
+    log is complete up to the last step). A log that cannot be written fails the job
+    with exit 23 like any local write error."""
 
     def __init__(self, path: str, secrets: Any = ()) -> None:
         import json
         self._dumps = json.dumps
-        self._secrets = secrets
-        try:
+        self._secrets = secrets     # masked in every line (credentials.redact_text)
+        self.path = path
+        with E.mapped("write", path="--log-json " + path):
             self._file = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise E.LocalWriteError("cannot open --log-json %s: %s" % (path, exc.strerror))
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        from .credentials import redact_text
-        self._file.write(redact_text(self._dumps(event, default=str), self._secrets) + "\n")
-        self._file.flush()
+        with E.mapped("write", path="--log-json " + self.path):
+            from .credentials import redact_text
+            self._file.write(redact_text(self._dumps(event, default=str), self._secrets)
+                             + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # cleanup only: each event was flushed, or its failure reported
+            pass
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    parser.argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(version="rawfetch " + __version__)
+    _redact_usage_errors(parser, argv)
+    args = _parse(parser, argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
     log: Optional[JsonLog] = None
@@ -290,6 +242,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         options = options_from(args)
         secrets = _secrets(args, options)
+        if args.remote_name:
+            args.output = remote_name(args.url)
         if args.log_json:
             log = JsonLog(args.log_json, secrets)
             options["on_event"] = log
@@ -315,11 +269,46 @@ def run(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def _redact_usage_errors(parser: argparse.ArgumentParser, argv: List[str]) -> None:
+    """argparse echoes what it could not parse: never a password from the command line
+    (credentials.redact_argv masks -u/--proxy-user values, credential -H values, URL
+    userinfo and every unrecognized word)."""
+    from .credentials import redact_argv
+    error = parser.error
+    parser.error = lambda message: error(redact_argv(message, argv))  # type: ignore
+
+
 def _secrets(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     """Every secret on this command line, masked in whatever the command writes."""
     from .credentials import secrets_of
     from .options import Options
     return secrets_of(Options(**options), [args.url] + list(args.mirrors))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
+    """Flags, then the kernel command line under them (--cmdline), then the checks
+    argparse cannot express; every usage error exits 2 with argparse's message."""
+    args = parser.parse_args(argv)
+    if args.cmdline is not None:
+        from .cmdline import KernelCmdlineError, merge, read_cmdline
+        try:
+            args = merge(argv, read_cmdline(args.cmdline))
+        except KernelCmdlineError as exc:
+            parser.error(str(exc))
+    if not args.url:
+        parser.error("the following arguments are required: URL"
+                     + (" (or rawfetch.url= on the kernel command line)" if args.cmdline
+                        is not None else ""))
+    if args.output is not None and args.remote_name:
+        parser.error("-o/--output and -O/--remote-name exclude each other")
+    if not args.output and not args.remote_name:
+        parser.error("one of -o/--output PATH or -O/--remote-name is required")
+    if args.limit_rate and args.speed_limit is not None and args.speed_limit >= args.limit_rate:
+        parser.error("--speed-limit %d is at or above --limit-rate %d: every transfer would "
+                     "abort as too slow; give a --speed-limit below the rate (or none: the "
+                     "default is lowered to half the rate)" % (args.speed_limit,
+                                                               args.limit_rate))
+    return args
 
 
 def _execute(args: argparse.Namespace, options: Dict[str, Any],
@@ -331,7 +320,8 @@ def _execute(args: argparse.Namespace, options: Dict[str, Any],
     from .files import download
     result = download(args.url, args.output, urls=args.mirrors, progress=progress, **options)
     summary = "saved %s (%d bytes%s, %d attempt(s), %.2fs)" % (
-        result.path, result.bytes, ", %d written" % result.written if args.gunzip else "",
+        result.path, result.bytes, ", %d written" % result.written
+        if result.written != result.bytes else "",
         result.attempts, result.elapsed)
     if len({s.url for s in result.segments}) > 1:
         from .files import segments_summary

@@ -13,7 +13,7 @@ from .http11 import (USER_AGENT, BodyReader, Headers, HeadParser, body_reader,
                      build_request)
 from .options import Options, make_options
 from .proxy import proxy_refused, select_proxy, with_proxy_auth
-from .timing import Deadline
+from .timing import Deadline, RateLimiter
 from .url import URL, join_url, parse_url
 
 HEAD_RECV_SIZE = 65536            # head reads; leftover body bytes are served first
@@ -229,19 +229,22 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
 
 def request(method: str, url: str, *, options: Optional[Options] = None,
             deadline: Optional[Deadline] = None, extra_headers: Tuple[Tuple[str, str], ...] = (),
-            **kwargs: Any) -> Response:
+            limiter: Optional[RateLimiter] = None, **kwargs: Any) -> Response:
     """One attempt: connect, send, read the head; follow redirects up to max_redirs.
 
-    `extra_headers` are per-attempt headers (Range, If-Range) added by the resume layer.
+    `extra_headers` are per-attempt headers (Range, If-Range) added by the resume layer;
+    `deadline` and `limiter` (--limit-rate) are the job's, shared by its attempts.
     The body is left on the socket for the caller to read.
     """
     opts = make_options(options, kwargs)
     deadline = deadline or Deadline(opts.max_time)
+    if limiter is None and opts.limit_rate:
+        limiter = RateLimiter(opts.limit_rate)
     current = parse_url(url)
     headers = list(opts.headers) + list(extra_headers)
     headers = with_origin_auth(current, headers, opts)
     for hop in range(opts.max_redirs + 1):
-        response = _attempt(method, current, headers, opts, deadline)
+        response = _attempt(method, current, headers, opts, deadline, limiter)
         location = response.headers.get("location")
         if response.status not in REDIRECT_STATUSES or location is None:
             return response
@@ -274,7 +277,7 @@ def _redirect_target(current: URL, location: str, opts: Options) -> URL:
 
 
 def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Options,
-             deadline: Deadline) -> Response:
+             deadline: Deadline, limiter: Optional[RateLimiter]) -> Response:
     proxy = select_proxy(url, opts)     # per hop: redirects and mirrors decide anew
     target = url.target
     if proxy is not None and url.scheme == "http":
@@ -282,7 +285,7 @@ def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Option
         headers = with_proxy_auth(headers, proxy)
     data = build_request(method, target, url.host_header, headers, USER_AGENT)
     try:
-        conn = open_connection(url, opts, deadline, proxy)
+        conn = open_connection(url, opts, deadline, limiter, proxy)
     except FetchError as exc:
         exc.url = exc.url or str(url)
         raise

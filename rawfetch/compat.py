@@ -41,6 +41,7 @@ class HttpUrl:
         self.url = str(url)
         self.chunk_size = chunk_size
         self.processed_bytes = 0
+        self._done = False
         self._stream = open_stream(self.url, **options)
         self.length: Optional[int] = self._stream.size
 
@@ -49,6 +50,8 @@ class HttpUrl:
 
     def __next__(self) -> bytes:
         """The next full chunk (the last may be shorter), like urllib3's raw.read(n)."""
+        if self._done:
+            raise StopIteration
         buffer = bytearray(self.chunk_size)
         view = memoryview(buffer)
         filled = 0
@@ -58,6 +61,7 @@ class HttpUrl:
                 break
             filled += got
         if not filled:
+            self._done = True
             self._stream.close()
             raise StopIteration
         self.processed_bytes += filled
@@ -76,7 +80,7 @@ class HttpUrl:
             handle.flush()
             try:
                 os.fsync(handle.fileno())
-            except OSError:  # /dev/null and pipes cannot be fsynced
+            except OSError:  # cleanup-grade: /dev/null and pipes cannot be fsynced
                 pass
 
     def close(self) -> None:

@@ -1,5 +1,12 @@
 """A non-blocking socket with every wait bounded: idle_timeout per silence, the low-speed
-rule, and the job's max_time deadline (which also cuts a wait in progress)."""
+rule, and the job's max_time deadline (which also cuts a wait in progress).
+
+The rule (issue: silent corruption after a low-speed abort on the splice path): a check
+-- low speed, deadline, idle -- never discards or strands bytes that were received. Checks
+run only where no received byte is in flight: before a receive starts and while waiting
+for the socket. Bytes a receive took from the kernel (into the caller's buffer, or into
+the splice pipe and on to the output) are always counted and handed over first.
+"""
 from __future__ import annotations
 
 import os
@@ -8,14 +15,14 @@ import socket
 from time import monotonic
 from typing import Any, Optional
 
-from .errors import FetchError, IdleTimeout, translate
+from .errors import FetchError, IdleTimeout, mapped
 from .events import emit, wants_events
+from .http11 import USER_AGENT
 from .net import (certificate_refusal, client_context, connect, parse_resolve, resolve,
                   stop_watching, tls_context)
 from .options import Options
-from .http11 import USER_AGENT
 from .proxy import Proxy, open_tunnel, proxy_failure
-from .timing import Deadline, SpeedMonitor
+from .timing import Deadline, RateLimiter, SpeedMonitor
 from .url import URL
 
 _WANT = (BlockingIOError, InterruptedError)
@@ -25,9 +32,10 @@ class Connection:
     """One TCP (or TLS) connection carrying one request/response."""
 
     def __init__(self, sock: socket.socket, options: Options, deadline: Deadline,
-                 url: str = "") -> None:
+                 url: str = "", limiter: Optional[RateLimiter] = None) -> None:
         self.sock: Any = sock
         self.url = url
+        self.limiter = limiter
         self.idle_timeout = options.idle_timeout
         self.deadline = deadline
         now = monotonic()
@@ -49,71 +57,73 @@ class Connection:
         self._tls = True
         self.phase = "tls"
         try:
-            self.sock = context.wrap_socket(self.sock, server_hostname=host,
-                                            do_handshake_on_connect=False)
-            while True:
-                try:
-                    self.sock.do_handshake()
-                    break
-                except ssl.SSLWantWriteError:
-                    self._wait(select.POLLOUT)
-                except ssl.SSLWantReadError:
-                    self._wait(select.POLLIN)
-        except FetchError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise certificate_refusal(translate(exc, "tls", self.url), self.sock) from None
+            with mapped("tls", self.url, catch=(OSError, ValueError)):
+                self.sock = context.wrap_socket(self.sock, server_hostname=host,
+                                                do_handshake_on_connect=False)
+                while True:
+                    try:
+                        self.sock.do_handshake()
+                        break
+                    except ssl.SSLWantWriteError:
+                        self._wait(select.POLLOUT)
+                    except ssl.SSLWantReadError:
+                        self._wait(select.POLLIN)
+        except FetchError as exc:   # a server that asked for a client certificate
+            raise certificate_refusal(exc, self.sock) from None
         stop_watching(self.sock)
         self.phase = "recv"
 
     def send_all(self, data: bytes) -> None:
         view = memoryview(data)
         self.phase = "send"
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except self._want:
-                self._wait(select.POLLOUT)
-                continue
-            except OSError as exc:
-                raise translate(exc, "send", self.url) from None
-            view = view[sent:]
-            self.last_activity = monotonic()
+        with mapped("send", self.url):
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except self._want:
+                    self._wait(select.POLLOUT)
+                    continue
+                view = view[sent:]
+                self.last_activity = monotonic()
         self.phase = "recv"
 
     def recv_into(self, view: memoryview) -> int:
         """Receive at most len(view) bytes into view; 0 means the peer closed."""
-        while True:
-            try:
-                size = self.sock.recv_into(view)
-            except self._want:
-                self._wait(select.POLLIN)
-                continue
-            except OSError as exc:
-                raise translate(exc, "recv", self.url) from None
-            if self._tls and 0 < size < len(view):
-                size += self._drain_records(view[size:])
-            self._arrived(size)
-            return size
+        self._check_due()
+        if self.limiter is not None:
+            view = view[:self._paced(len(view))]
+        with mapped("recv", self.url):
+            while True:
+                try:
+                    size = self.sock.recv_into(view)
+                except self._want:
+                    self._wait(select.POLLIN)
+                    continue
+                if self._tls and 0 < size < len(view):
+                    size += self._drain_records(view[size:])
+                self._arrived(size)
+                return size
 
     def splice_to(self, splicer: Any, size: int) -> int:
         """Move up to `size` bytes socket -> pipe -> output; -1 if TLS can't; 0 at EOF."""
         if self._tls or splicer.broken:
             return -1
+        self._check_due()
+        if self.limiter is not None:
+            size = self._paced(size)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        while True:
-            try:
-                size = os.splice(self.sock.fileno(), splicer.write_fd,
-                                 min(size, splicer.capacity), flags=flags)
-            except self._want:
-                self._wait(select.POLLIN)
-                continue
-            except OSError as exc:
-                raise translate(exc, "recv", self.url) from None
-            self._arrived(size)
-            if size:
-                splicer.drain(size)
-            return size
+        with mapped("recv", self.url):
+            while True:
+                try:
+                    size = os.splice(self.sock.fileno(), splicer.write_fd,
+                                     min(size, splicer.capacity), flags=flags)
+                except self._want:
+                    self._wait(select.POLLIN)
+                    continue
+                if size:
+                    splicer.drain(size)   # pipe -> output before anything else may raise
+                self._arrived(size)
+                return size
 
     def _drain_records(self, view: memoryview) -> int:
         """TLS hands over one 16 KiB record per recv; take every record already here so
@@ -123,7 +133,7 @@ class Connection:
         while got < len(view):
             try:
                 size = self.sock.recv_into(view[got:])
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # not lost: the next recv_into raises it, mapped
                 break
             if not size:
                 break
@@ -131,11 +141,23 @@ class Connection:
         return got
 
     def _arrived(self, size: int) -> None:
-        """Account received bytes: activity for idle_timeout, totals for the speed rule,
-        and the periodic speed/deadline check once it is due."""
-        now = monotonic()
-        self.last_activity = now
+        """Account received bytes: activity for idle_timeout, totals for the speed rule.
+        Never raises: the bytes are the caller's (see the rule at the top)."""
+        self.last_activity = monotonic()
         self.speed.total += size
+        if self.limiter is not None:
+            self.limiter.took(size)
+
+    def _paced(self, want: int) -> int:
+        """--limit-rate: wait for the bucket before receiving. Our own sleep is not the
+        server's silence, so idle_timeout counts from its end."""
+        granted = self.limiter.grant(want, self.deadline)
+        self.last_activity = max(self.last_activity, monotonic())
+        return granted
+
+    def _check_due(self) -> None:
+        """The periodic speed/deadline check, if due; called before a receive only."""
+        now = monotonic()
         if now >= self._next_check:
             self._periodic(now)
 
@@ -171,7 +193,7 @@ class Connection:
         if sock is not None:
             try:
                 sock.close()
-            except OSError:
+            except OSError:  # cleanup only: the connection is being given up anyway
                 pass
 
     @property
@@ -183,6 +205,7 @@ _PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending 
 
 
 def open_connection(url: URL, options: Options, deadline: Deadline,
+                    limiter: Optional[RateLimiter] = None,
                     proxy: Optional[Proxy] = None) -> Connection:
     """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each.
     With a proxy, resolve and connect reach the proxy and https first opens a CONNECT
@@ -195,38 +218,37 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
         if proxy is None:
             raise
         raise proxy_failure(exc, proxy) from None
-    conn = Connection(sock, options, deadline, str(url))
-    if url.scheme == "https":
-        started = monotonic()
-        try:
+    conn = Connection(sock, options, deadline, str(url), limiter)
+    try:
+        if url.scheme == "https":
+            started = monotonic()
             if proxy is not None:
                 open_tunnel(conn, url, proxy, USER_AGENT)
             conn.start_tls(url.host, options.cafile, options.insecure, context)
-        except BaseException:
-            conn.close()
-            raise
-        if report:
-            emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
-                 cipher=conn.sock.cipher()[0], ms=_ms(started))
+            if report:
+                emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
+                     cipher=conn.sock.cipher()[0], ms=_ms(started))
+    except BaseException:
+        conn.close()   # never leak the socket, whatever failed
+        raise
     return conn
 
 
 def _dial(url: URL, proxy: Optional[Proxy], options: Options, deadline: Deadline,
           report: bool) -> socket.socket:
     """A connected socket to the origin, or to the proxy when there is one."""
-    hop, shown = (url if proxy is None else proxy.url), str(url)
+    hop = url if proxy is None else proxy.url
     pins = parse_resolve(options.resolve)
     started = monotonic()
     addresses = resolve(hop.host, hop.port, options.dns_timeout, deadline,
                         options.resolver, pins)
     if report:
-        emit(options.on_event, "resolve", url=shown, host=hop.host,
+        emit(options.on_event, "resolve", url=str(url), host=hop.host,
              addresses=[a[1][0] for a in addresses], ms=_ms(started))
     started = monotonic()
-    sock = connect(addresses, options.connect_timeout, deadline)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock, address = connect(addresses, options.connect_timeout, deadline)
     if report:
-        emit(options.on_event, "connect", url=shown, address=sock.getpeername()[0],
+        emit(options.on_event, "connect", url=str(url), address=address[1][0],
              ms=_ms(started), proxy=None if proxy is None else proxy.shown)
     return sock
 

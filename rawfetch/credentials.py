@@ -240,7 +240,7 @@ def netrc_entry(host: str, options: Any, login: Optional[str] = None) -> Optiona
     try:
         with open(path, "rb") as handle:
             text = handle.read(NETRC_MAX_BYTES).decode("utf-8", "replace")
-    except OSError:
+    except OSError:  # not a failure: a missing or unreadable netrc means no credentials (curl)
         return None
     return lookup_netrc(parse_netrc(text), host, login)
 
@@ -340,7 +340,7 @@ def read_header_file(path: str) -> List[str]:
     try:
         with open(path, "rb") as handle:
             data = handle.read(HEADER_FILE_MAX_BYTES + 1)
-    except OSError as exc:
+    except OSError as exc:  # the caller's input (-H @FILE), refused up front
         raise InvalidRequest("cannot read header file %s: %s" % (path, exc.strerror)) from None
     if len(data) > HEADER_FILE_MAX_BYTES:
         raise InvalidRequest("header file %s is larger than %d bytes"

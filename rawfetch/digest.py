@@ -10,6 +10,8 @@ import threading
 from collections import deque
 from typing import Any, Deque, Optional
 
+from .errors import FetchError
+
 
 def new_hasher(algo: str) -> Any:
     import hashlib
@@ -27,9 +29,12 @@ class HashWorker:
         self._ready = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self._failure: Optional[BaseException] = None
 
     def update(self, view: Any) -> None:
         with self._ready:
+            if self._failure is not None:
+                return   # drain() reports it
             self._queue.append(view)
             self._ready.notify_all()
         if self._thread is None:
@@ -44,16 +49,27 @@ class HashWorker:
                 if not self._queue:
                     return
                 view = self._queue[0]
-            self._hasher.update(view)   # outside the lock; hashlib drops the GIL
+            try:
+                self._hasher.update(view)   # outside the lock; hashlib drops the GIL
+            except BaseException as exc:    # handed to the caller's thread by drain()
+                with self._ready:
+                    self._failure = exc
+                    self._queue.clear()
+                    self._ready.notify_all()
+                return
             with self._ready:
                 self._queue.popleft()
                 self._ready.notify_all()
 
     def drain(self, keep: int = 0) -> None:
-        """Wait until at most `keep` submitted buffers are still being hashed."""
+        """Wait until at most `keep` submitted buffers are still being hashed; raise in
+        the caller's thread if hashing failed (the digest is then meaningless)."""
         with self._ready:
-            while len(self._queue) > keep:
+            while len(self._queue) > keep and self._failure is None:
                 self._ready.wait()
+            if self._failure is not None:
+                raise FetchError("computing the %s checksum failed: %s: %s" % (
+                    self.name, type(self._failure).__name__, self._failure))
 
     def hexdigest(self) -> str:
         self.drain()

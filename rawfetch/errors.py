@@ -163,6 +163,20 @@ class LocalWriteError(FetchError):
     phase = "write"
 
 
+class ReadBackMismatch(FetchError):
+    """--verify-written read the device back and it differs from what was written: the
+    device does not store what it is given (fuel-agent's reason to read back)."""
+    exit_code = 93
+    phase = "verify"
+
+
+class UnsupportedImageFormat(FetchError):
+    """The output starts with a qcow2/VMDK signature: writing it raw would give a disk
+    that never boots; refused before anything is written."""
+    exit_code = 95
+    phase = "format"
+
+
 class ChecksumMismatch(FetchError):
     """All bytes arrived but their digest is not the expected one (rawfetch's own code)."""
     exit_code = 90
@@ -175,10 +189,37 @@ class ResourceChanged(FetchError):
     phase = "resume"
 
 
-class GunzipError(FetchError):
-    """The downloaded gzip stream is truncated, corrupt or followed by garbage."""
+class DecompressError(FetchError):
+    """The downloaded gzip/xz/bzip2 stream is truncated, corrupt, fails its check, is
+    followed by garbage or needs more memory than xz_memlimit (rawfetch's own code)."""
     exit_code = 92
+    phase = "decompress"
+
+    def __init__(self, message: str, *, codec: str = "", produced: int = 0,
+                 **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.codec = codec          # "gzip", "xz" or "bzip2"
+        self.produced = produced    # decompressed bytes delivered before the failure
+
+
+class GunzipError(DecompressError):
+    """A gzip failure: kept so code written for the gzip-only pipeline still catches it."""
     phase = "gunzip"
+
+
+class InvariantViolation(FetchError):
+    """rawfetch's own byte accounting does not add up at the end of a job (bytes left in
+    an intermediate buffer, delivered != offset != total, file size != offset): a bug in
+    rawfetch, caught before a wrong file is kept. Never retried; never exit 0."""
+    exit_code = 96
+    phase = "verify"
+
+
+class ChecksumFileError(FetchError):
+    """The checksum file has no usable entry for the image: none matches its name, two
+    differ, or nothing in it parses (rawfetch's own code)."""
+    exit_code = 94
+    phase = "checksum-file"
 
 
 # ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy
@@ -229,14 +270,20 @@ def _ssl_error_class(exc: BaseException) -> type | None:
 
 
 def translate(exc: BaseException, phase: str, url: str | None = None,
-              offset: int | None = None) -> FetchError:
+              offset: int | None = None, path: str | None = None) -> FetchError:
     """Map an OSError/socket/ssl exception raised during `phase` to a FetchError.
 
-    phase is one of "dns", "connect", "tls", "send", "recv".
+    phase is one of "dns", "connect", "tls", "send", "recv" (the network), or "write"
+    (a local file, pipe or device: `path` names it).
     """
     if isinstance(exc, FetchError):
         return exc
     detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if phase == "write":
+        error = LocalWriteError("writing %s failed: %s" % (path or "the output", detail),
+                                url=url)
+        error.errno = getattr(exc, "errno", None)  # type: ignore[attr-defined]
+        return error
     ssl_cls = _ssl_error_class(exc)
     if ssl_cls is not None:
         reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or detail
@@ -263,6 +310,29 @@ def translate(exc: BaseException, phase: str, url: str | None = None,
     if code in _RESET_ERRNOS:
         return ReceiveError("connection reset by the server%s" % _at(offset), url=url, offset=offset)
     return ReceiveError("receive failed: %s%s" % (detail, _at(offset)), url=url, offset=offset)
+
+
+class mapped:
+    """`with mapped("write", path=p):` -- the seam (like httpcore's map_exceptions) through
+    which an OSError (ssl errors included) of a socket, pipe or local-file call leaves as
+    rawfetch's error for its phase. FetchErrors and other exceptions pass unchanged."""
+
+    __slots__ = ("phase", "url", "path", "catch")
+
+    def __init__(self, phase: str, url: str | None = None, path: str | None = None,
+                 catch: tuple = (OSError,)) -> None:
+        self.phase = phase
+        self.url = url
+        self.path = path
+        self.catch = catch   # the TLS handshake adds ValueError (ssl's bad-argument errors)
+
+    def __enter__(self) -> "mapped":
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, FetchError) or not isinstance(exc, self.catch):
+            return False
+        raise translate(exc, self.phase, self.url, path=self.path) from None
 
 
 def _at(offset: int | None) -> str:

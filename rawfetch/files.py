@@ -3,7 +3,8 @@
 Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL and the object's
 identity (length, ETag, Last-Modified) so a later run can resume with If-Range. On
 success: fsync, verify, rename onto PATH, fsync the directory, drop the sidecar. Devices
-(and in_place files) are written directly instead; gunzip decompresses on the way.
+(and in_place files) are written directly instead; a decoder (gzip, xz, bzip2, auto)
+decompresses on the way.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .digest import HashWorker, new_hasher
-from .errors import ChecksumMismatch, GunzipError, ProtocolError, ResourceChanged
+from .budget import Budget
+from .decompress import make_decoder
+from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
+                     ResourceChanged)
 from .events import emit, wants_events
-from .gunzip import Gunzip
 from .options import Options, make_options
 from .output import open_output
 from .policy import Attempt, parse_checksum
-from .resume import Segment, Stream
+from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
@@ -26,8 +29,8 @@ WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmark
 class DownloadResult(NamedTuple):
     path: str
     url: str
-    bytes: int               # bytes downloaded (compressed bytes when gunzip)
-    written: int             # bytes written to path (decompressed bytes when gunzip)
+    bytes: int               # bytes downloaded (the compressed bytes when decompressing)
+    written: int             # bytes written to path (decompressed bytes when decompressing)
     attempts: int
     restarts: int
     resumed_from: int        # bytes already held from an earlier run
@@ -52,21 +55,35 @@ def _rehash(part: str, held: int, algo: str) -> Any:
 
 
 class _Pipeline:
-    """Stream -> (gunzip) -> sink, restartable from zero."""
+    """Stream -> (decoder) -> sink, restartable from zero: the stream's consumer.
 
-    def __init__(self, sink: Any, gunzip: bool, held: int) -> None:
+    `fed` counts the bytes the stream delivered into the pipeline (the compressed ones
+    when decompressing), `written` the bytes in the output; both include an earlier run's.
+    """
+
+    def __init__(self, sink: Any, opts: Options, held: int) -> None:
         self.sink = sink
-        self.gunzip = gunzip
-        self.decoder: Optional[Gunzip] = Gunzip() if gunzip else None
-        self.written = held     # bytes in the output, those of an earlier run included
+        self.decoder: Any = None if opts.decompress == "none" else make_decoder(
+            opts.decompress, opts.xz_memlimit)
+        self.fed = held
+        self.written = held
+
+    def record(self, identity: Any) -> None:
+        """A new identity, before any byte of it is written (the sidecar of a .part; a
+        device too small for a known size is refused here, before the first byte)."""
+        if identity != self.sink.recorded:
+            self.sink.record(identity)
+        if self.decoder is None and identity.total is not None:
+            self.sink.expect_size(identity.total)
 
     def restart(self) -> None:
         self.sink.restart()
-        self.written = 0
-        if self.gunzip:
-            self.decoder = Gunzip()
+        self.fed = self.written = 0
+        if self.decoder is not None:
+            self.decoder.reset()
 
     def write(self, view: memoryview) -> None:
+        self.fed += len(view)
         if self.decoder is None:
             self.sink.write(view)
             self.written += len(view)
@@ -75,9 +92,18 @@ class _Pipeline:
             self.sink.write(piece)
             self.written += len(piece)
 
+    def spliced(self, size: int) -> None:
+        """`size` bytes went socket -> pipe -> output in the kernel."""
+        self.sink.spliced(size)
+        self.fed += size
+        self.written += size
+
     def finish(self) -> None:
+        """The input ended: the decoder checks its end (and may hand over a last piece)."""
         if self.decoder is not None:
-            self.decoder.finish()
+            for piece in self.decoder.finish():
+                self.sink.write(piece)
+                self.written += len(piece)
 
 
 def download(url: str, path: Any, *, urls: Sequence[str] = (),
@@ -90,28 +116,38 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     """
     import os
     opts = make_options(options, kwargs)
-    checksum = parse_checksum(opts.checksum)
     path = os.fspath(path)
-    sink = open_output(path, url, opts.in_place, resumable=not opts.gunzip)
+    sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
+    budget = Budget(opts)
+    opts = with_checksum_file(url, opts, budget)
+    checksum = parse_checksum(opts.checksum)
+    if sink.in_place:
+        sink = _safe_disk(sink, url, opts)
     held, identity = sink.open()
-    pipeline = _Pipeline(sink, opts.gunzip, held)
-    worker = None
-    if checksum:
-        worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
-                            else new_hasher(checksum[0]))
-    stream = Stream(url, opts, offset=held, identity=identity, restart=pipeline.restart,
-                    hasher=worker, mirrors=urls)
+    pipeline = _Pipeline(sink, opts, held)
+    worker = splicer = None
     try:
-        _copy(stream, pipeline, progress, worker)
-        pipeline.finish()
-        sink.commit(pipeline.written)
-    except BaseException as exc:
-        stream.close()
-        sink.abandon(keep=_resumable(exc, stream, sink))
-        raise
+        if checksum:
+            worker = HashWorker(_rehash(sink.part, held, checksum[0]) if held
+                                else new_hasher(checksum[0]))
+        stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
+                        hasher=worker, mirrors=urls, budget=budget)
+        if worker is None and pipeline.decoder is None:
+            splicer = Splicer.create(sink.fd, sink.path)
+        try:
+            _copy(stream, pipeline, progress, worker, splicer)
+            pipeline.finish()
+            check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
+            readback = sink.commit(pipeline.written)
+        except BaseException as exc:
+            stream.close()
+            sink.abandon(keep=_resumable(exc, stream, sink))
+            raise
     finally:
         if worker is not None:
             worker.close()
+        if splicer is not None:
+            splicer.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
                             stream.restarts, held, round(time.monotonic() - stream.started, 3),
                             stream.digest, stream.history, tuple(stream.segments))
@@ -119,49 +155,79 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
              written=result.written, digest=result.digest, attempts=result.attempts,
              elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
-             segments=[list(s) for s in result.segments])
+             segments=[list(s) for s in result.segments], readback_seconds=readback,
+             decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
     return result
 
 
+def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
+    """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
+    size guards, the first MiB zeroed first and written last, read-back on request."""
+    from .disk import SafeDisk
+
+    def report(name: str, **fields: Any) -> None:
+        if wants_events(opts):
+            emit(opts.on_event, name, url=url, **fields)
+    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
+                    allow_any_format=opts.allow_any_format,
+                    verify_written=opts.verify_written, emit=report)
+
+
 def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-          worker: Optional[HashWorker]) -> None:
+          worker: Optional[HashWorker], splicer: Optional[Splicer]) -> None:
     """Receive into one buffer while the worker hashes the other (two buffers only when
     hashing: measured as good as three or four, at 1 MiB of memory each)."""
     views = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(2 if worker else 1)]
-    sink = pipeline.sink
-    splicer = None if worker or pipeline.gunzip else Splicer.create(sink.fd, sink.path)
     turn = 0
-    try:
-        while True:
-            view = views[turn]
-            if worker is not None:
-                worker.drain(keep=1)   # this buffer's previous bytes are hashed
-                turn ^= 1
-            size = stream.splice_to(splicer, WRITE_BUFFER) if splicer is not None else -1
-            if size > 0:
-                pipeline.written += size
-            else:
-                size = stream.readinto(view)
-                if stream.identity is not None and stream.identity != sink.recorded:
-                    sink.record(stream.identity)   # before any byte of this identity
-                if not size:
-                    return
-                pipeline.write(view[:size])
-            if progress is not None:
-                progress(stream)
-    finally:
-        if splicer is not None:
-            splicer.close()
+    while True:
+        view = views[turn]
+        if worker is not None:
+            worker.drain(keep=1)   # this buffer's previous bytes are hashed
+            turn ^= 1
+        size = -1
+        if splicer is not None and pipeline.sink.splice_ready:
+            size = stream.splice_to(splicer, WRITE_BUFFER)
+        if size > 0:
+            pipeline.spliced(size)
+        else:
+            size = stream.readinto(view)
+            if not size:
+                return
+            pipeline.write(view[:size])
+        if progress is not None:
+            progress(stream)
+
+
+def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] = None,
+                     sink: Any = None, written: Optional[int] = None) -> None:
+    """At the end of a job, before the output is kept: every byte received was delivered
+    exactly once. A failure here is a rawfetch bug, reported instead of a wrong file."""
+    problems = []
+    left = splicer.pending() if splicer is not None else 0
+    if left:
+        problems.append("%d bytes left in the splice pipe" % left)
+    if delivered != stream.offset:
+        problems.append("%d bytes delivered but the stream is at %d" % (delivered, stream.offset))
+    if stream.size is not None and stream.offset != stream.size:
+        problems.append("stream at %d of %d bytes" % (stream.offset, stream.size))
+    if sink is not None and written is not None:
+        position = sink.position()
+        if position is not None and position != written:
+            problems.append("%s is at %d, expected %d" % (sink.path, position, written))
+    if problems:
+        raise InvariantViolation("byte accounting does not add up (%s); the output was not "
+                                 "kept" % "; ".join(problems), url=stream.url)
 
 
 def _resumable(exc: BaseException, stream: Stream, sink: Any) -> bool:
     if not sink.resumable or stream.offset == 0:
         return False
-    if isinstance(exc, (ChecksumMismatch, ResourceChanged, GunzipError)):
+    if isinstance(exc, (ChecksumMismatch, ResourceChanged, DecompressError,
+                        InvariantViolation)):
         return False
     if isinstance(exc, ProtocolError) and not exc.retryable:
         return False
-    return stream._provable()
+    return stream.resumable
 
 
 def segments_summary(segments: List[Segment]) -> str:

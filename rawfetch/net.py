@@ -81,7 +81,7 @@ def _literal(address: str, entry: str) -> str:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         socket.inet_pton(family, address)
-    except OSError:
+    except OSError:  # not I/O: inet_pton's way of saying "not an address"
         raise InvalidRequest("resolve entry %r: %r is not an IP address" % (entry, address)) from None
     return address
 
@@ -101,7 +101,7 @@ def _is_literal(host: str) -> bool:
         try:
             socket.inet_pton(family, host)
             return True
-        except OSError:
+        except OSError:  # not I/O: inet_pton's way of saying "not an address"
             pass
     return False
 
@@ -156,9 +156,10 @@ class _Attempt:
 
 
 def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline,
-            memory: AddressMemory = ADDRESS_MEMORY) -> socket.socket:
+            memory: AddressMemory = ADDRESS_MEMORY) -> Tuple[socket.socket, Address]:
     """Race the addresses (RFC 8305): next one 250 ms after the previous if still pending,
-    immediately after a failure; first success wins, the rest are closed."""
+    immediately after a failure; first success wins (with TCP_NODELAY set), the rest are
+    closed. Returns the socket and the address it is connected to."""
     queue = memory.order(addresses)
     pending: Dict[int, _Attempt] = {}
     failures: List[str] = []
@@ -208,30 +209,46 @@ def _expire(pending: Dict[int, _Attempt], now: float, poller: Any, failures: Lis
 
 def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires: float,
            failures: List[str], memory: AddressMemory) -> None:
-    sock = socket.socket(address[0], socket.SOCK_STREAM)
-    sock.setblocking(False)
-    code = sock.connect_ex(address[1])
+    """Start a non-blocking connect. A local failure (EMFILE, EAFNOSUPPORT on a host
+    without IPv6...) fails this address like a refusal would: the others still race,
+    and if all fail connect() raises ConnectError naming each reason."""
+    try:
+        sock = socket.socket(address[0], socket.SOCK_STREAM)
+    except OSError as exc:  # this address fails (see above); connect() reports them all
+        memory.failed(address[1])
+        failures.append("%s: %s" % (_show(address), exc.strerror or exc))
+        return
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(address[1])
+    except OSError as exc:  # likewise: an errno for this address's failure line
+        code = exc.errno or errno.EINVAL
     if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
         pending[sock.fileno()] = _Attempt(sock, address, expires)
         poller.register(sock.fileno(), select.POLLOUT)
         return
     sock.close()
     memory.failed(address[1])
-    failures.append("%s: %s" % (_show(address), errno.errorcode.get(code, code)))
+    failures.append("%s: %s" % (_show(address), _errname(code)))
 
 
-def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float,
-                  failures: List[str], memory: AddressMemory) -> Optional[socket.socket]:
+def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float, failures: List[str],
+                  memory: AddressMemory) -> Optional[Tuple[socket.socket, Address]]:
     for fd, _events in poller.poll(int(wait * 1000) + 1):
         attempt = pending.get(fd)
         if attempt is None:
             continue
-        code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        try:
+            code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                attempt.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:   # reset between connect and now: this address failed
+            code = exc.errno or errno.ECONNRESET
         if code == 0:
             poller.unregister(fd)
             del pending[fd]
             memory.succeeded(attempt.address[1])
-            return attempt.sock
+            return attempt.sock, attempt.address
         failures.append("%s: %s" % (_show(attempt.address), _errname(code)))
         _drop(fd, pending, poller, memory)
     return None
@@ -276,7 +293,7 @@ def tls_context(cafile: Optional[str], insecure: bool, cert: Optional[str] = Non
         import ssl
         try:
             context = ssl.create_default_context(cafile=cafile, capath=capath)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError) as exc:  # the caller's input, refused up front
             raise InvalidRequest("cannot load CA file %r: %s" % (cafile or capath, exc)) from None
         context.minimum_version = (ssl.TLSVersion.TLSv1_3 if tls_min == "1.3"
                                    else ssl.TLSVersion.TLSv1_2)
@@ -298,7 +315,7 @@ def _load_client_certificate(context: Any, cert: str, key: Optional[str]) -> Non
         # an encrypted key gets an empty passphrase and fails: OpenSSL would otherwise
         # prompt on the terminal of an unattended agent
         context.load_cert_chain(cert, key, password=lambda: b"")
-    except (OSError, ssl.SSLError, ValueError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # the caller's input, refused up front
         detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
         raise InvalidRequest("cannot load client certificate %r%s: %s"
                              % (cert, "" if key is None else " with key %r" % key,

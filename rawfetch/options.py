@@ -30,7 +30,19 @@ DEFAULTS: Dict[str, Any] = {
     "checksum": None,           # "ALGO:HEX", any hashlib algorithm (of the bytes downloaded)
     "gunzip": False,            # download(): decompress on the way (checksum = compressed)
     "in_place": False,          # download(): write an existing file directly, no .part
+    # issue 12: image formats (validated by _check_formats below)
+    "decompress": "none",       # auto|gzip|xz|bzip2|none, on the way (checksum = compressed)
+    "xz_memlimit": 256 << 20,   # bytes an xz stream may need (xz -9 needs 65 MiB to decode)
+    "checksum_url": None,       # URL of a SHA256SUMS-style file holding the image's checksum
+    "checksum_name": None,      # its entry to use (default: the image URL's last segment)
     "on_event": None,           # callable(dict) receiving every step as an event
+    "limit_rate": 0.0,          # bytes/s averaged over the job (curl --limit-rate); 0 = none
+    "splay": 0.0,               # s; random wait in [0, splay] before the first request
+    "splay_seed": None,         # text making splay (and mirror_order="hash") deterministic
+    "mirror_order": "ordered",  # "ordered", "random" (per run) or "hash" (by splay_seed/host)
+    "preserve_on_error": False,  # leave the first MiB as it is after a failure (debugging)
+    "allow_any_format": False,  # write qcow2/VMDK output raw instead of refusing it
+    "verify_written": False,    # read the written range back and compare its sha256
     # proxies, credentials, client certificates (see proxy.py and credentials.py)
     "proxy": None,              # "[http://][user:pass@]host[:port]"; "" = none; None = env
     "no_proxy": None,           # "host,.domain,10.0.0.0/8,*" (str or list); None = env
@@ -45,10 +57,13 @@ DEFAULTS: Dict[str, Any] = {
     "tls_min": "1.2",           # lowest TLS version: "1.2" or "1.3"
 }
 
+MIRROR_ORDERS = ("ordered", "random", "hash")
+
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
-           "retry_delay", "retry_max_delay")
+           "retry_delay", "retry_max_delay", "limit_rate", "splay")
 _INTS = ("speed_limit", "max_redirs", "retries")
 _BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place",
+          "preserve_on_error", "allow_any_format", "verify_written",
           "trust_env", "netrc")
 _OPTIONAL_STRS = ("proxy", "proxy_user", "user", "netrc_file", "cert", "key", "capath")
 TLS_VERSIONS = ("1.2", "1.3")
@@ -78,6 +93,13 @@ class Options:
                 raise InvalidRequest("option %s must be callable" % name)
         if values["max_time"] is not None:
             values["max_time"] = _number("max_time", values["max_time"], float)
+        _pace(values, "speed_limit" in kwargs)
+        if values["mirror_order"] not in MIRROR_ORDERS:
+            raise InvalidRequest("mirror_order must be one of %s, not %r"
+                                 % (", ".join(MIRROR_ORDERS), values["mirror_order"]))
+        if values["splay_seed"] is not None and not isinstance(values["splay_seed"], str):
+            raise InvalidRequest("splay_seed must be text, not %r" % (values["splay_seed"],))
+        _check_formats(values)
         values["headers"] = normalize_headers(values["headers"])
         _check_access_options(values)
         values["resolve"] = tuple(values["resolve"] or ())
@@ -97,6 +119,19 @@ class Options:
         changed = ["%s=%r" % (k, v) for k, v in redact_options(self).items()
                    if v != DEFAULTS[k]]
         return "Options(%s)" % ", ".join(changed)
+
+
+def _pace(values: Dict[str, Any], explicit_speed_limit: bool) -> None:
+    """limit_rate must never trip rawfetch's own low-speed rule: an explicit speed_limit at
+    or above the rate is refused; the default one is lowered to half the rate."""
+    rate, floor = values["limit_rate"], values["speed_limit"]
+    if not rate or floor < rate:
+        return
+    if explicit_speed_limit:
+        raise InvalidRequest("speed_limit %d bytes/s is at or above limit_rate %g bytes/s: "
+                             "every transfer would abort as too slow; lower speed_limit "
+                             "below the rate" % (floor, rate))
+    values["speed_limit"] = int(rate // 2)
 
 
 def _check_access_options(values: Dict[str, Any]) -> None:
@@ -119,8 +154,8 @@ def _check_access_options(values: Dict[str, Any]) -> None:
 def _number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest("option %s must be a number, not %r" % (name, value))
-    if value < 0 or value != value:
-        raise InvalidRequest("option %s must be >= 0, not %r" % (name, value))
+    if not 0 <= value < float("inf"):   # also refuses NaN; inf would overflow timers
+        raise InvalidRequest("option %s must be a finite number >= 0, not %r" % (name, value))
     return kind(value)
 
 
@@ -152,3 +187,54 @@ def make_options(options: Optional[Options], kwargs: Dict[str, Any]) -> Options:
     if options is None:
         return Options(**kwargs)
     return options.replace(**kwargs) if kwargs else options
+
+
+# ---------------------------------------------------------------- issue 12: image formats
+DECOMPRESS_KINDS = ("auto", "gzip", "xz", "bzip2", "none")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: Any) -> int:
+    """'256M', '1.5G', '512k', '4096' (or an int) -> bytes. K/M/G/T are powers of 1024,
+    as in curl's --limit-rate and xz's --memlimit; fractions are rounded down."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    if not isinstance(text, str):
+        raise InvalidRequest("size %r is not a number with an optional K/M/G/T suffix" % (text,))
+    spec = text.strip()
+    unit = spec[-1:].lower() if spec[-1:].isalpha() else ""
+    number = spec[:-1] if unit else spec
+    digits = number.replace(".", "", 1)
+    if unit not in _SIZE_UNITS or not (digits.isascii() and digits.isdigit()):
+        raise InvalidRequest("size %r is not a number with an optional K/M/G/T suffix "
+                             "(powers of 1024)" % text)
+    if "." not in number:
+        return int(number) * _SIZE_UNITS[unit]    # exact, however large
+    value = float(number) * _SIZE_UNITS[unit]
+    if value == float("inf"):
+        raise InvalidRequest("size %r is too large" % text)
+    return int(value)
+
+
+def _check_formats(values: Dict[str, Any]) -> None:
+    """Validate the issue-12 keys in place; gunzip=True is the old spelling of gzip."""
+    kind = values["decompress"]
+    if kind not in DECOMPRESS_KINDS:
+        raise InvalidRequest("option decompress must be one of %s, not %r"
+                             % (", ".join(DECOMPRESS_KINDS), kind))
+    if values["gunzip"]:
+        if kind not in ("none", "gzip"):
+            raise InvalidRequest("gunzip=True means decompress='gzip'; it conflicts with "
+                                 "decompress=%r" % kind)
+        values["decompress"] = "gzip"
+    limit = parse_size(values["xz_memlimit"])
+    if limit < 1:
+        raise InvalidRequest("option xz_memlimit must be at least 1 byte")
+    values["xz_memlimit"] = limit
+    for name in ("checksum_url", "checksum_name"):
+        if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
+            raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))
+    if values["checksum_url"] is not None and values["checksum"] is not None:
+        raise InvalidRequest("give either checksum or checksum_url, not both")
+    if values["checksum_name"] is not None and values["checksum_url"] is None:
+        raise InvalidRequest("checksum_name needs checksum_url")

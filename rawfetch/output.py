@@ -11,20 +11,26 @@ import stat
 from typing import Any, Optional, Tuple
 
 from .credentials import redact_url
-from .errors import LocalWriteError
-from .resume import Identity
+from .errors import LocalWriteError, mapped
+from .judge import Identity
 
 SIDECAR_FORMAT = 1
 SIDECAR_MAX_BYTES = 65536  # a sidecar is a few hundred bytes; refuse to parse a huge one
 
 
-def _fail_write(exc: OSError, path: str) -> LocalWriteError:
-    error = LocalWriteError("writing %s failed: %s" % (path, exc.strerror or exc))
-    error.errno = exc.errno  # type: ignore[attr-defined]
-    return error
+class Sink:
+    """Defaults of the sink interface that only some sinks refine (disk.SafeDisk does)."""
+
+    splice_ready = True   # the kernel may move bytes straight into fd at its offset
+
+    def spliced(self, count: int) -> None:
+        """`count` bytes were moved into fd by splice (nothing to account here)."""
+
+    def expect_size(self, size: int) -> None:
+        """The byte count to write is known in advance (nothing to check here)."""
 
 
-class PartFile:
+class PartFile(Sink):
     """PATH.part with its sidecar; renamed onto PATH only when complete and verified.
 
     `resumable` False (gunzip output: the decoder state cannot be saved) means every run
@@ -45,15 +51,13 @@ class PartFile:
     def open(self) -> Tuple[int, Optional[Identity]]:
         """Open the .part; return (bytes held, identity) if an earlier run's bytes are usable."""
         identity = self._load_sidecar() if self.resumable else None
-        try:
+        with mapped("write", path=self.part):
             self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
             held = os.fstat(self.fd).st_size
             if identity is None or (identity.total is not None and held > identity.total):
                 held, identity = 0, None
             os.ftruncate(self.fd, held)
             os.lseek(self.fd, held, os.SEEK_SET)
-        except OSError as exc:
-            raise _fail_write(exc, self.part) from None
         self.recorded = identity
         return held, identity
 
@@ -62,8 +66,8 @@ class PartFile:
         try:
             with open(self.sidecar, "rb") as handle:
                 data = json.loads(handle.read(SIDECAR_MAX_BYTES).decode("utf-8"))
-        except (OSError, ValueError, UnicodeError):
-            return None
+        except (OSError, ValueError, UnicodeError):  # not a failure: no usable sidecar
+            return None                              # (missing, damaged) means start at 0
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT \
                 or data.get("url") != self.url:
             return None
@@ -82,29 +86,30 @@ class PartFile:
         temporary = self.sidecar + ".tmp"
         body = json.dumps({"format": SIDECAR_FORMAT, "url": self.url, "total": identity.total,
                            "etag": identity.etag, "last_modified": identity.last_modified})
-        try:
+        with mapped("write", path=self.sidecar):
             with open(temporary, "w") as handle:
                 handle.write(body)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.sidecar)
-        except OSError as exc:
-            raise _fail_write(exc, self.sidecar) from None
         self.recorded = identity
 
     def restart(self) -> None:
-        try:
+        with mapped("write", path=self.part):
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
-        except OSError as exc:
-            raise _fail_write(exc, self.part) from None
 
     def write(self, data: Any) -> None:
         _write_all(self.fd, data, self.part)
 
+    def position(self) -> Optional[int]:
+        """Bytes in the .part (its size: it is only ever appended to)."""
+        with mapped("write", path=self.part):
+            return os.fstat(self.fd).st_size
+
     def commit(self, size: int) -> None:
         """fsync, check the size on disk, rename onto PATH, fsync the directory."""
-        try:
+        with mapped("write", path=self.path):
             os.fsync(self.fd)
             on_disk = os.fstat(self.fd).st_size
             os.close(self.fd)
@@ -114,14 +119,10 @@ class PartFile:
             os.replace(self.part, self.path)
             _remove(self.sidecar)
             _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        except OSError as exc:
-            raise _fail_write(exc, self.path) from None
 
     def abandon(self, keep: bool) -> None:
         """After a failure: keep the .part only if a later run can resume it."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        _close(self)
         if not keep:
             _remove(self.part)
             _remove(self.sidecar)
@@ -131,37 +132,43 @@ class PartFile:
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:  # cleanup only: already gone, or nothing more we can do about it
         pass
-    except OSError:
-        pass
+
+
+def _close(sink: Any) -> None:
+    """Close a sink's fd after a failure (cleanup only: the failure is what we report)."""
+    if sink.fd >= 0:
+        try:
+            os.close(sink.fd)
+        except OSError:  # cleanup only
+            pass
+        sink.fd = -1
 
 
 def _fsync_dir(directory: str) -> None:
+    """Make the rename durable; a filesystem that can't fsync a directory is not an
+    error (cleanup-grade: the file itself was fsynced before the rename)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
+    except OSError:  # cleanup-grade, see above
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # cleanup-grade, see above
         pass
     finally:
         os.close(fd)
 
 
-
-
 def _write_all(fd: int, data: Any, name: str) -> None:
     view = memoryview(data)
-    try:
+    with mapped("write", path=name):
         while view:
             view = view[os.write(fd, view):]
-    except OSError as exc:
-        raise _fail_write(exc, name) from None
 
 
-class InPlace:
+class InPlace(Sink):
     """A block/character device, or an existing file with in_place: written directly from
     its start, no .part and no rename, fsynced at the end. Within a run a resume simply
     continues writing; a restart seeks back to the start. Not resumable across runs."""
@@ -173,14 +180,15 @@ class InPlace:
         self.path = path
         self.fd = -1
         self.regular = False
+        self.seekable = False
         self.recorded: Optional[Identity] = None
 
     def open(self) -> Tuple[int, Optional[Identity]]:
-        try:
+        with mapped("write", path=self.path):
             self.fd = os.open(self.path, os.O_WRONLY)
-            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-        except OSError as exc:
-            raise _fail_write(exc, self.path) from None
+            mode = os.fstat(self.fd).st_mode
+        self.regular = stat.S_ISREG(mode)
+        self.seekable = self.regular or stat.S_ISBLK(mode)
         return 0, None
 
     def record(self, identity: Identity) -> None:
@@ -190,28 +198,32 @@ class InPlace:
         _write_all(self.fd, data, self.path)
 
     def restart(self) -> None:
-        try:
+        with mapped("write", path=self.path):
             os.lseek(self.fd, 0, os.SEEK_SET)
-        except OSError as exc:
-            raise _fail_write(exc, self.path) from None
+
+    def position(self) -> Optional[int]:
+        """The write position (None for a character device or a FIFO: no position)."""
+        if not self.seekable:
+            return None
+        with mapped("write", path=self.path):
+            return os.lseek(self.fd, 0, os.SEEK_CUR)
 
     def commit(self, size: int) -> None:
         """fsync; a regular file is cut to the new size so no old tail survives."""
         try:
-            if self.regular:
-                os.ftruncate(self.fd, size)
-            os.fsync(self.fd)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # character devices such as /dev/null can't fsync
-                raise _fail_write(exc, self.path) from None
+            with mapped("write", path=self.path):
+                if self.regular:
+                    os.ftruncate(self.fd, size)
+                try:
+                    os.fsync(self.fd)
+                except OSError as exc:  # inside mapped: only /dev/null's EINVAL is ignored
+                    if exc.errno != errno.EINVAL:  # (character devices and FIFOs can't fsync)
+                        raise
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            _close(self)
 
     def abandon(self, keep: bool) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        _close(self)
 
 
 def open_output(path: str, url: str, in_place: bool, resumable: bool) -> Any:
@@ -222,7 +234,8 @@ def open_output(path: str, url: str, in_place: bool, resumable: bool) -> Any:
     if os.path.isdir(path):
         raise LocalWriteError("output %s is a directory" % path)
     if os.path.exists(path):
-        mode = os.stat(path).st_mode
+        with mapped("write", path=path):
+            mode = os.stat(path).st_mode
         if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
             return InPlace(path)
         if in_place:

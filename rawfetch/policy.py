@@ -102,6 +102,9 @@ def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
         size = hashlib.new(algo).digest_size
     except (ValueError, TypeError):
         raise InvalidRequest("unknown checksum algorithm %r" % algo) from None
+    if not size:   # shake_128/shake_256: the length is the caller's choice, not the algorithm's
+        raise InvalidRequest("checksum algorithm %r has no fixed digest length; use a fixed "
+                             "one such as sha256" % algo)
     hexdigest = hexdigest.strip().lower()
     if not colon or len(hexdigest) != 2 * size or hexdigest.strip("0123456789abcdef"):
         raise InvalidRequest("checksum %r is not %s:<%d hex digits>" % (checksum, algo, 2 * size))

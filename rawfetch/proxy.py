@@ -148,7 +148,7 @@ def _address(text: str) -> Optional[Tuple[int, int]]:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             return family, int.from_bytes(socket.inet_pton(family, text), "big")
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # not I/O: inet_pton saying "not an address"
             continue
     return None
 

@@ -1,26 +1,38 @@
 """Reconnect and Range resumption: one object's bytes, delivered exactly once, in order.
 
-A Stream holds what has been delivered (offset, running digest) and the object's identity
-(total length, validator). When an attempt fails mid-body it reconnects with
-`Range: bytes=N-` + `If-Range`, and accepts only answers that provably continue the same
-object (see README "Resume rules"). One RetryPolicy and one Deadline cover the whole job.
+A Stream is the file-like face of a download. It keeps a ledger of the bytes delivered
+(offset, which mirror served which range) and a running digest, and carries out what the
+sans-IO judgement (judge.py) decides about each response. Which URL comes next is
+mirrors.py's call; how many attempts and how long, budget.py's. A restart from zero
+reaches the consumer (download()'s pipeline) through one explicit path:
+`consumer.restart()`, and every identity it must record before bytes of it arrive through
+`consumer.record(identity)`.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
-from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, HTTPStatusError,
-                     InvalidRequest, LocalWriteError, ProtocolError, ResourceChanged)
+from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest,
+                     InvariantViolation, LocalWriteError, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
+from .judge import (ADOPT, CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
+                    STATUS, Held, Identity, Reply, judge, parse_content_range, plan, provable)
+from .mirrors import MirrorSet
 from .options import Options, make_options
-from .policy import Attempt, RetryPolicy, parse_checksum
+from .policy import Attempt, parse_checksum
 from .timing import Deadline
 
+__all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open", "open_stream",
+           "with_checksum_file"]
+
 SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 full body)
-OK_STATUSES = frozenset((200, 203))
+
+# Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
+FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged,
+                InvariantViolation)
 
 
 class Segment(NamedTuple):
@@ -30,89 +42,74 @@ class Segment(NamedTuple):
     end: int
 
 
-# Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
-FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged)
+class Ledger:
+    """The bytes delivered so far and which mirror served which range of them."""
 
+    __slots__ = ("offset", "segments", "pieces", "_start")
 
-class Identity(NamedTuple):
-    """What makes a response 'the same object': total length and validator."""
-    total: Optional[int]
-    etag: Optional[str]            # strong ETags only
-    last_modified: Optional[str]
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.segments: List[Segment] = []
+        self.pieces = 1 if offset else 0   # runs of bytes from separate attempts or runs
+        self._start = offset
 
-    @property
-    def validator(self) -> Optional[str]:
-        return self.etag or self.last_modified
+    def close_segment(self, url: str) -> None:
+        """The current attempt's bytes end here; merge with a contiguous run of `url`."""
+        if self.offset > self._start:
+            self.pieces += 1
+            last = self.segments[-1] if self.segments else None
+            if last is not None and last.url == url and last.end == self._start:
+                self.segments[-1] = last._replace(end=self.offset)
+            else:
+                self.segments.append(Segment(url, self._start, self.offset))
+        self._start = self.offset
 
-    @classmethod
-    def of(cls, response: Response, total: Optional[int]) -> "Identity":
-        etag = response.headers.get("etag")
-        if etag is not None and (etag.startswith("W/") or not etag.startswith('"')):
-            etag = None  # weak validators cannot prove byte equality (RFC 9110 s8.8.3)
-        return cls(total, etag, response.headers.get("last-modified"))
-
-    def same_as(self, other: "Identity") -> bool:
-        return self.total == other.total and self.same_validator(other)
-
-    def same_validator(self, other: "Identity") -> bool:
-        if self.etag or other.etag:
-            return self.etag == other.etag
-        return self.last_modified == other.last_modified
-
-
-def parse_content_range(value: Optional[str]) -> Optional[Tuple[Optional[int], Optional[int], int]]:
-    """`bytes A-B/N` -> (A, B, N); `bytes */N` -> (None, None, N); anything else -> None."""
-    if not value:
-        return None
-    unit, _, spec = value.strip().partition(" ")
-    span, slash, total = spec.strip().partition("/")
-    if unit.lower() != "bytes" or not slash or not _digits(total):
-        return None
-    if span == "*":
-        return None, None, int(total)
-    first, dash, last = span.partition("-")
-    if not dash or not _digits(first) or not _digits(last):
-        return None
-    return int(first), int(last), int(total)
-
-
-def _digits(text: str) -> bool:
-    return 0 < len(text) <= 19 and not text.strip("0123456789")
+    def reset(self) -> None:
+        self.offset = self._start = self.pieces = 0
+        self.segments = []
 
 
 class Stream:
-    """One object's body as a single uninterrupted byte stream, resumed invisibly."""
+    """One object's body as a single uninterrupted byte stream, resumed invisibly.
+
+    `consumer` (file mode) has record(identity) and restart(): with one, a changed object
+    restarts from zero; without one (stream mode) the bytes were consumed and a change
+    raises ResourceChanged.
+    """
 
     def __init__(self, url: str, options: Options, deadline: Optional[Deadline] = None,
-                 offset: int = 0, identity: Optional[Identity] = None,
-                 restart: Optional[Callable[[], None]] = None,
-                 hasher: Any = None, mirrors: Sequence[str] = ()) -> None:
-        self.urls = [url] + [m for m in mirrors if m != url]
-        self.url = url                  # the mirror in use
-        self.segments: List[Segment] = []   # which mirror served which bytes
-        self._identity_url = url        # the mirror whose validators self.identity holds
-        self._mirror_failures = 0
-        self._dead: Set[str] = set()
+                 offset: int = 0, identity: Optional[Identity] = None, consumer: Any = None,
+                 hasher: Any = None, mirrors: Sequence[str] = (),
+                 budget: Optional[Budget] = None) -> None:
         self.options = options
-        self.deadline = deadline or Deadline(options.max_time)
-        self.policy = RetryPolicy.from_options(options)
+        self.mirrors = MirrorSet(url, mirrors, options.mirror_order, options.splay_seed)
+        self.budget = budget or Budget(options, deadline)
         self.checksum = parse_checksum(options.checksum)
         self.hasher = hasher if hasher is not None else (
             new_hasher(self.checksum[0]) if self.checksum else None)
-        self.offset = offset            # bytes delivered (or held, for a resumed file)
+        self.ledger = Ledger(offset)
         self.identity = identity        # known once a first response arrived
-        self.attempts = 0
         self.restarts = 0
         self.resumed_from = offset      # bytes held before this job started
         self.refetched = 0              # prefix bytes read again from servers ignoring Range
-        self.started = time.monotonic()
-        self._restart = restart         # file mode: truncate and start over on a change
+        self._identity_url = url        # the mirror whose validators self.identity holds
+        self._consumer = consumer
         self._response: Optional[Response] = None
         self._attempt_start = offset
-        self._segment_start = offset
         self._verified = False
+        self._closed = False
+        self._clean_refetch = False     # the one refetch after a checksum mismatch was used
 
     # -------------------------------------------------------------- public API
+    url = property(lambda self: self.mirrors.current, doc="the mirror in use")
+    urls = property(lambda self: self.mirrors.urls)
+    offset = property(lambda self: self.ledger.offset, doc="bytes delivered (or held)")
+    segments = property(lambda self: self.ledger.segments)
+    attempts = property(lambda self: self.budget.count)
+    deadline = property(lambda self: self.budget.deadline)
+    policy = property(lambda self: self.budget.policy)
+    started = property(lambda self: self.budget.started)
+
     @property
     def size(self) -> Optional[int]:
         """Total length of the object, or None while unknown (chunked, close-delimited)."""
@@ -123,18 +120,23 @@ class Stream:
 
     @property
     def history(self) -> Tuple[Attempt, ...]:
-        return self.policy.history
+        return self.budget.policy.history
+
+    @property
+    def resumable(self) -> bool:
+        """Can the bytes held be resumed by a later run (a validator or a checksum)?"""
+        return provable(self._held())
 
     def readinto(self, buffer: Any) -> int:
         """Fill up to len(buffer) bytes of the object; 0 only at its verified end."""
         view = memoryview(buffer).cast("B")
+        self._check_open()
         while True:
             if self._response is None:
                 if self._verified:
                     return 0
-                self._connect()
-                if self._response is None:
-                    continue
+                self._attempt()
+                continue
             try:
                 size = self._response.readinto(view)
             except FetchError as exc:
@@ -143,15 +145,16 @@ class Stream:
             if size:
                 if self.hasher is not None:
                     self.hasher.update(view[:size])
-                self.offset += size
+                self.ledger.offset += size
                 return size
-            self._finish()
-            return 0
+            if self._finish():
+                return 0
 
     def splice_to(self, splicer: Any, size: int) -> int:
         """Like readinto(), with the bytes moved by the kernel into splicer's output;
         -1 means "call readinto() now" (no live response, TLS, chunked, a digest to feed,
         or a failure that was just recovered from)."""
+        self._check_open()
         if self._response is None or self.hasher is not None:
             return -1
         try:
@@ -160,7 +163,7 @@ class Stream:
             self._recover(exc)
             return -1
         if moved > 0:
-            self.offset += moved
+            self.ledger.offset += moved
         return moved
 
     def read(self, size: int = -1) -> bytes:
@@ -173,16 +176,9 @@ class Stream:
         return iter_via(self.readinto, size)
 
     def close(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()
-        if self.offset > self._segment_start:
-            last = self.segments[-1] if self.segments else None
-            if last is not None and last.url == self.url and last.end == self._segment_start:
-                self.segments[-1] = last._replace(end=self.offset)
-            else:
-                self.segments.append(Segment(self.url, self._segment_start, self.offset))
-        self._segment_start = self.offset
+        """Release the connection; the stream cannot be read any more."""
+        self._closed = True
+        self._end_attempt()
 
     def __enter__(self) -> "Stream":
         return self
@@ -196,156 +192,117 @@ class Stream:
             return None
         return "%s:%s" % (self.hasher.name, self.hasher.hexdigest())
 
-    # -------------------------------------------------------------- attempts
     def start(self) -> "Stream":
         """Make the first attempt now, so open() itself raises 404s and the like."""
+        self._check_open()
         while self._response is None and not self._verified:
-            self._connect()
+            self._attempt()
         return self
 
-    def _connect(self) -> None:
+    # -------------------------------------------------------------- attempts
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidRequest("read from a closed stream (reopen it to download again)",
+                                 url=self.url)
+
+    def _held(self) -> Held:
+        return Held(self.offset, self.identity, self.url == self._identity_url,
+                    bool(self.checksum), self._consumer is not None)
+
+    def _end_attempt(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
+        self.ledger.close_segment(self.url)
+
+    def _attempt(self) -> None:
         """One attempt: a response positioned at self.offset, or self._recover()."""
-        other_mirror = self.url != self._identity_url
-        if self.offset and (self._restart is not None or other_mirror) \
-                and not self._provable():
-            self._changed(None, "no strong validator and no checksum prove that %s holds the "
-                                "same object" % ("this mirror" if other_mirror else "the server"))
-        self.attempts += 1
+        decision, headers = plan(self._held())
+        if decision.action in (RESTART, CHANGED):
+            self._changed(decision.why)
+            decision, headers = plan(self._held())
+        attempt = self.budget.begin(self._emit)
         self._attempt_start = self.offset
-        headers = self._range_headers()
-        self._emit("request", attempt=self.attempts, offset=self.offset,
+        self._emit("request", attempt=attempt, offset=self.offset,
                    range=dict(headers).get("Range"))
         try:
             response = request("GET", self.url, options=self.options, deadline=self.deadline,
-                               extra_headers=headers)
+                               extra_headers=headers, limiter=self.budget.limiter)
         except FetchError as exc:
             self._recover(exc)
             return
         try:
-            self._position(response)
+            self._take(response)
         except FetchError as exc:
             response.close()
             self._recover(exc)
 
-    def _provable(self) -> bool:
-        """Can a resume be shown to continue the same object? Across mirrors only a
-        strong ETag or a checksum proves it; on one server Last-Modified does too."""
-        if self.checksum:
-            return True
-        if self.identity is None:
-            return False
-        if self.url != self._identity_url:
-            return bool(self.identity.etag)
-        return bool(self.identity.validator)
-
-    def _range_headers(self) -> Tuple[Tuple[str, str], ...]:
-        if self.offset == 0 or self.identity is None:
-            return ()
-        headers: Tuple[Tuple[str, str], ...] = (("Range", "bytes=%d-" % self.offset),)
-        same_server = self.url == self._identity_url
-        # Across mirrors a checksum is the proof (the mirror's own ETag may differ), else
-        # only a strong ETag can ask for "the same object".
-        validator = self.identity.validator if same_server else (
-            None if self.checksum else self.identity.etag)
-        if validator:
-            headers += (("If-Range", validator),)
-        return headers
-
-    def _position(self, response: Response) -> None:
-        """Accept the response only if it continues the same object at self.offset."""
+    def _take(self, response: Response) -> None:
+        """Carry out the judgement on `response` (see judge.py and README Resume rules)."""
         self._emit("response", status=response.status, length=response.content_length,
                    etag=response.headers.get("etag"), content_range=response.headers.get(
                        "content-range"), attempt=self.attempts)
-        if response.status == 206 and self.offset:
-            self._accept_partial(response)
-        elif response.status in OK_STATUSES:
-            self._accept_full(response)
-        elif response.status == 416 and self.offset:
-            self._accept_unsatisfiable(response)
-        else:
+        decision = judge(self._held(), Reply.of(response))
+        action = decision.action
+        if action == STATUS:
             response.raise_for_status()
             raise ProtocolError("unexpected HTTP %d %s" % (response.status, response.reason),
                                 url=self.url, retryable=False)
-
-    def _accept_partial(self, response: Response) -> None:
-        span = parse_content_range(response.headers.get("content-range"))
-        assert self.identity is not None
-        total = self.identity.total
-        if span is None or span[0] != self.offset or span[2] < 1 or span[1] != span[2] - 1 \
-                or (total is not None and span[2] != total) \
-                or response.content_length not in (None, span[2] - self.offset):
-            raise ProtocolError("server answered Range bytes=%d- with Content-Range %r"
-                                % (self.offset, response.headers.get("content-range")),
-                                url=self.url)
-        fresh = Identity.of(response, span[2])
-        if self._sent_validator() and fresh.validator and not self.identity.same_validator(fresh):
-            raise ProtocolError("206 for a different validator than If-Range asked for",
-                                url=self.url)
-        self._adopt(fresh if fresh.validator else
-                    Identity(span[2], self.identity.etag, self.identity.last_modified))
-        self._response = response
-        self._emit("resume", offset=self.offset, total=span[2])
-
-    def _sent_validator(self) -> bool:
-        return any(name == "If-Range" for name, _ in self._range_headers())
-
-    def _adopt(self, identity: Identity) -> None:
-        """From now on resumes on this mirror are validated against `identity`."""
-        self.identity = identity
-        self._identity_url = self.url
-        self._segment_start = self.offset
-
-    def _accept_full(self, response: Response) -> None:
-        fresh = Identity.of(response, response.content_length)
-        if self.identity is None or self.offset == 0:
-            self._adopt(fresh)
-            self._response = response
-            return
-        same = self.identity.same_as(fresh) if self.url == self._identity_url else (
-            self.identity.total == fresh.total and (bool(self.checksum) or (
-                bool(self.identity.etag) and self.identity.etag == fresh.etag)))
-        if not same or (self.identity.total is None and not self.identity.etag):
-            self._changed(response, "the server sent a different version (validator or "
-                                    "length changed)")
-            return
-        self._skip(response, self.offset)
-        self._adopt(fresh)
-        self._response = response
-        self._emit("resume", offset=self.offset, total=fresh.total, skipped=self.offset)
-
-    def _accept_unsatisfiable(self, response: Response) -> None:
-        span = parse_content_range(response.headers.get("content-range"))
-        assert self.identity is not None
-        response.close()
-        held = self.offset
-        if span is not None and span[0] is None and span[2] == held \
-                and self.identity.total in (None, held):
-            self.identity = Identity(held, self.identity.etag, self.identity.last_modified)
+        if action == RETRY:
+            raise ProtocolError(decision.why, url=self.url)
+        if action == COMPLETE:
+            response.close()
+            self.identity = decision.identity
             self._finish()
             return
-        self._changed(None, "416 with Content-Range %r while %d bytes are held"
-                      % (response.headers.get("content-range"), held))
+        if action in (RESTART, CHANGED):
+            usable = response.status in OK_STATUSES
+            if not usable:
+                response.close()
+            self._changed(decision.why, response if usable else None, decision.identity)
+            return
+        assert decision.identity is not None
+        if action == SKIP:
+            self._skip(response, self.offset)
+            self._emit("resume", offset=self.offset, total=decision.identity.total,
+                       skipped=self.offset)
+        elif action == CONTINUE:
+            self._emit("resume", offset=self.offset, total=decision.identity.total)
+        self._adopt(decision.identity, response)
 
-    def _changed(self, response: Optional[Response], why: str) -> None:
+    def _adopt(self, identity: Identity, response: Response) -> None:
+        """From now on bytes come from `response` and resumes on this mirror are
+        validated against `identity`; the consumer records it before the first byte."""
+        self.identity = identity
+        self._identity_url = self.url
+        if self._consumer is not None:
+            self._consumer.record(identity)
+        self._response = response
+
+    def _changed(self, why: str, response: Optional[Response] = None,
+                 identity: Optional[Identity] = None) -> None:
         """The object changed: restart from zero in file mode, fail in stream mode."""
-        if self._restart is None:
+        if self._consumer is None:
             if response is not None:
                 response.close()
             raise ResourceChanged("resource changed after %s bytes were delivered: %s"
                                   % (format(self.offset, ","), why), url=self.url)
-        self._restart()
-        self.restarts += 1
-        self.offset = self._segment_start = 0
-        self.segments = []
-        if self.hasher is not None:
-            self.hasher = fresh(self.hasher)
-        self._emit("restart", why=why)
-        if response is not None and response.status in OK_STATUSES:
-            self._adopt(Identity.of(response, response.content_length))
-            self._response = response
+        self._restart(why)
+        if response is not None and identity is not None:
+            self._adopt(identity, response)
         else:
             self.identity = None
             self._identity_url = self.url
+
+    def _restart(self, why: str) -> None:
+        """Throw every held byte away: the consumer, the ledger and the digest start over."""
+        self._consumer.restart()
+        self.restarts += 1
+        self.ledger.reset()
+        self._attempt_start = 0
+        if self.hasher is not None:
+            self.hasher = fresh(self.hasher)
+        self._emit("restart", why=why)
 
     def _skip(self, response: Response, count: int) -> None:
         """Discard the prefix we already hold from a 200 full answer."""
@@ -359,91 +316,114 @@ class Stream:
             count -= got
             self.refetched += got
 
-    def _finish(self) -> None:
-        """End of body: check the length and the checksum, once."""
-        self.close()
+    def _finish(self) -> bool:
+        """End of body: check the length and the checksum, once. False means a clean
+        refetch from zero was started instead (see _checksum_failed)."""
+        self._end_attempt()
         total = self.identity.total if self.identity else None
         if total is not None and self.offset != total:
-            raise ProtocolError("body ended at %d of %d bytes" % (self.offset, total),
-                                url=self.url, retryable=False)
+            raise InvariantViolation("body ended at %d of %d bytes" % (self.offset, total),
+                                     url=self.url)
         if self.checksum and self.hasher is not None and not self._verified:
             got = self.hasher.hexdigest()
             if got != self.checksum[1]:
-                self._verified = True
-                raise ChecksumMismatch("%s mismatch: expected %s, got %s"
-                                       % (self.checksum[0], self.checksum[1], got), url=self.url)
+                return self._checksum_failed(ChecksumMismatch(
+                    "%s mismatch: expected %s, got %s" % (self.checksum[0], self.checksum[1],
+                                                          got), url=self.url))
         self._verified = True
+        return True
+
+    def _checksum_failed(self, error: ChecksumMismatch) -> bool:
+        """Defence in depth: bytes assembled from several attempts (resumes, mirrors, an
+        earlier run) are thrown away and fetched once more from zero in one clean attempt,
+        inside the same budget and max_time. A mismatch after that, or on bytes from a
+        single attempt, is final."""
+        pieces = self.ledger.pieces
+        self.budget.record(error, self.offset, 0)
+        self._emit("error", error=type(error).__name__, message=error.message,
+                   offset=self.offset, retryable=False, attempt=self.attempts)
+        if pieces < 2 or self._clean_refetch or self._consumer is None \
+                or self.budget.exhausted:
+            self._verified = True
+            raise error
+        self._clean_refetch = True
+        self._restart("checksum mismatch on bytes assembled from %d pieces: fetching once "
+                      "more from zero in one clean attempt" % pieces)
+        self.identity = None
+        self._identity_url = self.url
+        self.deadline.check()
+        return False
 
     def _recover(self, exc: FetchError) -> None:
         """Record a failure; raise it if final, else sleep the backoff (within max_time)."""
-        self.close()
+        self._end_attempt()
         exc.url = exc.url or self.url
-        elapsed = time.monotonic() - self.started
-        self.policy = self.policy.increment(exc, self.offset, elapsed,
-                                            self.offset - self._attempt_start)
+        self.budget.record(exc, self.offset, self.offset - self._attempt_start)
         self._emit("error", error=type(exc).__name__, message=exc.message,
                    offset=self.offset, retryable=exc.retryable, attempt=self.attempts)
         if isinstance(exc, (DeadlineExceeded,) + FINAL_ERRORS):
             raise exc
-        if not self.policy.exhausted and self._next_mirror(exc):
-            return
+        if not self.budget.exhausted:
+            handover = self.mirrors.after_failure(exc, self.budget.policy.retries)
+            if handover is not None:
+                self._emit("mirror", url=handover[0], previous=handover[0],
+                           mirror=handover[1], offset=self.offset, why=type(exc).__name__)
+                return
         if not exc.retryable:
             raise exc
-        if self.policy.exhausted:
+        if self.budget.exhausted:
             exc.message += " (gave up after %d attempts)" % self.attempts
             raise exc
-        retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
-        delay = self.policy.backoff(retry_after)
-        left = self.deadline.remaining()
-        if left is not None and delay >= left:
-            exc.message += " (no time left for another attempt within max_time)"
-            raise exc
-        self._emit("backoff", seconds=round(delay, 3), attempt=self.attempts)
-        time.sleep(delay)
-
-    def _next_mirror(self, exc: FetchError) -> bool:
-        """Hand over to the next mirror when this one failed for good or used its share."""
-        if len(self.urls) < 2:
-            return False
-        if not exc.retryable:
-            self._dead.add(self.url)
-        else:
-            self._mirror_failures += 1
-            if self._mirror_failures < self._mirror_share():
-                return False
-        alive = [u for u in self.urls if u not in self._dead]
-        if not alive or alive == [self.url]:
-            return False
-        index = self.urls.index(self.url)
-        following = next(u for u in self.urls[index + 1:] + self.urls[:index + 1] if u in alive)
-        self._emit("mirror", previous=self.url, mirror=following, offset=self.offset,
-                   why=type(exc).__name__)
-        self.url = following
-        self._mirror_failures = 0
-        return True
-
-    def _mirror_share(self) -> int:
-        """Consecutive failures one mirror may use before the next one gets a turn."""
-        return max(1, (self.policy.retries + 1) // len(self.urls))
+        self.budget.pause(exc, self._emit)
 
     def _emit(self, name: str, **fields: Any) -> None:
         if wants_events(self.options):
-            emit(self.options.on_event, name, url=self.url, **fields)
+            fields.setdefault("url", self.url)
+            emit(self.options.on_event, name, **fields)
 
 
 def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
-         urls: Sequence[str] = (), **kwargs: Any) -> Stream:
+         urls: Sequence[str] = (), **kwargs: Any) -> Any:
     """Open `url` (then mirrors `urls`, the same object elsewhere) as a resumable stream;
-    the first attempt is made before returning. With gunzip=True the stream yields the
-    decompressed bytes (a GunzipReader; checksum still applies to the compressed bytes)."""
+    the first attempt is made before returning (a checksum_url is fetched before it).
+    With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
+    DecompressReader; the checksum still applies to the bytes as downloaded)."""
+    from .decompress import reader_for
     opts = make_options(options, kwargs)
-    stream = Stream(url, opts, mirrors=urls)
+    budget = Budget(opts)
+    opts = with_checksum_file(url, opts, budget)
+    return reader_for(open_stream(url, opts, urls, budget), opts)
+
+
+def open_stream(url: str, opts: Options, urls: Sequence[str] = (), budget: Optional[Budget]
+                = None, hasher: Any = None) -> Stream:
+    """A started Stream (no decoder): open()'s core, and the command's stdout path."""
+    stream = Stream(url, opts, mirrors=urls, budget=budget, hasher=hasher)
     try:
         stream.start()
     except BaseException:
         stream.close()
         raise
-    if opts.gunzip:
-        from .gunzip import GunzipReader
-        return GunzipReader(stream)  # type: ignore[return-value]
     return stream
+
+
+def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
+    """checksum_url: fetch the checksum file before the image, with the job's engine,
+    options, budget (one retries count, one max_time, one rate limit); return the
+    options carrying the checksum found for the image's name."""
+    if opts.checksum_url is None:
+        return opts
+    from .checksumfile import fetch_checksum, image_name_from_url, read_limited
+    where, name = opts.checksum_url, opts.checksum_name or image_name_from_url(url)
+    plain = opts.replace(checksum_url=None, checksum_name=None, decompress="none",
+                         gunzip=False)
+
+    def read(limit: int) -> bytes:
+        with open_stream(where, plain, budget=budget) as stream:
+            return read_limited(stream, limit)
+
+    algo, hexdigest = fetch_checksum(where, name, read)
+    if wants_events(opts):
+        emit(opts.on_event, "checksum", url=where, name=name, algorithm=algo)
+    return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
+                        checksum_name=None)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from typing import Optional
 
-from .errors import LocalWriteError
+from .errors import mapped
 
 PIPE_SIZE = 1 << 20   # one splice moves up to this much; Linux's default pipe-max-size
 
@@ -27,7 +28,7 @@ class Splicer:
         try:
             import fcntl
             self.capacity = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except (ImportError, AttributeError, OSError):
+        except (ImportError, AttributeError, OSError):  # not a failure: default pipe size
             pass
 
     @classmethod
@@ -36,33 +37,41 @@ class Splicer:
             return None
         try:
             return cls(out_fd, name)
-        except OSError:
+        except OSError:  # not a failure: no pipe means the copy path, which works anyway
             return None
 
     def drain(self, count: int) -> None:
-        """Move `count` bytes from the pipe to the output (blocking: it is a local file)."""
-        try:
-            while count:
-                count -= os.splice(self.read_fd, self.out_fd, count, flags=os.SPLICE_F_MOVE)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise LocalWriteError("writing %s failed: %s" % (self.name, exc.strerror)) from None
-            self.broken = True       # this output takes no splice: copy what is in the pipe
-            self._copy_out(count)
+        """Move `count` bytes from the pipe to the output (blocking: it is a local file).
+        Either all of them reach the output or a final LocalWriteError is raised."""
+        with mapped("write", path=self.name):
+            try:
+                while count:
+                    count -= os.splice(self.read_fd, self.out_fd, count, flags=os.SPLICE_F_MOVE)
+            except OSError as exc:  # inside mapped: only "no splice here" is handled
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                self.broken = True   # this output takes no splice: copy what is in the pipe
+                self._copy_out(count)
 
     def _copy_out(self, count: int) -> None:
-        try:
-            while count:
-                data = memoryview(os.read(self.read_fd, count))
-                count -= len(data)
-                while data:
-                    data = data[os.write(self.out_fd, data):]
-        except OSError as exc:
-            raise LocalWriteError("writing %s failed: %s" % (self.name, exc.strerror)) from None
+        while count:
+            data = memoryview(os.read(self.read_fd, count))
+            count -= len(data)
+            while data:
+                data = data[os.write(self.out_fd, data):]
+
+    def pending(self) -> int:
+        """Bytes sitting in the pipe (FIONREAD): 0 whenever no splice is in progress."""
+        import fcntl
+        import termios
+        buffer = bytearray(4)
+        with mapped("write", path=self.name):
+            fcntl.ioctl(self.read_fd, termios.FIONREAD, buffer)
+        return int.from_bytes(buffer, sys.byteorder)
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
             try:
                 os.close(fd)
-            except OSError:
+            except OSError:  # cleanup only
                 pass

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from collections import deque
-from time import monotonic
+from time import monotonic, sleep
 from typing import Deque, Optional, Tuple
 
 from .errors import DeadlineExceeded, LowSpeed
 
 SPEED_SAMPLES = 10  # samples per speed_time window: enough resolution, constant memory
+RATE_BURST = 1.0    # s; --limit-rate allows bursts of about one second's worth (curl's feel)
+RATE_STEPS = 20     # a paced receive takes at least 1/20 s worth: bounded syscalls per second
 
 
 class Deadline:
@@ -67,3 +69,42 @@ class SpeedMonitor:
         if rate < self.limit:
             raise LowSpeed("transfer slower than %d bytes/s for %gs (%.0f bytes/s)"
                            % (self.limit, self.window, rate))
+
+
+class RateLimiter:
+    """--limit-rate: a token bucket of `rate` bytes/s holding at most RATE_BURST seconds'
+    worth, shared by every attempt of a job so the average holds over the transfer. It
+    starts empty, so the first second is paced too. Pacing happens before a receive,
+    never between a receive and the hand-over of its bytes."""
+
+    __slots__ = ("rate", "capacity", "tokens", "stamp")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.capacity = max(self.rate * RATE_BURST, 1.0)
+        self.tokens = 0.0
+        self.stamp: Optional[float] = None
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def grant(self, want: int, deadline: Deadline) -> int:
+        """Sleep until a receive may take bytes (within max_time); return how many it may
+        take, 1 <= n <= want."""
+        now = monotonic()
+        self._refill(now)
+        need = min(float(want), max(self.rate / RATE_STEPS, 1.0))
+        if self.tokens < need:
+            delay = (need - self.tokens) / self.rate
+            left = deadline.remaining(now)
+            if left is not None and delay >= left:
+                sleep(max(left, 0.0))
+                deadline.check()
+            sleep(delay)
+            self._refill(monotonic())
+        return max(1, min(want, int(self.tokens)))
+
+    def took(self, size: int) -> None:
+        self.tokens -= size

@@ -80,7 +80,7 @@ def _split_hostport(hostport: str, scheme: str, text: str) -> Tuple[str, int]:
         address, percent, zone = host.partition("%")
         try:
             socket.inet_pton(socket.AF_INET6, address)
-        except OSError:
+        except OSError:  # not I/O: inet_pton's way of saying "not an address"
             raise InvalidRequest("invalid IPv6 address %r" % host, url=text) from None
         if percent and (not zone or set(zone) - _ZONE_SAFE):
             raise InvalidRequest("invalid IPv6 zone identifier %r" % zone, url=text)

@@ -1,0 +1,160 @@
+"""The resume judgement as a table, no sockets: every rule of README "Resume rules" and of
+the mirror continuation rules, one row each."""
+from __future__ import annotations
+
+import pytest
+
+from rawfetch.http11 import Headers
+from rawfetch.judge import (ADOPT, CHANGED, COMPLETE, CONTINUE, RESTART, RETRY, SKIP, STATUS,
+                            Held, Identity, Reply, judge, parse_content_range, plan)
+
+T = 1000                                   # total length of the object
+HELD = 400                                 # bytes held
+ETAG = Identity(T, '"v1"', "Thu, 01 Jan 2026 00:00:00 GMT")
+LASTMOD = Identity(T, None, "Thu, 01 Jan 2026 00:00:00 GMT")
+BARE = Identity(T, None, None)             # no validator at all
+CLOSE_DELIMITED = Identity(None, None, "Thu, 01 Jan 2026 00:00:00 GMT")
+
+
+def held(identity=ETAG, offset=HELD, same_server=True, checksum=False, file_mode=True):
+    return Held(offset, identity, same_server, checksum, file_mode)
+
+
+def reply(status, content_range=None, length=None, etag='"v1"',
+          last_modified="Thu, 01 Jan 2026 00:00:00 GMT"):
+    fields = []
+    if etag is not None:
+        fields.append(("ETag", etag))
+    if last_modified is not None:
+        fields.append(("Last-Modified", last_modified))
+    return Reply(status, content_range, length, Headers(fields))
+
+
+PARTIAL = "bytes %d-%d/%d" % (HELD, T - 1, T)
+
+# (name, held, reply, expected action, expected identity total or None)
+JUDGE_ROWS = [
+    # 206: exactly `bytes N-(T-1)/T`, matching length and validator, or rejected
+    ("206 exact", held(), reply(206, PARTIAL, T - HELD), CONTINUE, T),
+    ("206 no Content-Length", held(), reply(206, PARTIAL, None), CONTINUE, T),
+    ("206 start shifted", held(), reply(206, "bytes 401-999/1000", T - 401), RETRY, None),
+    ("206 start before held", held(), reply(206, "bytes 0-999/1000", T), RETRY, None),
+    ("206 end short of total", held(), reply(206, "bytes 400-998/1000", 599), RETRY, None),
+    ("206 other total", held(), reply(206, "bytes 400-1099/1100", 700), RETRY, None),
+    ("206 length disagrees", held(), reply(206, PARTIAL, T - HELD + 1), RETRY, None),
+    ("206 without Content-Range", held(), reply(206, None, T - HELD), RETRY, None),
+    ("206 unsatisfied form", held(), reply(206, "bytes */1000", None), RETRY, None),
+    ("206 other unit", held(), reply(206, "items 400-999/1000", T - HELD), RETRY, None),
+    ("206 other ETag than If-Range", held(), reply(206, PARTIAL, T - HELD, etag='"v2"'),
+     RETRY, None),
+    ("206 without validator keeps ours", held(), reply(206, PARTIAL, T - HELD, etag=None,
+                                                       last_modified=None), CONTINUE, T),
+    ("206 when nothing is held", held(offset=0), reply(206, "bytes 0-999/1000", T), STATUS,
+     None),
+    ("206 total unknown before (close-delimited first)", held(CLOSE_DELIMITED),
+     reply(206, PARTIAL, T - HELD, etag=None), CONTINUE, T),
+    # 200: same object -> skip the prefix; changed -> restart (file) or fail (stream)
+    ("200 first response", held(None, offset=0), reply(200, None, T), ADOPT, T),
+    ("200 same ETag and length", held(), reply(200, None, T), SKIP, T),
+    ("203 same ETag and length", held(), reply(203, None, T), SKIP, T),
+    ("200 other ETag", held(), reply(200, None, T, etag='"v2"'), RESTART, T),
+    ("200 other ETag, stream", held(file_mode=False), reply(200, None, T, etag='"v2"'),
+     CHANGED, T),
+    ("200 same ETag, other length", held(), reply(200, None, T + 1), RESTART, T + 1),
+    ("200 weak ETag is no proof", held(), reply(200, None, T, etag='W/"v1"'), RESTART, T),
+    ("200 same Last-Modified, no ETag", held(LASTMOD), reply(200, None, T, etag=None), SKIP, T),
+    ("200 other Last-Modified", held(LASTMOD),
+     reply(200, None, T, etag=None, last_modified="Fri, 02 Jan 2026 00:00:00 GMT"), RESTART, T),
+    ("200 close-delimited without ETag can't be proven", held(CLOSE_DELIMITED),
+     reply(200, None, None, etag=None), RESTART, None),
+    # 416: `bytes */N` with N == held means complete
+    ("416 */held", held(offset=T), reply(416, "bytes */1000"), COMPLETE, T),
+    ("416 */held, total unknown", held(CLOSE_DELIMITED, offset=T), reply(416, "bytes */1000"),
+     COMPLETE, T),
+    ("416 */other", held(offset=T), reply(416, "bytes */999"), RESTART, None),
+    ("416 */other, stream", held(offset=T, file_mode=False), reply(416, "bytes */999"),
+     CHANGED, None),
+    ("416 without Content-Range", held(offset=T), reply(416), RESTART, None),
+    ("416 when nothing is held", held(offset=0), reply(416, "bytes */1000"), STATUS, None),
+    # anything else: the status decides (404 final, 503 retried: see errors.py)
+    ("404", held(), reply(404), STATUS, None),
+    ("503", held(), reply(503), STATUS, None),
+    ("304", held(), reply(304), STATUS, None),
+    # another mirror: a strong ETag or a checksum proves the same object
+    ("mirror 206 same ETag", held(same_server=False), reply(206, PARTIAL, T - HELD), CONTINUE,
+     T),
+    ("mirror 200 same ETag and length", held(same_server=False), reply(200, None, T), SKIP, T),
+    ("mirror 200 other ETag", held(same_server=False), reply(200, None, T, etag='"m2"'),
+     RESTART, T),
+    ("mirror 200 other ETag, checksum given", held(same_server=False, checksum=True),
+     reply(200, None, T, etag='"m2"'), SKIP, T),
+    ("mirror 200 other length, checksum given", held(same_server=False, checksum=True),
+     reply(200, None, T + 5, etag='"m2"'), RESTART, T + 5),
+    ("mirror 200 same Last-Modified only", held(LASTMOD, same_server=False),
+     reply(200, None, T, etag=None), RESTART, T),
+]
+
+
+@pytest.mark.parametrize("name,state,answer,action,total", JUDGE_ROWS,
+                         ids=[row[0] for row in JUDGE_ROWS])
+def test_judge(name, state, answer, action, total):
+    decision = judge(state, answer)
+    assert decision.action == action, decision.why
+    if total is not None:
+        assert decision.identity is not None and decision.identity.total == total
+    if action in (RESTART, CHANGED, RETRY):
+        assert decision.why
+
+
+def test_judge_206_adopts_the_fresh_validator_or_keeps_the_held_one():
+    kept = judge(held(LASTMOD), reply(206, PARTIAL, T - HELD, etag=None, last_modified=None))
+    assert kept.identity == LASTMOD
+    fresh = judge(held(LASTMOD), reply(206, PARTIAL, T - HELD))
+    assert fresh.identity == Identity(T, '"v1"', "Thu, 01 Jan 2026 00:00:00 GMT")
+
+
+# (name, held, expected action, expected request headers)
+PLAN_ROWS = [
+    ("nothing held", held(None, offset=0), ADOPT, ()),
+    ("strong ETag -> If-Range ETag", held(), CONTINUE,
+     (("Range", "bytes=400-"), ("If-Range", '"v1"'))),
+    ("Last-Modified only -> If-Range date", held(LASTMOD), CONTINUE,
+     (("Range", "bytes=400-"), ("If-Range", "Thu, 01 Jan 2026 00:00:00 GMT"))),
+    ("no validator, file mode -> restart", held(BARE), RESTART, ()),
+    ("no validator, checksum -> Range without If-Range", held(BARE, checksum=True), CONTINUE,
+     (("Range", "bytes=400-"),)),
+    ("no validator, stream -> Range checking the length only", held(BARE, file_mode=False),
+     CONTINUE, (("Range", "bytes=400-"),)),
+    ("mirror, strong ETag -> If-Range ETag", held(same_server=False), CONTINUE,
+     (("Range", "bytes=400-"), ("If-Range", '"v1"'))),
+    ("mirror, checksum -> Range without If-Range", held(same_server=False, checksum=True),
+     CONTINUE, (("Range", "bytes=400-"),)),
+    ("mirror, Last-Modified only -> restart", held(LASTMOD, same_server=False), RESTART, ()),
+    ("mirror, Last-Modified only, stream -> changed",
+     held(LASTMOD, same_server=False, file_mode=False), CHANGED, ()),
+    ("earlier run's bytes, identity from the sidecar", held(ETAG, offset=T - 1), CONTINUE,
+     (("Range", "bytes=999-"), ("If-Range", '"v1"'))),
+]
+
+
+@pytest.mark.parametrize("name,state,action,headers", PLAN_ROWS,
+                         ids=[row[0] for row in PLAN_ROWS])
+def test_plan(name, state, action, headers):
+    decision, sent = plan(state)
+    assert (decision.action, sent) == (action, headers)
+
+
+@pytest.mark.parametrize("value,parsed", [
+    ("bytes 0-9/10", (0, 9, 10)),
+    ("bytes */10", (None, None, 10)),
+    ("BYTES 1-2/3", (1, 2, 3)),
+    ("bytes 1-2/*", None),
+    ("bytes -1-2/3", None),
+    ("bytes 1-/3", None),
+    ("bytes 0x1-2/3", None),
+    ("bytes 1-2/" + "9" * 20, None),
+    ("", None),
+    (None, None),
+])
+def test_parse_content_range(value, parsed):
+    assert parse_content_range(value) == parsed
