@@ -317,8 +317,9 @@ def render_markdown() -> str:
             continue
         lines += ["", "**%s**" % (group.title[0].upper() + group.title[1:]),
                   "", "| option | default | meaning |", "|---|---|---|"]
-        lines += ["| `%s` | %s | %s |" % (_md_flags(opt), default_text(opt),
-                                          opt.help.replace("|", "\\|")) for opt in rows]
+        lines += ["| `%s` | %s | %s |" % (_md_flags(opt).replace("|", "\\|"),
+                                          default_text(opt), opt.help.replace("|", "\\|"))
+                  for opt in rows]
     return "\n".join(lines[1:])
 
 

@@ -10,13 +10,15 @@ reaches the consumer (download()'s pipeline) through one explicit path:
 """
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
-from .errors import (ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest,
-                     InvariantViolation, LocalWriteError, ProtocolError, ResourceChanged)
+from .errors import (ChecksumFileError, ChecksumMismatch, DeadlineExceeded, DecompressError,
+                     FetchError, InvalidRequest, InvariantViolation, LocalWriteError,
+                     ProtocolError, ReadBackMismatch, ResourceChanged, UnsupportedImageFormat)
 from .events import emit, wants_events
 from .judge import (ADOPT, CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, judge, parse_content_range, plan, provable)
@@ -29,10 +31,13 @@ __all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open", "open
            "with_checksum_file"]
 
 SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 full body)
+PROGRESS_EVENT_INTERVAL = 1.0  # s between `progress` events: a timeline's resolution at a
+                               # bounded log size (3,600 lines for an hour)
 
 # Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
 FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged,
-                InvariantViolation)
+                InvariantViolation, DecompressError, ReadBackMismatch, UnsupportedImageFormat,
+                ChecksumFileError)
 
 
 class Segment(NamedTuple):
@@ -99,6 +104,8 @@ class Stream:
         self._verified = False
         self._closed = False
         self._clean_refetch = False     # the one refetch after a checksum mismatch was used
+        self._report = wants_events(options)
+        self._next_progress = 0.0
 
     # -------------------------------------------------------------- public API
     url = property(lambda self: self.mirrors.current, doc="the mirror in use")
@@ -145,7 +152,7 @@ class Stream:
             if size:
                 if self.hasher is not None:
                     self.hasher.update(view[:size])
-                self.ledger.offset += size
+                self._delivered(size)
                 return size
             if self._finish():
                 return 0
@@ -163,7 +170,7 @@ class Stream:
             self._recover(exc)
             return -1
         if moved > 0:
-            self.ledger.offset += moved
+            self._delivered(moved)
         return moved
 
     def read(self, size: int = -1) -> bytes:
@@ -209,6 +216,14 @@ class Stream:
         return Held(self.offset, self.identity, self.url == self._identity_url,
                     bool(self.checksum), self._consumer is not None)
 
+    def _delivered(self, size: int) -> None:
+        self.ledger.offset += size
+        if self._report:
+            now = monotonic()
+            if now >= self._next_progress:
+                self._next_progress = now + PROGRESS_EVENT_INTERVAL
+                self._emit("progress", offset=self.offset, attempt=self.attempts)
+
     def _end_attempt(self) -> None:
         response, self._response = self._response, None
         if response is not None:
@@ -233,6 +248,9 @@ class Stream:
             return
         try:
             self._take(response)
+        except (ChecksumMismatch, InvariantViolation):
+            response.close()     # the end-of-body verdict: already recorded and reported
+            raise
         except FetchError as exc:
             response.close()
             self._recover(exc)
@@ -424,6 +442,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
 
     algo, hexdigest = fetch_checksum(where, name, read)
     if wants_events(opts):
-        emit(opts.on_event, "checksum", url=where, name=name, algorithm=algo)
+        emit(opts.on_event, "checksum", url=where, entry=name, algorithm=algo)
     return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
                         checksum_name=None)

@@ -1,5 +1,6 @@
-"""The seed scenario end to end: a gzip disk image from nginx in a namespace, through a
-schedule of real faults, decompressed onto a loop device, md5 of the result verified.
+"""The seed scenario end to end: a gzip (and an xz, with its SHA256SUMS and a read-back)
+disk image from nginx in a namespace, through a schedule of real faults, decompressed onto
+a loop device, md5 of the result verified.
 
 Why: this is the job rawfetch exists for (README: `rawfetch URL -o - | gunzip > /dev/sdX`,
 and `rawfetch URL --gunzip -o /dev/sdX`). The image is 256 MiB (random, text-like, zero
@@ -44,26 +45,38 @@ def image_block(i: int, salt: int = 0) -> bytes:
                     for k in range(16))                          # sparse metadata
 
 
-def make_image(path: str, raw_size: int, salt: int = 0) -> Dict[str, str]:
-    """Write a gzip (-1, one member) image; return its path and the md5 of raw and .gz."""
-    raw_md5, gz_md5 = hashlib.md5(), hashlib.md5()
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+def make_image(path: str, raw_size: int, salt: int = 0, codec: str = "gzip") -> Dict[str, str]:
+    """Write a gzip (-1, one member) or xz (preset 1) image; return its path, the md5 of
+    the raw and of the packed bytes, and the packed bytes' sha256 (for SHA256SUMS)."""
+    raw_md5, gz_md5, packed_sha = hashlib.md5(), hashlib.md5(), hashlib.sha256()
+    if codec == "xz":
+        import lzma
+        packer = lzma.LZMACompressor(preset=1)
+    else:
+        packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     with open(path, "wb") as handle:
-        for i in range(raw_size // MiB):
-            block = image_block(i, salt)
+        for i in range(raw_size // MiB + 1):
+            block = image_block(i, salt) if i < raw_size // MiB else b""
             raw_md5.update(block)
-            packed = deflate.compress(block)
+            packed = packer.compress(block) if block else packer.flush()
             gz_md5.update(packed)
+            packed_sha.update(packed)
             handle.write(packed)
-        packed = deflate.flush()
-        gz_md5.update(packed)
-        handle.write(packed)
-    return {"path": path, "raw_md5": raw_md5.hexdigest(), "gz_md5": gz_md5.hexdigest()}
+    return {"path": path, "raw_md5": raw_md5.hexdigest(), "gz_md5": gz_md5.hexdigest(),
+            "sha256": packed_sha.hexdigest()}
 
 
 @pytest.fixture(scope="module")
 def seed_image(tmp_path_factory, realnet_ready: None) -> Iterator[Dict[str, str]]:
     image = make_image(str(tmp_path_factory.mktemp("seed") / "image.gz"), RAW)
+    yield image
+    os.unlink(image["path"])
+
+
+@pytest.fixture(scope="module")
+def seed_xz(tmp_path_factory, realnet_ready: None) -> Iterator[Dict[str, str]]:
+    image = make_image(str(tmp_path_factory.mktemp("seedxz") / "image.raw.xz"), RAW,
+                       codec="xz")
     yield image
     os.unlink(image["path"])
 
@@ -169,3 +182,27 @@ def test_image_replaced_mid_transfer(mode, topo, ns_nginx, docroot, tmp_path, ta
         assert pipestatus(result) == [0], result.explain()
         assert len(result.named("restart")) == 1, result.explain()
         assert md5_prefix(target, 64 * MiB) == new["raw_md5"]
+
+
+def test_xz_image_with_checksum_file_and_read_back_onto_block_device(
+        topo, ns_nginx, docroot, seed_xz, target):
+    """Today's images: a .raw.xz with a SHA256SUMS next to it, --decompress xz
+    --checksum-url --verify-written onto the loop device, through the same faults. The
+    first MiB is zeroed first and written last, the device is read back, exit 0."""
+    os.symlink(seed_xz["path"], os.path.join(docroot, "image.raw.xz"))
+    with open(os.path.join(docroot, "SHA256SUMS"), "w") as handle:
+        handle.write("%s  other.img\n%s  image.raw.xz\n" % ("0" * 64, seed_xz["sha256"]))
+    fetch = LOGCLI + [ns_url("image.raw.xz", rate="16m"), "--decompress", "xz",
+                      "--checksum-url", ns_url("SHA256SUMS"), "--verify-written",
+                      "--max-time", "60", "-o", target] + FAST
+    schedule = Schedule(topo, schedule_steps())
+    result = run_client(fetch, timeout=75, prefix=topo.exec_prefix(topo.client),
+                        schedule=schedule)
+    assert result.returncode == 0, result.explain()
+    assert schedule.all_applied(), result.explain()
+    assert md5_prefix(target, RAW) == seed_xz["raw_md5"]
+    names = [e["event"] for e in result.events]
+    assert names.index("checksum") < names.index("wipe") < names.index("head_written") \
+        < names.index("readback"), result.explain()
+    assert result.named("readback")[0]["ok"] == "True", result.explain()
+    assert len(result.named("resume")) >= 2, result.explain()
