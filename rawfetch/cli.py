@@ -37,6 +37,12 @@ HINTS: Dict[type, str] = {
     E.ReadBackMismatch: "the device does not keep what is written: check it (dmesg, SMART)",
     E.UnsupportedImageFormat: "convert it with qemu-img convert -O raw, or pass "
                               "--allow-any-format",
+    E.ClientCertificateError: "give the certificate the server expects: --cert FILE "
+                              "[--key FILE]",
+    E.ProxyResolveError: "check the proxy's host name (-x/--proxy, http_proxy, https_proxy)",
+    E.ProxyConnectError: "is the proxy up and reachable? check -x/--proxy or the *_proxy "
+                         "variables, or bypass it with --noproxy",
+    E.ProxyTunnelError: "the proxy refused the tunnel: check --proxy-user and its access rules",
 }
 
 
@@ -50,6 +56,10 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
     options = {opt.keyword: getattr(args, opt.dest) for opt in OPTIONS
                if opt.keyword and not (opt.given_only and getattr(args, opt.dest) is None)}
     options["checksum"] = given[0] if given else None
+    from .credentials import expand_header_args
+    options["headers"] = expand_header_args(options["headers"])   # -H @FILE
+    if getattr(args, "tlsv1.3", False):
+        options["tls_min"] = "1.3"
     return options
 
 
@@ -198,17 +208,19 @@ class JsonLog:
     log is complete up to the last step). A log that cannot be written fails the job
     with exit 23 like any local write error."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secrets: Any = ()) -> None:
         import json
         import threading
         self._dumps = json.dumps
         self._lock = threading.Lock()
+        self._secrets = secrets     # masked in every line (credentials.redact_text)
         self.path = path
         with E.mapped("write", path="--log-json " + path):
             self._file = open(path, "a", encoding="utf-8")
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        line = self._dumps(event, default=str) + "\n"
+        from .credentials import redact_text
+        line = redact_text(self._dumps(event, default=str), self._secrets) + "\n"
         with self._lock, E.mapped("write", path="--log-json " + self.path):
             self._file.write(line)     # whole lines: disk events come from the worker
             self._file.flush()         # thread, the others from the receiving one
@@ -223,24 +235,28 @@ class JsonLog:
 def run(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(version="rawfetch " + __version__)
+    _redact_usage_errors(parser, argv)
     args = _parse(parser, argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
     log: Optional[JsonLog] = None
+    secrets: Any = ()
     try:
         options = options_from(args)
+        secrets = _secrets(args, options)
         if args.remote_name:
             args.output = remote_name(args.url)
         if args.log_json:
-            log = JsonLog(args.log_json)
+            log = JsonLog(args.log_json, secrets)
             options["on_event"] = log
         summary, digest = _execute(args, options, progress)
     except E.FetchError as exc:
         progress.end()
         hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
             (h for cls, h in HINTS.items() if isinstance(exc, cls)), "")
-        sys.stderr.write("rawfetch: error %d: %s%s\n" % (
-            exc.exit_code, exc, " -- hint: " + hint if hint else ""))
+        from .credentials import redact_text
+        sys.stderr.write(redact_text("rawfetch: error %d: %s%s\n" % (
+            exc.exit_code, exc, " -- hint: " + hint if hint else ""), secrets))
         return exc.exit_code
     except KeyboardInterrupt:
         progress.end()
@@ -253,6 +269,22 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not args.quiet:
         sys.stderr.write("rawfetch: %s%s\n" % (summary, " " + digest if digest else ""))
     return 0
+
+
+def _redact_usage_errors(parser: argparse.ArgumentParser, argv: List[str]) -> None:
+    """argparse echoes what it could not parse: never a password from the command line
+    (credentials.redact_argv masks -u/--proxy-user values, credential -H values, URL
+    userinfo and every unrecognized word)."""
+    from .credentials import redact_argv
+    error = parser.error
+    parser.error = lambda message: error(redact_argv(message, argv))  # type: ignore
+
+
+def _secrets(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+    """Every secret on this command line, masked in whatever the command writes."""
+    from .credentials import secrets_of
+    from .options import Options
+    return secrets_of(Options(**options), [args.url] + list(args.mirrors))
 
 
 def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:

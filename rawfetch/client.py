@@ -1,15 +1,18 @@
 """The single-attempt API: request() -> Response, following redirects safely."""
 from __future__ import annotations
 
-import binascii
 from collections import deque
 from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, Union
 
 from .connection import Connection, open_connection
+from .credentials import with_origin_auth
+from .net import certificate_refusal
 from .errors import (FetchError, HTTPStatusError, ProtocolError, TooManyRedirects,
                      UnsafeRedirect)
-from .http11 import BodyReader, Headers, HeadParser, body_reader, build_request
+from .http11 import (USER_AGENT, BodyReader, Headers, HeadParser, body_reader,
+                     build_request)
 from .options import Options, make_options
+from .proxy import proxy_refused, select_proxy, with_proxy_auth
 from .timing import Deadline, RateLimiter
 from .url import URL, join_url, parse_url
 
@@ -19,7 +22,6 @@ DEFAULT_CHUNK_SIZE = 1 << 20      # iter_bytes(); fuel-agent's data_chunk_size
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))  # CVE-2018-18074
 ORIGIN_BOUND_HEADERS = CREDENTIAL_HEADERS | {"host"}  # a custom Host names the first origin (curl)
-USER_AGENT = "rawfetch/0.1"
 
 Buffer = Union[bytearray, memoryview]
 
@@ -240,7 +242,7 @@ def request(method: str, url: str, *, options: Optional[Options] = None,
         limiter = RateLimiter(opts.limit_rate)
     current = parse_url(url)
     headers = list(opts.headers) + list(extra_headers)
-    headers = _with_userinfo(current, headers)
+    headers = with_origin_auth(current, headers, opts)
     for hop in range(opts.max_redirs + 1):
         response = _attempt(method, current, headers, opts, deadline, limiter)
         location = response.headers.get("location")
@@ -252,16 +254,9 @@ def request(method: str, url: str, *, options: Optional[Options] = None,
         following = _redirect_target(current, location, opts)
         if following.origin != current.origin:
             headers = [(k, v) for k, v in headers if k.lower() not in ORIGIN_BOUND_HEADERS]
+            headers = with_origin_auth(following, headers, opts, netrc_only=True)
         current = following
     raise TooManyRedirects("more than max_redirs=%d redirects" % opts.max_redirs, url=url)
-
-
-def _with_userinfo(url: URL, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
-    if url.userinfo is None or any(k.lower() == "authorization" for k, _ in headers):
-        return headers
-    from urllib.parse import unquote
-    token = binascii.b2a_base64(unquote(url.userinfo).encode("utf-8"), newline=False)
-    return headers + [("Authorization", "Basic " + token.decode("ascii"))]
 
 
 def _redirect_target(current: URL, location: str, opts: Options) -> URL:
@@ -283,21 +278,29 @@ def _redirect_target(current: URL, location: str, opts: Options) -> URL:
 
 def _attempt(method: str, url: URL, headers: List[Tuple[str, str]], opts: Options,
              deadline: Deadline, limiter: Optional[RateLimiter]) -> Response:
-    data = build_request(method, url.target, url.host_header, headers, USER_AGENT)
+    proxy = select_proxy(url, opts)     # per hop: redirects and mirrors decide anew
+    target = url.target
+    if proxy is not None and url.scheme == "http":
+        target = str(url)                # absolute-form for a proxy (RFC 9112 s3.2.2)
+        headers = with_proxy_auth(headers, proxy)
+    data = build_request(method, target, url.host_header, headers, USER_AGENT)
     try:
-        conn = open_connection(url, opts, deadline, limiter)
+        conn = open_connection(url, opts, deadline, limiter, proxy)
     except FetchError as exc:
         exc.url = exc.url or str(url)
         raise
     try:
         conn.send_all(data)
         head, leftover = _read_head(conn)
+        if proxy is not None and url.scheme == "http" and head.status == 407:
+            raise proxy_refused(proxy, head)
         reader = body_reader(method, head)
         return Response(conn, method, url, head, reader, leftover)
     except FetchError as exc:
+        exc = certificate_refusal(exc, conn.sock)
         conn.close()
         exc.url = exc.url or str(url)
-        raise
+        raise exc from None
     except BaseException:
         conn.close()
         raise

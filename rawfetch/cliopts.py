@@ -53,6 +53,14 @@ def rate(text: str) -> int:
     return size(text)
 
 
+def user_pass(text: str) -> str:
+    """USER:PASSWORD; the message never repeats the value (it may be a password)."""
+    if ":" not in text:
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD (rawfetch never prompts "
+                                         "for a password)")
+    return text
+
+
 class Group(NamedTuple):
     key: str
     title: str
@@ -154,12 +162,36 @@ OPTIONS: Tuple[Opt, ...] = (
         action="append"),
     Opt(("--cacert",), "network", "PEM bundle that replaces the system CAs", "FILE",
         keyword="cafile", shown_default="system CAs"),
+    Opt(("--capath",), "network", "directory of hashed CA certificates (openssl rehash) "
+        "that replaces the system CAs", "DIR", keyword="capath", shown_default="system CAs"),
     Opt(("-k", "--insecure"), "network", "skip certificate and hostname verification "
         "(explicit opt-in)", keyword="insecure", action="store_true"),
-    Opt(("-H", "--header"), "network", "extra request header (repeatable)",
-        "'Name: value'", keyword="headers", action="append"),
+    Opt(("--tlsv1.3",), "network", "require TLS 1.3 or later (API tls_min=\"1.3\")",
+        action="store_true", shown_default="TLS 1.2 or later"),
+    Opt(("--cert",), "network", "client certificate, PEM (the key may be in the same "
+        "file), for servers that require one", "FILE", keyword="cert"),
+    Opt(("--key",), "network", "the client certificate's private key, PEM (unencrypted: "
+        "rawfetch never prompts)", "FILE", keyword="key"),
+    Opt(("-H", "--header"), "network", "extra request header (repeatable); @FILE reads "
+        "one header per line, so a token stays out of argv and ps",
+        "'Name: value'|@FILE", keyword="headers", action="append"),
     Opt(("--max-redirs",), "network", "redirects followed; one more is an error (exit "
         "47)", "N", count, "max_redirs"),
+    Opt(("-x", "--proxy"), "credentials", "proxy for every URL: [http://][USER:PASS@]"
+        "HOST[:PORT] (port 1080 if none); '' = none", "URL", keyword="proxy",
+        shown_default="http_proxy, https_proxy, all_proxy"),
+    Opt(("--noproxy",), "credentials", "hosts reached directly: names (and their "
+        "subdomains), IPs, CIDR ranges, comma-separated; '*' = all", "LIST",
+        keyword="no_proxy", shown_default="no_proxy, NO_PROXY"),
+    Opt(("-U", "--proxy-user"), "credentials", "Basic credentials sent only to the proxy "
+        "(over the proxy URL's)", "USER:PASS", user_pass, "proxy_user"),
+    Opt(("-u", "--user"), "credentials", "Basic credentials for the origin (over URL "
+        "userinfo and netrc); never prompts, so USER alone is a usage error", "USER:PASS",
+        user_pass, "user"),
+    Opt(("--netrc",), "credentials", "origin credentials from $NETRC, else ~/.netrc",
+        keyword="netrc", action="store_true"),
+    Opt(("--netrc-file",), "credentials", "origin credentials from this netrc file (a "
+        "missing file means none, as in curl)", "FILE", keyword="netrc_file"),
     Opt(("--gunzip",), "pipeline", "the same as --decompress gzip", keyword="gunzip",
         action="store_true"),
     Opt(("--decompress",), "pipeline", "decompress on the fly: auto picks by the first "

@@ -15,10 +15,13 @@ import socket
 from time import monotonic
 from typing import Any, Optional
 
-from .errors import IdleTimeout, mapped
+from .errors import FetchError, IdleTimeout, mapped
 from .events import emit, wants_events
-from .net import connect, parse_resolve, resolve, tls_context
+from .http11 import USER_AGENT
+from .net import (certificate_refusal, client_context, connect, parse_resolve, resolve,
+                  stop_watching, tls_context)
 from .options import Options
+from .proxy import Proxy, open_tunnel, proxy_failure
 from .timing import Deadline, RateLimiter, SpeedMonitor
 from .url import URL
 
@@ -45,24 +48,29 @@ class Connection:
         self._poller.register(sock.fileno(), select.POLLIN)
         self.phase = "recv"
 
-    def start_tls(self, host: str, cafile: Optional[str], insecure: bool) -> None:
+    def start_tls(self, host: str, cafile: Optional[str], insecure: bool,
+                  context: Any = None) -> None:
         """Wrap and handshake without blocking, under idle_timeout and max_time."""
-        context = tls_context(cafile, insecure)
+        context = context or tls_context(cafile, insecure)
         import ssl
         self._want = _WANT + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._tls = True
         self.phase = "tls"
-        with mapped("tls", self.url, catch=(OSError, ValueError)):
-            self.sock = context.wrap_socket(self.sock, server_hostname=host,
-                                            do_handshake_on_connect=False)
-            while True:
-                try:
-                    self.sock.do_handshake()
-                    break
-                except ssl.SSLWantWriteError:
-                    self._wait(select.POLLOUT)
-                except ssl.SSLWantReadError:
-                    self._wait(select.POLLIN)
+        try:
+            with mapped("tls", self.url, catch=(OSError, ValueError)):
+                self.sock = context.wrap_socket(self.sock, server_hostname=host,
+                                                do_handshake_on_connect=False)
+                while True:
+                    try:
+                        self.sock.do_handshake()
+                        break
+                    except ssl.SSLWantWriteError:
+                        self._wait(select.POLLOUT)
+                    except ssl.SSLWantReadError:
+                        self._wait(select.POLLIN)
+        except FetchError as exc:   # a server that asked for a client certificate
+            raise certificate_refusal(exc, self.sock) from None
+        stop_watching(self.sock)
         self.phase = "recv"
 
     def send_all(self, data: bytes) -> None:
@@ -197,26 +205,26 @@ _PHASES = {"tls": "the TLS handshake", "recv": "the response", "send": "sending 
 
 
 def open_connection(url: URL, options: Options, deadline: Deadline,
-                    limiter: Optional[RateLimiter] = None) -> Connection:
-    """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each."""
+                    limiter: Optional[RateLimiter] = None,
+                    proxy: Optional[Proxy] = None) -> Connection:
+    """Resolve, connect (Happy Eyeballs), and for https handshake: one bounded step each.
+    With a proxy, resolve and connect reach the proxy and https first opens a CONNECT
+    tunnel; TLS then checks the origin's certificate for the origin's name."""
     report = wants_events(options)
-    pins = parse_resolve(options.resolve)
-    started = monotonic()
-    addresses = resolve(url.host, url.port, options.dns_timeout, deadline,
-                        options.resolver, pins)
-    if report:
-        emit(options.on_event, "resolve", url=str(url), host=url.host,
-             addresses=[a[1][0] for a in addresses], ms=_ms(started))
-    started = monotonic()
-    sock, address = connect(addresses, options.connect_timeout, deadline)
+    context = client_context(options) if url.scheme == "https" else None  # bad files: no connect
+    try:
+        sock = _dial(url, proxy, options, deadline, report)
+    except FetchError as exc:
+        if proxy is None:
+            raise
+        raise proxy_failure(exc, proxy) from None
     conn = Connection(sock, options, deadline, str(url), limiter)
     try:
-        if report:
-            emit(options.on_event, "connect", url=str(url), address=address[1][0],
-                 ms=_ms(started))
         if url.scheme == "https":
             started = monotonic()
-            conn.start_tls(url.host, options.cafile, options.insecure)
+            if proxy is not None:
+                open_tunnel(conn, url, proxy, USER_AGENT)
+            conn.start_tls(url.host, options.cafile, options.insecure, context)
             if report:
                 emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
                      cipher=conn.sock.cipher()[0], ms=_ms(started))
@@ -224,6 +232,25 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
         conn.close()   # never leak the socket, whatever failed
         raise
     return conn
+
+
+def _dial(url: URL, proxy: Optional[Proxy], options: Options, deadline: Deadline,
+          report: bool) -> socket.socket:
+    """A connected socket to the origin, or to the proxy when there is one."""
+    hop = url if proxy is None else proxy.url
+    pins = parse_resolve(options.resolve)
+    started = monotonic()
+    addresses = resolve(hop.host, hop.port, options.dns_timeout, deadline,
+                        options.resolver, pins)
+    if report:
+        emit(options.on_event, "resolve", url=str(url), host=hop.host,
+             addresses=[a[1][0] for a in addresses], ms=_ms(started))
+    started = monotonic()
+    sock, address = connect(addresses, options.connect_timeout, deadline)
+    if report:
+        emit(options.on_event, "connect", url=str(url), address=address[1][0],
+             ms=_ms(started), proxy=None if proxy is None else proxy.shown)
+    return sock
 
 
 def _ms(started: float) -> float:

@@ -28,7 +28,10 @@ class FetchError(Exception):
             self.retryable = retryable
 
     def __str__(self) -> str:
-        return self.message if not self.url else "%s (%s)" % (self.message, self.url)
+        if not self.url:
+            return self.message
+        from .credentials import redact_url  # a URL's password never reaches a message
+        return "%s (%s)" % (self.message, redact_url(self.url))
 
 
 class InvalidRequest(FetchError):
@@ -217,6 +220,36 @@ class ChecksumFileError(FetchError):
     differ, or nothing in it parses (rawfetch's own code)."""
     exit_code = 94
     phase = "checksum-file"
+
+
+# ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy
+# unreachable, 56 CONNECT refused, 35 client certificate refused)
+
+class ClientCertificateError(TLSHandshakeError):
+    """The server asked for a client certificate and refused the connection (curl 35).
+    Never retried: another attempt would present the same certificate, or none."""
+    retryable = False
+
+
+class ProxyResolveError(DNSError):
+    """The proxy's host name cannot be resolved (curl 5)."""
+    exit_code = 5
+
+
+class ProxyConnectError(ConnectError):
+    """The proxy refused the connection or is unreachable (curl 7); retried like any connect."""
+
+
+class ProxyTunnelError(FetchError):
+    """The proxy answered CONNECT with a non-2xx status (curl 56): 407 and other 4xx are
+    final (credentials or policy), 5xx, 408 and 429 are retried."""
+    exit_code = 56
+    phase = "proxy"
+
+    def __init__(self, message: str, *, status: int, **kwargs) -> None:
+        kwargs.setdefault("retryable", status in RETRYABLE_STATUSES or status >= 500)
+        super().__init__(message, **kwargs)
+        self.status = status
 
 
 _RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))

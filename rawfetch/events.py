@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
+from .credentials import redact_url
+
 _logger: Any = None
 
 
@@ -14,15 +16,24 @@ def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) ->
     """Send one event to the callback (if any) and to logging.getLogger("rawfetch")."""
     global _logger
     event = {"event": name, "time": round(time.time(), 6)}
-    event.update(fields)
+    event.update((key, _shown(value)) for key, value in fields.items())
     if on_event is not None:
         on_event(event)
     if _logger is None:
         import logging
         _logger = logging.getLogger("rawfetch")
     if _logger.isEnabledFor(20):
-        _logger.info("%s %s", name, " ".join("%s=%s" % kv for kv in fields.items()))
+        _logger.info("%s %s", name, " ".join("%s=%s" % (key, event[key]) for key in fields))
     return event
+
+
+def _shown(value: Any) -> Any:
+    """URLs in events (url, mirror, segments, messages) never carry a password."""
+    if isinstance(value, str):
+        return redact_url(value) if "@" in value else value
+    if isinstance(value, (list, tuple)):
+        return [_shown(item) for item in value]
+    return value
 
 
 def wants_events(options: Any) -> bool:

@@ -33,6 +33,7 @@ _VALUE_BYTES = bytes([9] + list(range(32, 127)) + list(range(128, 256)))
 _HEX_BYTES = b"0123456789abcdefABCDEF"
 _DIGITS = "0123456789"
 NO_BODY_STATUSES = frozenset((204, 304))
+USER_AGENT = "rawfetch/0.1"   # sent to origins and, in CONNECT, to proxies
 
 
 class Headers:
@@ -97,14 +98,20 @@ def _check_token(value: str, what: str) -> None:
         raise InvalidRequest("%s %r is not a valid HTTP token" % (what, value))
 
 
-def _check_value(value: str, what: str) -> bytes:
+def _check_value(value: str, what: str, secret: bool = False) -> bytes:
+    shown = "'***'" if secret else repr(value)   # a credential is never echoed
     try:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
-        raise InvalidRequest("%s %r is not latin-1 text" % (what, value)) from None
+        raise InvalidRequest("%s %s is not latin-1 text" % (what, shown)) from None
     if raw.translate(None, _VALUE_BYTES):
-        raise InvalidRequest("%s %r contains a control character (CR, LF, NUL...)" % (what, value))
+        raise InvalidRequest("%s %s contains a control character (CR, LF, NUL...)"
+                             % (what, shown))
     return raw.strip(b" \t")
+
+
+# credential headers: values never echoed in messages (credentials.py masks them elsewhere)
+SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie"))
 
 
 _FORBIDDEN_REQUEST_HEADERS = frozenset(("content-length", "transfer-encoding", "connection",
@@ -131,7 +138,7 @@ def build_request(method: str, target: str, host: str,
         "accept": ("Accept", b"*/*")}
     for name, value in headers or []:
         _check_token(name, "header name")
-        raw = _check_value(value, "header %s" % name)
+        raw = _check_value(value, "header %s" % name, name.lower() in SECRET_HEADERS)
         if name.lower() in _FORBIDDEN_REQUEST_HEADERS:
             raise InvalidRequest("header %s is managed by rawfetch and cannot be set" % name)
         fields[name.lower()] = (name, raw)

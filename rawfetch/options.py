@@ -43,6 +43,18 @@ DEFAULTS: Dict[str, Any] = {
     "preserve_on_error": False,  # leave the first MiB as it is after a failure (debugging)
     "allow_any_format": False,  # write qcow2/VMDK output raw instead of refusing it
     "verify_written": False,    # read the written range back and compare its sha256
+    # proxies, credentials, client certificates (see proxy.py and credentials.py)
+    "proxy": None,              # "[http://][user:pass@]host[:port]"; "" = none; None = env
+    "no_proxy": None,           # "host,.domain,10.0.0.0/8,*" (str or list); None = env
+    "trust_env": True,          # read http_proxy/https_proxy/all_proxy/no_proxy
+    "proxy_user": None,         # "USER:PASS" for the proxy (overrides the proxy URL's)
+    "user": None,               # "USER:PASS" for the origin (Basic), over URL userinfo/netrc
+    "netrc": False,             # origin credentials from $NETRC or ~/.netrc
+    "netrc_file": None,         # origin credentials from this netrc file
+    "cert": None,               # client certificate, PEM (may hold the key too)
+    "key": None,                # client private key, PEM
+    "capath": None,             # directory of hashed CA certificates (c_rehash)
+    "tls_min": "1.2",           # lowest TLS version: "1.2" or "1.3"
 }
 
 MIRROR_ORDERS = ("ordered", "random", "hash")
@@ -51,7 +63,10 @@ _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
            "retry_delay", "retry_max_delay", "limit_rate", "splay")
 _INTS = ("speed_limit", "max_redirs", "retries")
 _BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_place",
-          "preserve_on_error", "allow_any_format", "verify_written")
+          "preserve_on_error", "allow_any_format", "verify_written",
+          "trust_env", "netrc")
+_OPTIONAL_STRS = ("proxy", "proxy_user", "user", "netrc_file", "cert", "key", "capath")
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 class Options:
@@ -86,6 +101,7 @@ class Options:
             raise InvalidRequest("splay_seed must be text, not %r" % (values["splay_seed"],))
         _check_formats(values)
         values["headers"] = normalize_headers(values["headers"])
+        _check_access_options(values)
         values["resolve"] = tuple(values["resolve"] or ())
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -99,8 +115,9 @@ class Options:
         return Options(**values)
 
     def __repr__(self) -> str:
-        changed = ["%s=%r" % (k, getattr(self, k)) for k in DEFAULTS
-                   if getattr(self, k) != DEFAULTS[k]]
+        from .credentials import redact_options
+        changed = ["%s=%r" % (k, v) for k, v in redact_options(self).items()
+                   if v != DEFAULTS[k]]
         return "Options(%s)" % ", ".join(changed)
 
 
@@ -115,6 +132,23 @@ def _pace(values: Dict[str, Any], explicit_speed_limit: bool) -> None:
                              "every transfer would abort as too slow; lower speed_limit "
                              "below the rate" % (floor, rate))
     values["speed_limit"] = int(rate // 2)
+
+
+def _check_access_options(values: Dict[str, Any]) -> None:
+    """Types of the proxy/credential/TLS options (their contents are checked on use)."""
+    for name in _OPTIONAL_STRS:
+        if values[name] is not None and not isinstance(values[name], str):
+            raise InvalidRequest("option %s must be a str or None" % name)
+    spec = values["no_proxy"]
+    if spec is not None and not isinstance(spec, str) and not (
+            isinstance(spec, (list, tuple)) and all(isinstance(s, str) for s in spec)):
+        raise InvalidRequest("option no_proxy must be a str or a list of str")
+    if values["tls_min"] not in TLS_VERSIONS:
+        raise InvalidRequest("option tls_min must be one of %s" % ", ".join(TLS_VERSIONS))
+    for name in ("user", "proxy_user"):
+        if values[name] is not None and ":" not in values[name]:
+            raise InvalidRequest("option %s needs USER:PASSWORD (rawfetch never prompts "
+                                 "for a password)" % name)
 
 
 def _number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:
@@ -137,8 +171,10 @@ def normalize_headers(headers: HeaderInput) -> Tuple[Tuple[str, str], ...]:
     for item in source:
         if isinstance(item, str):
             name, colon, value = item.partition(":")
-            if not colon:
-                raise InvalidRequest("header %r is not 'Name: value'" % item)
+            if not colon:  # echo only a first word: the line may be a mistyped credential
+                first, space, _ = item.partition(" ")
+                raise InvalidRequest("header %s is not 'Name: value'" % (
+                    "%r..." % first[:40] if space else "of %d characters" % len(item)))
             item = (name.strip(), value.strip())
         if not (isinstance(item, tuple) and len(item) == 2
                 and all(isinstance(part, str) for part in item)):

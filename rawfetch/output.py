@@ -10,6 +10,7 @@ import os
 import stat
 from typing import Any, Optional, Tuple
 
+from .credentials import redact_url
 from .errors import LocalWriteError, mapped
 from .judge import Identity
 
@@ -42,7 +43,7 @@ class PartFile(Sink):
         self.path = path
         self.part = path + ".part"
         self.sidecar = self.part + ".json"
-        self.url = url
+        self.url = redact_url(url)   # the sidecar is on disk: never with a password
         self.resumable = resumable
         self.fd = -1
         self.recorded: Optional[Identity] = None

@@ -193,6 +193,11 @@ class FaultServer:
         """PEM file of the CA clients should trust (None without TLS)."""
         return None if self._tls is None else self._tls.ca_path
 
+    @property
+    def client_cert(self) -> Optional[str]:
+        """tls="mtls": PEM file holding a client certificate and key the server accepts."""
+        return None if self._tls is None else self._tls.client_cert
+
     def url(self, path: str = "/") -> str:
         """Absolute URL for `path`; TLS URLs use "localhost" on 127.0.0.1."""
         host = self.host

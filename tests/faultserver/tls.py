@@ -14,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
-MODES = ("ok", "expired", "wrong_host", "untrusted", "tls1_0", "plaintext")
+MODES = ("ok", "expired", "wrong_host", "untrusted", "tls1_0", "plaintext", "mtls",
+         "tls1_2")
 IDENTITIES = ("localhost", "127.0.0.1", "::1")
 # TLS 1.0 record header + fatal(2) protocol_version(70) alert.
 PROTOCOL_VERSION_ALERT = b"\x15\x03\x01\x00\x02\x02\x46"
@@ -33,6 +34,7 @@ class TLSSetup:
     ca_path: str
     tmpdir: str
     alert_only: bool = False
+    client_cert: Optional[str] = None   # "mtls": PEM with a client cert and its key
 
     def cleanup(self) -> None:
         """Remove the temp dir holding the CA file."""
@@ -115,4 +117,15 @@ def build(mode: str) -> TLSSetup:
     elif mode == "tls1_0":
         ctx = _tls10_context(ca.issue_cert(*IDENTITIES))
         alert_only = ctx is None
-    return TLSSetup(mode, ctx, ca_path, tmpdir, alert_only)
+    elif mode == "tls1_2":  # a server that stops at TLS 1.2 (for clients demanding 1.3)
+        ctx = _server_context(ca.issue_cert(*IDENTITIES))
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    client_cert = None
+    if mode == "mtls":  # mutual TLS: a client certificate from the same CA is required
+        ctx = _server_context(ca.issue_cert(*IDENTITIES))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ca_path)
+        client_cert = os.path.join(tmpdir, "client.pem")
+        ca.issue_cert("rawfetch-client@example.org").private_key_and_cert_chain_pem \
+            .write_to_path(client_cert)
+    return TLSSetup(mode, ctx, ca_path, tmpdir, alert_only, client_cert)
