@@ -34,7 +34,7 @@ STALE = BODY.translate(XOR_FF) + b"\xa5" * 4099
 READ_SIZES = (1, 7, 4095, 65537, 1 << 20)   # open().readinto() sizes, cycled
 HTTPURL_CHUNK = 98317                       # compat.HttpUrl chunk_size: odd, not a power of 2
 COMMAND_TIMEOUT = 50.0   # hang guard only (below the cell's pytest timeout), not a speed bound
-FLAG_NAMES = {"cafile": "--cacert"}
+FLAG_NAMES = {"cafile": "--cacert", "no_proxy": "--noproxy"}
 
 
 class Got(NamedTuple):
@@ -56,6 +56,7 @@ class DataPath(NamedTuple):
     gunzip: bool = False       # serve GZ, expect BODY out (the --gunzip spelling)
     codec: str = ""            # serve BODY packed with it, --decompress it, expect BODY out
     limit_rate: int = 0        # --limit-rate: the pacing path
+    proxy: bool = False        # through the in-repo proxy: absolute-form, or a CONNECT tunnel
     chunked: bool = False      # chunked transfer coding
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
@@ -82,7 +83,7 @@ def flags(options: Dict[str, Any]) -> List[str]:
         if value is True:
             argv.append(flag)
         elif value is not None and value is not False:
-            argv += [flag, str(value)]
+            argv.append("%s=%s" % (flag, value))   # one token: "" stays a value
     return argv
 
 
@@ -163,6 +164,9 @@ PATHS = [
     DataPath("xz-open", drive_open, codec="xz", stream=True),
     # paced before every receive; well above the matrix's low-speed limit
     DataPath("rate-limit", drive_file, limit_rate=16 << 20),
+    # a proxy relays the origin's faults: plain HTTP in absolute-form, https in a tunnel
+    DataPath("proxy-http", drive_file, proxy=True),
+    DataPath("proxy-connect", drive_file, proxy=True, tls=True),
     DataPath("chunked", drive_file, chunked=True),
     DataPath("mirror", drive_file, mirrors="first"),
     DataPath("mirror-both", drive_file, mirrors="both"),

@@ -18,6 +18,7 @@ from rawfetch import errors as E
 from rawfetch.timing import SPEED_SAMPLES
 from tests.faultserver import FaultServer, actions as A
 from tests.faultserver.actions import Action, Serve
+from tests.proxyserver import TestProxy
 from tests.matrix_paths import (BODY, PATHS, STALE, DataPath, Got, describe,
                                 first_difference, sha256)
 
@@ -88,7 +89,8 @@ FAULTS = [
 def servers() -> Iterator[Dict[str, FaultServer]]:
     """Plain, second plain (the mirror) and TLS servers shared by all cells: each cell
     has its own path and per-path script, and one CA serves the whole module."""
-    started = {"plain": FaultServer(), "mirror": FaultServer(), "tls": FaultServer(tls="ok")}
+    started: Dict[str, Any] = {"plain": FaultServer(), "mirror": FaultServer(),
+                               "tls": FaultServer(tls="ok"), "proxy": TestProxy()}
     for srv in started.values():
         srv.start()
     yield started
@@ -141,6 +143,9 @@ def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
         options["decompress"] = path.codec
     if path.limit_rate:
         options["limit_rate"] = path.limit_rate
+    if path.proxy:
+        options["proxy"] = servers["proxy"].url()
+        options["no_proxy"] = ""    # an inherited no_proxy=127.0.0.1 must not bypass it
     if fault.error is not None:
         options["max_time"] = MAX_TIME
     return options
@@ -246,3 +251,7 @@ def test_cell(servers, tmp_path, path: DataPath, fault: Fault) -> None:
     check_ranges(rows)
     if fault.error is None and not path.mirrors:   # every scripted fault was served
         assert len(rows) >= failing + 1, summary(rows)
+    if path.proxy:                                 # and every attempt went through it
+        asked = [r for r in servers["proxy"].requests if name in r.target
+                 or (r.method == "CONNECT" and r.target.endswith(":%d" % servers["tls"].port))]
+        assert len(asked) >= len(rows), (asked, summary(rows))
