@@ -125,36 +125,21 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
-    checksum = parse_checksum(opts.checksum)
     if sink.in_place:
         sink = _safe_disk(sink, url, opts)
     held, identity = sink.open()
     pipeline = _Pipeline(sink, opts, held)
-    worker = splicer = None
+    splicer = None
     try:
-        if checksum or pipeline.decoder is not None:   # bytes must pass through Python
-            hasher = None if not checksum else (
-                _rehash(sink.part, held, checksum[0]) if held else new_hasher(checksum[0]))
-            worker = pipeline.worker = Worker(hasher, consume=pipeline.write)
-        else:
+        worker = _worker_for(pipeline, opts, held)
+        if worker is None:
             splicer = Splicer.create(sink.fd, sink.path)
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
                         hasher=worker, mirrors=urls, budget=budget)
-        try:
-            if worker is not None:
-                _hand_over(stream, worker, progress)
-            else:
-                _copy(stream, pipeline, progress, splicer)
-            pipeline.finish()
-            check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
-            readback = sink.commit(pipeline.written)
-        except BaseException as exc:
-            stream.close()
-            sink.abandon(keep=_resumable(exc, stream, sink))
-            raise
+        readback = _run(stream, pipeline, progress, splicer)
     finally:
-        if worker is not None:
-            worker.close()
+        if pipeline.worker is not None:
+            pipeline.worker.close()
         if splicer is not None:
             splicer.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
@@ -167,6 +152,39 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
              segments=[list(s) for s in result.segments], readback_seconds=readback,
              decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
     return result
+
+
+def _worker_for(pipeline: _Pipeline, opts: Options, held: int) -> Optional[Worker]:
+    """When bytes must pass through Python (a checksum, a decoder), one worker thread
+    hashes, decodes and writes them; otherwise None (splice or a plain copy)."""
+    checksum = parse_checksum(opts.checksum)
+    if not checksum and pipeline.decoder is None:
+        return None
+    hasher = None
+    if checksum:
+        part = getattr(pipeline.sink, "part", None)
+        hasher = _rehash(part, held, checksum[0]) if held else new_hasher(checksum[0])
+    pipeline.worker = Worker(hasher, consume=pipeline.write)
+    return pipeline.worker
+
+
+def _run(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
+         splicer: Optional[Splicer]) -> Optional[float]:
+    """Move every byte, check the end, keep the output; on any failure abandon it
+    (keeping a .part only when a later run can resume it). Returns read-back seconds."""
+    sink = pipeline.sink
+    try:
+        if pipeline.worker is not None:
+            _hand_over(stream, pipeline.worker, progress)
+        else:
+            _copy(stream, pipeline, progress, splicer)
+        pipeline.finish()
+        check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
+        return sink.commit(pipeline.written)
+    except BaseException as exc:
+        stream.close()
+        sink.abandon(keep=_resumable(exc, stream, sink))
+        raise
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:

@@ -20,7 +20,7 @@ from .errors import (ChecksumFileError, ChecksumMismatch, DeadlineExceeded, Deco
                      FetchError, InvalidRequest, InvariantViolation, LocalWriteError,
                      ProtocolError, ReadBackMismatch, ResourceChanged, UnsupportedImageFormat)
 from .events import emit, wants_events
-from .judge import (ADOPT, CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
+from .judge import (CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, judge, parse_content_range, plan, provable)
 from .mirrors import MirrorSet
 from .options import Options, make_options

@@ -19,7 +19,7 @@ import pytest
 import rawfetch
 from rawfetch import errors as E
 from rawfetch.decompress import (DECOMPRESS_OUTPUT_STEP, MAGIC, SNIFF_BYTES, AutoDecoder,
-                                 DecompressReader, Passthrough, make_decoder, reader_for, sniff)
+                                 DecompressReader, Passthrough, make_decoder, sniff)
 from rawfetch.options import Options
 from tests.faultserver import actions as A, make_body
 from tests.test_storm import OPTIONS as STORM_OPTIONS, schedule

@@ -14,7 +14,7 @@ from rawfetch.credentials import (MASK, NetrcEntry, lookup_netrc, netrc_entry,
                                   origin_authorization, parse_netrc, read_header_file,
                                   redact_argv, redact_text, redact_url, secrets_of)
 from rawfetch.options import Options
-from rawfetch.proxy import DEFAULT_PROXY_PORT, NoProxy, Proxy, parse_proxy, select_proxy
+from rawfetch.proxy import DEFAULT_PROXY_PORT, NoProxy, parse_proxy, select_proxy
 from rawfetch.url import parse_url
 
 # ---------------------------------------------------------------- no_proxy matcher
