@@ -37,6 +37,23 @@ def feed(url: str, target: str, events: Optional[List[Dict[str, Any]]] = None,
     return Outcome(result.written, done[-1]["readback_seconds"])
 
 
+def flip_byte_after(event_name: str, path: str, offset: int, original: int
+                    ) -> Callable[[str], None]:
+    """An on_disk_event hook: once `event_name` happened, change the byte at `offset`
+    behind rawfetch's back (another writer; a device that does not keep what it got)."""
+    import os
+
+    def hook(name: str) -> None:
+        if name == event_name:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, bytes([original ^ 0xFF]), offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    return hook
+
+
 def _print_position(stream: Any) -> None:
     print(stream.offset, flush=True)
 

@@ -25,7 +25,7 @@ from rawfetch.cli import build_parser, options_from
 from rawfetch.disk import HEAD_HOLD, SafeDisk, WrittenDigest, first_difference, read_back
 from rawfetch.options import Options
 from rawfetch.output import InPlace
-from tests.disk_helpers import feed
+from tests.disk_helpers import feed, flip_byte_after
 from tests.faultserver import actions as A, make_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -260,26 +260,12 @@ def test_read_back_passes_and_reports_its_time(srv, target):
     assert names(events).index("head_written") < names(events).index("readback")
 
 
-def _alter_after_head_written(path: str, offset: int):
-    """An emit hook: once the head is on disk, change one byte behind SafeDisk's back
-    (another writer, a device that does not keep what it is given)."""
-    def hook(name: str) -> None:
-        if name == "head_written":
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes([IMAGE[offset] ^ 0xFF]), offset)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    return hook
-
-
 @pytest.mark.parametrize("preserve", [False, True])
 def test_read_back_mismatch_names_the_mib_and_zeroes_the_start(srv, target, preserve):
     """A byte changed between the final fsync and the read-back: exit 93 naming MiB 2;
     the start (already the image's head) is zeroed again, unless preserve_on_error."""
     events: List[Dict[str, Any]] = []
-    hook = _alter_after_head_written(target, 2 * MiB + 77)
+    hook = flip_byte_after("head_written", target, 2 * MiB + 77, IMAGE[2 * MiB + 77])
     with pytest.raises(E.ReadBackMismatch) as caught:
         feed(srv.url("/img"), target, events, on_disk_event=hook, verify_written=True,
              preserve_on_error=preserve, **QUICK)

@@ -7,6 +7,7 @@ rules go into the server namespace's own iptables.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 PREFIX = "rf"
 NAME_RE = re.compile(r"^rf(\d+)x(\d+)[sc]$")
@@ -147,6 +148,25 @@ def cleanup_stale() -> List[str]:
 
 
 LOOP_RE = re.compile(r"^(/dev/loop\d+):.*/rf(\d+)loop\.img\b")
+
+
+def loop_backing(directory: str) -> str:
+    """A backing file name of ours (rf<pid>loop.img), so a killed run's device is swept."""
+    return os.path.join(directory, "%s%dloop.img" % (PREFIX, os.getpid()))
+
+
+@contextlib.contextmanager
+def loop_device(backing: str) -> Iterator[Optional[str]]:
+    """A loop device over `backing`, detached at the end; None where losetup fails."""
+    proc = run(["losetup", "-f", "--show", backing], check=False)
+    device = proc.stdout.decode().strip()
+    if proc.returncode != 0 or not device.startswith("/dev/"):
+        yield None
+        return
+    try:
+        yield device
+    finally:
+        run(["losetup", "-d", device], check=False)
 
 
 def detach_stale_loops() -> List[str]:

@@ -17,9 +17,9 @@ import pytest
 
 from rawfetch import errors as E
 from rawfetch.disk import HEAD_HOLD
-from tests.disk_helpers import feed
+from tests.disk_helpers import feed, flip_byte_after
 from tests.faultserver import FaultServer, actions as A, make_body
-from tests.realnet.netns import PREFIX, run
+from tests.realnet.netns import loop_backing, loop_device
 
 pytestmark = [pytest.mark.realnet, pytest.mark.timeout(60)]
 MiB = 1 << 20
@@ -32,17 +32,13 @@ QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=5.0, connect_t
 def loop(tmp_path) -> Iterator[Tuple[str, str]]:
     """(device, backing file): a 4 MiB loop device holding the old system, detached
     after the test (named so that a killed run's device is swept, see netns.py)."""
-    backing = str(tmp_path / ("%s%dloop.img" % (PREFIX, os.getpid())))
+    backing = loop_backing(str(tmp_path))
     with open(backing, "wb") as handle:
         handle.write(OLD)
-    proc = run(["losetup", "-f", "--show", backing], check=False)
-    device = proc.stdout.decode().strip()
-    if proc.returncode != 0 or not device.startswith("/dev/"):
-        pytest.skip("losetup unusable here: %s" % proc.stderr.decode(errors="replace"))
-    try:
+    with loop_device(backing) as device:
+        if device is None:
+            pytest.skip("losetup unusable here")
         yield device, backing
-    finally:
-        run(["losetup", "-d", device], check=False)
 
 
 @pytest.fixture
@@ -94,14 +90,7 @@ def test_read_back_sees_the_device_not_the_page_cache(loop, served):
     served.add("/img", image, etag='"v"')
     offset = 2 * MiB + 4321
 
-    def alter_backing_file(name: str) -> None:
-        if name == "head_written":
-            fd = os.open(backing, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes([image[offset] ^ 0x5A]), offset)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    alter_backing_file = flip_byte_after("head_written", backing, offset, image[offset])
 
     events: List[Dict[str, Any]] = []
     holder = os.open(device, os.O_RDONLY)   # another opener: the last close would

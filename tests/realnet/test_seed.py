@@ -21,7 +21,8 @@ import pytest
 from tests.faultserver import make_body
 from tests.realnet.harness import FAST, LOGCLI, MiB, RAWFETCH, Outcome, client_env, ns_url, \
     run_client
-from tests.realnet.netns import PREFIX, Schedule, Step, blackhole, loss, reset, run
+from tests.realnet.netns import (Schedule, Step, blackhole, loop_backing, loop_device, loss,
+                                 reset)
 from tests.realnet.servers import swap_in
 
 pytestmark = [pytest.mark.realnet, pytest.mark.slow, pytest.mark.timeout(90)]
@@ -85,18 +86,11 @@ def seed_xz(tmp_path_factory, realnet_ready: None) -> Iterator[Dict[str, str]]:
 def target(tmp_path) -> Iterator[str]:
     """A loop device over a sparse RAW-sized file (our name, so stale ones are swept);
     the plain file itself where losetup does not work."""
-    backing = str(tmp_path / ("%s%dloop.img" % (PREFIX, os.getpid())))
+    backing = loop_backing(str(tmp_path))
     with open(backing, "wb") as handle:
         handle.truncate(RAW)
-    proc = run(["losetup", "-f", "--show", backing], check=False)
-    device = proc.stdout.decode().strip()
-    if proc.returncode != 0 or not device.startswith("/dev/"):
-        yield backing   # stand-in for the device (losetup unavailable here)
-        return
-    try:
-        yield device
-    finally:
-        run(["losetup", "-d", device], check=False)
+    with loop_device(backing) as device:
+        yield device or backing   # the file stands in where losetup is unavailable
 
 
 def md5_prefix(path: str, size: int) -> str:
