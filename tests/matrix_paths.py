@@ -88,7 +88,12 @@ def flags(options: Dict[str, Any]) -> List[str]:
 
 
 def run_command(urls: Sequence[str], options: Dict[str, Any], output: str) -> Got:
-    """`python3 -m rawfetch URL [MIRROR...] -o OUTPUT -q FLAGS`; reads OUTPUT back."""
+    """`rawfetch URL [MIRROR...] -o OUTPUT -q FLAGS`; reads OUTPUT back. To a file the
+    command's own entry point runs in this process (cli.run: argument parsing, exit
+    codes, one-line errors; ~0.15 s of interpreter start saved per cell); to stdout it
+    runs as `python3 -m rawfetch`, since the bytes must cross a real fd 1."""
+    if output != "-":
+        return _run_in_process([*urls, "-o", output, "-q", *flags(options)], output)
     argv = [sys.executable, "-m", "rawfetch", *urls, "-o", output, "-q", *flags(options)]
     started = time.monotonic()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -102,6 +107,25 @@ def run_command(urls: Sequence[str], options: Dict[str, Any], output: str) -> Go
         with open(output, "rb") as handle:
             data = handle.read()
     return Got(data, proc.returncode, None, output, stderr, elapsed)
+
+
+def _run_in_process(argv: List[str], output: str) -> Got:
+    import contextlib
+    import io
+    from rawfetch.cli import run
+    errors = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stderr(errors):
+        try:
+            code = run(argv)
+        except SystemExit as exc:      # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    elapsed = time.monotonic() - started
+    data = b""
+    if os.path.exists(output):
+        with open(output, "rb") as handle:
+            data = handle.read()
+    return Got(data, code, None, output, errors.getvalue(), elapsed)
 
 
 def drive_file(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
