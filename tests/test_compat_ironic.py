@@ -395,3 +395,15 @@ def test_404_is_not_retried(origin):
         ImageDownload(image_info([origin.url("/images/missing.raw")]), **QUICK)
     assert caught.value.status == 404 and caught.value.exit_code == 22
     assert len(origin.requests) == 1
+
+
+def test_a_404_mirror_hands_over_to_the_next_url(origin):
+    """urls are mirrors: a 404 on the first (one request, not retried) hands over to the
+    second at once, where the agent would give up on the whole image."""
+    with FaultServer() as second:
+        second.add("/images/disk.raw", BODY, etag='"v1"')
+        second.script([A.rst(at=1300001), A.normal()], path="/images/disk.raw")
+        urls = [origin.url("/images/missing.raw"), second.url("/images/disk.raw")]
+        download = ImageDownload(image_info(urls), **QUICK)
+        assert b"".join(download) == BODY and download.stream.url == urls[1]
+        assert len(origin.requests) == 1 and len(second.requests) == 2
