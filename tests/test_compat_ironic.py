@@ -407,3 +407,26 @@ def test_a_404_mirror_hands_over_to_the_next_url(origin):
         download = ImageDownload(image_info(urls), **QUICK)
         assert b"".join(download) == BODY and download.stream.url == urls[1]
         assert len(origin.requests) == 1 and len(second.requests) == 2
+
+
+def test_os_hash_value_may_be_a_checksum_file_url():
+    """As in the agent: a URL in os_hash_value is a checksum file to look the image up in."""
+    info = image_info(["http://master/images/disk.raw"],
+                      os_hash_value="http://master/images/SHA256SUMS")
+    options = image_plan(info).options
+    assert (options.checksum_url, options.checksum) == ("http://master/images/SHA256SUMS",
+                                                        None)
+
+
+def test_stream_to_device_refuses_a_qcow2_and_leaves_the_target(origin, tmp_path):
+    """download()'s disk safety applies: a qcow2 image is refused before any write (exit
+    95), the target keeps every byte it had."""
+    qcow2 = b"QFI\xfb" + BODY[4:]
+    origin.add("/images/disk.qcow2", qcow2)
+    target = tmp_path / "disk"
+    target.write_bytes(STALE)
+    info = image_info([origin.url("/images/disk.qcow2")],
+                      os_hash_value=hashlib.sha256(qcow2).hexdigest())
+    with pytest.raises(E.UnsupportedImageFormat) as caught:
+        stream_to_device(info, str(target), **QUICK)
+    assert caught.value.exit_code == 95 and target.read_bytes() == STALE
