@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 import rawfetch
 from rawfetch import errors as E
 from rawfetch.compat import HttpUrl
+from rawfetch.compat.ironic import ImageDownload
 from tests.faultserver import make_body
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,6 +175,24 @@ def drive_httpurl(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got
     return Got(bytes(got), None, error, None, "", time.monotonic() - started)
 
 
+def drive_ironic(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    """compat.ironic.ImageDownload iterated as the agent does, with the mirrors as
+    image_info['urls'] and the checksum as os_hash_algo/os_hash_value (the agent needs
+    one); the cell's rawfetch options are passed as config under their own names."""
+    config = dict(options)
+    algo, _, value = config.pop("checksum").partition(":")
+    info = {"id": "matrix", "urls": list(urls), "os_hash_algo": algo, "os_hash_value": value}
+    got = bytearray()
+    error: Optional[BaseException] = None
+    started = time.monotonic()
+    try:
+        for chunk in ImageDownload(info, **config):
+            got += chunk
+    except E.FetchError as exc:
+        error = exc
+    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+
+
 PATHS = [
     # Linux + Python >= 3.10 moves plain-HTTP bodies with os.splice; 3.8 runs the copy path.
     DataPath("splice", drive_file),
@@ -196,6 +215,7 @@ PATHS = [
     DataPath("mirror-both", drive_file, mirrors="both"),
     DataPath("open", drive_open, stream=True),
     DataPath("httpurl", drive_httpurl, stream=True),
+    DataPath("ironic", drive_ironic, checksum=True, stream=True),
 ]
 
 

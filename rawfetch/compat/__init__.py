@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .resume import open as open_stream
+from ..resume import open as open_stream
 
 FUEL_DATA_CHUNK_SIZE = 1 << 20   # fuel-agent's CONF.data_chunk_size default
 
