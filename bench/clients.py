@@ -1,6 +1,7 @@
 """The Python clients the bench runs as whole processes, one per invocation:
 
     python -c "import clients; clients.main()" NAME URL OUT [--cafile F] [--sha256 HEX]
+        [--buf BYTES] [--step BYTES]
 
 (run through -c with bench/ on PYTHONPATH so this module loads from its cached .pyc,
 like rawfetch's own modules: a script file would be recompiled on every run.)
@@ -13,7 +14,7 @@ Each imports only what it needs, inside its function. OUT "-" means stdout.
     floor-buffered  floor writing through a buffered file object (file.write)
     floor-sha256-thread  floor + sha256 (--sha256 HEX) in a worker thread, two buffers
     floor-gunzip, floor-unxz  the image pipeline's one-thread floor: recv_into +
-                 zlib/lzma decompress (bounded output per call) + os.write
+                 zlib/lzma decompress (at most --step bytes out per call) + os.write
     http.client  HTTPResponse.readinto(1 MiB) + os.write
     requests     iter_content(1 MiB) + file.write
     urllib3      stream(1 MiB) + file.write
@@ -31,18 +32,19 @@ DECODE_STEP = 4 << 20   # output per decompress call, as rawfetch's GUNZIP_OUTPU
 
 
 def _args(argv):
-    opts = {"cafile": None, "sha256": None, "buf": BUF}
+    opts = {"cafile": None, "sha256": None, "buf": BUF, "step": DECODE_STEP}
     pos = []
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in ("--cafile", "--sha256", "--buf"):
+        if a in ("--cafile", "--sha256", "--buf", "--step"):
             opts[a[2:]] = argv[i + 1]
             i += 2
         else:
             pos.append(a)
             i += 1
     opts["buf"] = int(opts["buf"])
+    opts["step"] = int(opts["step"])
     return pos, opts
 
 
@@ -215,20 +217,20 @@ def floor_sha256_thread(url, out, opts):
     _check(hasher, opts)
 
 
-def _gunzip_step(decoder, data, fd):
-    """Inflate data, writing at most DECODE_STEP bytes per zlib call (bounded memory)."""
+def _gunzip_step(decoder, data, fd, step):
+    """Inflate data, writing at most `step` bytes per zlib call (bounded memory)."""
     while True:
-        _write_all(fd, memoryview(decoder.decompress(data, DECODE_STEP)))
+        _write_all(fd, memoryview(decoder.decompress(data, step)))
         data = decoder.unconsumed_tail
         if not data:
             return
 
 
-def _unxz_step(decoder, data, fd):
-    """Decode data, at most DECODE_STEP bytes of output per lzma call."""
-    _write_all(fd, memoryview(decoder.decompress(data, DECODE_STEP)))
+def _unxz_step(decoder, data, fd, step):
+    """Decode data, at most `step` bytes of output per lzma call."""
+    _write_all(fd, memoryview(decoder.decompress(data, step)))
     while not decoder.needs_input and not decoder.eof:
-        _write_all(fd, memoryview(decoder.decompress(b"", DECODE_STEP)))
+        _write_all(fd, memoryview(decoder.decompress(b"", step)))
 
 
 def floor_decompress(url, out, opts, codec):
@@ -243,13 +245,13 @@ def floor_decompress(url, out, opts, codec):
         step = _unxz_step
     buf = bytearray(opts["buf"])
     sock, fd, body = _open(url, out, opts, buf)
-    step(decoder, bytes(body), fd)
+    step(decoder, bytes(body), fd, opts["step"])
     view = memoryview(buf)
     while True:
         got = sock.recv_into(view)
         if not got:
             break
-        step(decoder, view[:got], fd)
+        step(decoder, view[:got], fd, opts["step"])
     if codec == "gzip":
         _write_all(fd, memoryview(decoder.flush()))
     if not decoder.eof:

@@ -3,6 +3,7 @@
 
     python3 bench/run.py                       # full: writes docs/benchmarks.md
     python3 bench/run.py --quick --out /tmp/x.md   # CI smoke: tiny sizes, 1 round, seconds
+    python3 bench/run.py --only pipeline --out /tmp/p.md
     python3 bench/run.py --size 1G --reps 3 --only plain,tls --out /tmp/b.md
 
 Starts nginx on loopback (generated config, ephemeral ports, sendfile on, plus a TLS
@@ -27,14 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, REPO, human, parse_size  # noqa: E402
 from harness import Harness, log  # noqa: E402
 from report import today, versions  # noqa: E402
-from scenarios import (footprint, plain, prototypes, recovery, rss, sha256,  # noqa: E402
-                       storm, tls)
+from scenarios import (footprint, pipeline, plain, prototypes, recovery, rss,  # noqa: E402
+                       sha256, storm, tls)
 
 # Every scenario, in the order a full run takes them. Explicit: a name maps to a function.
 SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "plain": plain.run,
     "tls": tls.run,
     "sha256": sha256.run,
+    "pipeline": pipeline.run,
     "rss": rss.run,
     "startup": footprint.run_startup,
     "import": footprint.run_import,
@@ -44,9 +46,9 @@ SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "prototypes": prototypes.run,
 }
 QUICK = {"size": "8M", "big_size": "32M", "reps": 1, "storm_reps": 1, "proto_reps": 1,
-         "storm_every": "2M"}
+         "storm_every": "2M", "image_size": "4M"}
 FULL = {"size": "1G", "big_size": "4G", "reps": 5, "storm_reps": 3, "proto_reps": 7,
-        "storm_every": "64M"}
+        "storm_every": "64M", "image_size": "768M"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     # quick: 2 MiB per connection, so each attempt still moves >= 1 MiB (uncharged retries)
     p.add_argument("--storm-every", help="bytes per connection before a cut (default 64M; "
                    "quick 2M)")
+    p.add_argument("--image-size", help="raw image size for the pipeline scenario "
+                   "(default 768M; quick 4M)")
+    p.add_argument("--image-cache", default=os.path.join(HERE, "out"),
+                   help="where generated images are kept (default bench/out, git-ignored)")
     p.add_argument("--only", help="comma list of: " + ",".join(SCENARIOS))
     p.add_argument("--skip", default="", help="comma list of scenarios to skip")
     p.add_argument("--out", help="markdown report (default docs/benchmarks.md; quick: none)")
@@ -76,7 +82,7 @@ def settle(args: argparse.Namespace) -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("size", "big_size", "storm_every"):
+    for key in ("size", "big_size", "storm_every", "image_size"):
         setattr(args, key, parse_size(str(getattr(args, key))))
 
 
@@ -105,9 +111,10 @@ def run_all(h: Harness, names: Sequence[str]) -> str:
     context = {"command": h.command, "date": today(), "elapsed": time.time() - started,
                "versions": versions(h.nginx.version()),
                "sizes": "Sizes: %s generated file (pseudo-random), %s sparse file for the "
-                        "RSS check; %d rounds (storm: %d, prototypes: %d)." % (
-                            human(h.size), human(h.big), h.reps, args.storm_reps,
-                            args.proto_reps)}
+                        "RSS check, %s raw image for the pipeline; %d rounds (storm: %d, "
+                        "prototypes: %d)." % (human(h.size), human(h.big),
+                                              human(args.image_size), h.reps,
+                                              args.storm_reps, args.proto_reps)}
     return h.report.markdown(context, findings)
 
 
