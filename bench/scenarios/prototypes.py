@@ -1,12 +1,12 @@
-"""Hot-path changes measured and rejected (bench/rfvariant.py patches them into rawfetch
-at run time; the floor rows use clients.py). Kept so the "not worth changing" findings
-can be re-checked; the adopted changes are measured inside rawfetch by the other
-scenarios."""
+"""Hot-path changes measured and not adopted (bench/rfvariant.py patches them into
+rawfetch at run time; the floor rows use clients.py): kept so the findings can be
+re-checked. The adopted changes are measured inside rawfetch by the other scenarios."""
 from __future__ import annotations
 
 from typing import List, Tuple
 
 from harness import Client, Harness, mod
+from scenarios.pipeline import serve_image
 
 PROTO_TIMEOUT = 120   # s per run: every variant moves the same file as the base
 
@@ -19,8 +19,7 @@ def _groups(h: Harness) -> List[Tuple[str, List[Client]]]:
         return Client(variants, mod("rfvariant") + [variants, url, path or "-"], out=path)
 
     def fl(name: str, kind: str, out: str, *extra: str) -> Client:
-        path = None if out == "-" else h.out(out)
-        return Client(name, mod("clients") + [kind, url, path or "-"] + list(extra), out=path)
+        return _floor(h, name, kind, url, out, *extra)
 
     return [
         ("buffer size, rawfetch → /dev/null",
@@ -41,6 +40,28 @@ def _groups(h: Harness) -> List[Tuple[str, List[Client]]]:
          [rv("base", "null", "a"), rv("fill", "null", "b")]),
         ("early writeback: posix_fadvise(DONTNEED) every 8 MiB, rawfetch → file (fsync on)",
          [rv("base", "file", "a"), rv("fadvise", "file", "b")]),
+    ] + _decode_groups(h)
+
+
+def _floor(h: Harness, name: str, kind: str, url: str, out: str, *extra: str) -> Client:
+    """A clients.py floor writing to h.out(out), or to /dev/null for out "-"."""
+    path = None if out == "-" else h.out(out)
+    return Client(name, mod("clients") + [kind, url, path or "-"] + list(extra), out=path)
+
+
+def _decode_groups(h: Harness) -> List[Tuple[str, List[Client]]]:
+    """Output per decompress call: the peak-RSS cost of rawfetch's 4 MiB step."""
+    serve_image(h)
+    gz, xz = h.url("image.gz"), h.url("image.xz")
+    steps = [("4M", 4 << 20), ("1M", 1 << 20), ("256K", 256 << 10)]
+    return [
+        ("decompressed bytes per zlib call (rawfetch: GUNZIP_OUTPUT_STEP = 4 MiB), "
+         "floor-gunzip → file",
+         [_floor(h, "step " + n, "floor-gunzip", gz, "pz" + n, "--step", str(v))
+          for n, v in steps]),
+        ("decompressed bytes per lzma call, floor-unxz → file",
+         [_floor(h, "step " + n, "floor-unxz", xz, "px" + n, "--step", str(v))
+          for n, v in steps[:2]]),
     ]
 
 
@@ -63,7 +84,7 @@ def run(h: Harness) -> None:
                          "%.3f" % s.med(c.name, "cpu"), "%.1f" % (s.med(c.name, "rss") / 1024),
                          "—" if i == 0 else "%.2f×" % s.ratio(c.name, base),
                          "—" if i == 0 else "%.2f×" % s.ratio(c.name, base, "cpu")])
-    h.report.table("prototypes: hot-path changes measured and not adopted", head, rows,
+    h.report.table("prototypes: hot-path changes measured, not adopted (yet)", head, rows,
                    ["rfvariant rows run rawfetch's current code with the change patched in "
                     "at run time (bench/rfvariant.py); 'n/a' means the internals it patches "
                     "moved",
