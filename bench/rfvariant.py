@@ -10,11 +10,12 @@ hashlib) live in rawfetch now; what is left here are the ones measured and rejec
 VARIANTS is "base" or a comma list of:
     buf256k, buf4m   download()'s WRITE_BUFFER (and the stream loop's buffer) instead of 1 MiB
     rcvbuf4m         SO_RCVBUF = 4 MiB set before connect (disables rcv autotuning)
-    fill             files._copy / the stream loop fill the whole buffer before each
-                     os.write and hash update (fewer syscalls and Python frames)
-    fadvise          after every 8 MiB written, posix_fadvise(DONTNEED) on the part already
-                     written: starts writeback early, so the final fsync has less to do
+    fill             the stream loop (OUT -) fills the whole buffer before each os.write
+                     (fewer syscalls and Python frames); download() splices plain bodies
+                     to a file, so there is no buffer to fill on that path
     nofsync          os.fsync is a no-op (attribution only: what the durability costs)
+Retired with the code they patched: fadvise (early writeback from the part file's write,
+which spliced bodies no longer go through) and fill on the file path.
 OUT "-" runs the stream path (rawfetch.open + readinto + os.write to stdout, as the CLI
 does for -o -); anything else runs rawfetch.download(URL, OUT).
 """
@@ -22,7 +23,7 @@ import os
 import sys
 
 NOT_APPLICABLE = 4     # exit code: rawfetch's internals no longer have what a patch needs
-VARIANTS = ("buf256k", "buf4m", "rcvbuf4m", "fill", "fadvise", "nofsync")
+VARIANTS = ("buf256k", "buf4m", "rcvbuf4m", "fill", "nofsync")
 
 
 def _need(obj, name):
@@ -68,55 +69,6 @@ def _fill(stream, view, have):
             break
         have += got
     return have
-
-
-def _install_copy():
-    """files._copy reading a full buffer before each write. Follows the current
-    _copy(stream, pipeline, progress, worker) shape; the sink that records the identity
-    is `.sink` of the pipeline when it has one."""
-    import rawfetch.files as files
-    _need(files, "_copy")
-
-    def _copy(stream, pipeline, progress, worker=None):
-        view = memoryview(bytearray(files.WRITE_BUFFER))
-        sink = getattr(pipeline, "sink", pipeline)
-        while True:
-            have = _fill(stream, view, stream.readinto(view))
-            if stream.identity is not None and stream.identity != sink.recorded:
-                sink.record(stream.identity)
-            if not have:
-                return
-            pipeline.write(view[:have])
-            if progress is not None:
-                progress(stream)
-
-    files._copy = _copy
-
-
-def _patch_fadvise(step=8 << 20):
-    try:
-        import rawfetch.output as where
-        cls = where.PartFile
-    except (ImportError, AttributeError):
-        import rawfetch.files as where
-        cls = _need(where, "_PartFile")
-    _need(cls, "write")
-    original = cls.write
-    state = {"written": 0, "advised": 0}
-
-    def write(self, view):
-        original(self, view)
-        state["written"] += len(view)
-        behind = state["written"] - step
-        if behind - state["advised"] >= step:
-            try:
-                os.posix_fadvise(self.fd, state["advised"], behind - state["advised"],
-                                 os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-            state["advised"] = behind
-
-    cls.write = write
 
 
 def _stream(url, options, size, fill):
@@ -166,12 +118,11 @@ def main(argv=None):
         size = _patch_buf(4 << 20)
     if "rcvbuf4m" in variants:
         _patch_rcvbuf(4 << 20)
-    if "fadvise" in variants:
-        _patch_fadvise()
     if "nofsync" in variants:
         os.fsync = lambda fd: None
-    if "fill" in variants:
-        _install_copy()
+    if "fill" in variants and out != "-":
+        sys.stderr.write("variant not applicable: fill needs OUT - (files are spliced)\n")
+        raise SystemExit(NOT_APPLICABLE)
     if out == "-":
         _stream(url, options, size, "fill" in variants)
     else:

@@ -34,12 +34,8 @@ def _groups(h: Harness) -> List[Tuple[str, List[Client]]]:
          [rv("base", "null", "a"), rv("rcvbuf4m", "null", "b")]),
         ("os.write vs buffered file.write, floor → file",
          [fl("floor os.write", "floor", "pw"), fl("floor file.write", "floor-buffered", "pb")]),
-        ("fill the buffer before write/hash, rawfetch → file (fsync off)",
-         [rv("nofsync", "file", "a"), rv("fill,nofsync", "file", "b")]),
         ("fill the buffer before write, rawfetch → /dev/null",
          [rv("base", "null", "a"), rv("fill", "null", "b")]),
-        ("early writeback: posix_fadvise(DONTNEED) every 8 MiB, rawfetch → file (fsync on)",
-         [rv("base", "file", "a"), rv("fadvise", "file", "b")]),
     ] + _decode_groups(h)
 
 
