@@ -49,9 +49,31 @@ def free_port() -> int:
     return port
 
 
+class _Children:
+    """Where measured processes get rawfetch from, and where they start. They start in
+    the (empty) work dir, never in a checkout: `python -m`/`-c` put the cwd first on
+    sys.path, so a checkout's rawfetch/ would shadow the tree being measured."""
+    tree = REPO
+    cwd = HERE
+
+
+def configure_children(tree: str, cwd: str) -> None:
+    _Children.tree = os.path.abspath(tree)
+    _Children.cwd = cwd
+
+
+def rawfetch_tree() -> str:
+    """The checkout whose rawfetch/ package is measured (run.py --rawfetch-tree)."""
+    return _Children.tree
+
+
+def child_cwd() -> str:
+    return _Children.cwd
+
+
 def env_for_children() -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, HERE])
+    env["PYTHONPATH"] = os.pathsep.join([_Children.tree, HERE])
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # peers and rawfetch both load cached .pyc
     env.pop("PYTHONTRACEMALLOC", None)
     return env
@@ -285,7 +307,7 @@ class Launcher:
         assert self.binary is not None
         proc = subprocess.Popen([self.binary, self.result] + list(argv), stdout=out,
                                 stderr=err, env=env, start_new_session=True,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, cwd=child_cwd())
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -304,7 +326,7 @@ class Launcher:
         """No C compiler: spawn from here (peak RSS then includes the harness's own)."""
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, cwd=child_cwd())
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -368,7 +390,8 @@ def tool_version(argv: Sequence[str], pattern: str = r"[\d.]+") -> str:
 
 def module_version(name: str) -> Optional[str]:
     r = subprocess.run([PY, "-c", "import %s as m; print(m.__version__)" % name],
-                       capture_output=True, text=True, env=env_for_children())
+                       capture_output=True, text=True, env=env_for_children(),
+                       cwd=child_cwd())
     return r.stdout.strip() if r.returncode == 0 else None
 
 

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from common import (HERE, PY, ClientFailed, Launcher, Nginx, Sample, drop_file, human,
-                    make_file, make_sparse, median, tmpdir_on_tmp)
+from common import (HERE, PY, ClientFailed, Launcher, Nginx, Sample, configure_children,
+                    drop_file, human, make_file, make_sparse, median, tmpdir_on_tmp)
 from report import Report
 
 RF = [PY, "-m", "rawfetch"]
@@ -112,6 +112,7 @@ class Harness:
         self.work = tmpdir_on_tmp()
         self.data = os.path.join(self.work, "data")
         os.mkdir(self.data)
+        configure_children(args.rawfetch_tree, self.work)
         self.launcher = Launcher(self.work)
         self.nginx: Optional[Nginx] = None
         self.procs: List[subprocess.Popen] = []

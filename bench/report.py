@@ -7,7 +7,7 @@ import datetime
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from common import REPO, machine_facts, module_version, tool_version
+from common import machine_facts, module_version, rawfetch_tree, tool_version
 
 METHOD = ("Every client runs as a whole process (interpreter start included) against "
           "nginx on loopback (sendfile on; TLS with a trustme CA). Runs of the compared "
@@ -170,16 +170,18 @@ def versions(nginx_version: str) -> Dict[str, str]:
         "nginx": nginx_version,
         "requests": module_version("requests") or "not installed",
         "urllib3": module_version("urllib3") or "not installed",
-        "rawfetch": "working tree at %s" % (git_rev() or "?"),
+        "rawfetch": "%s at %s" % (rawfetch_tree(), git_rev() or "?"),
     }
 
 
 def git_rev() -> Optional[str]:
-    """HEAD, and whether rawfetch/ had uncommitted changes (the numbers are of the tree)."""
+    """The measured tree's HEAD, and whether its rawfetch/ had uncommitted changes (the
+    numbers are of the files, not of the commit)."""
+    tree = rawfetch_tree()
     try:
-        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+        rev = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "rawfetch"],
+        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "rawfetch"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None

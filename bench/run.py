@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
                    "(default 768M; quick 4M)")
     p.add_argument("--image-cache", default=os.path.join(HERE, "out"),
                    help="where generated images are kept (default bench/out, git-ignored)")
+    p.add_argument("--rawfetch-tree", default=REPO, metavar="DIR",
+                   help="measure the rawfetch/ package of this checkout (default: the one "
+                   "bench/ is in), e.g. a clone of another branch")
     p.add_argument("--only", help="comma list of: " + ",".join(SCENARIOS))
     p.add_argument("--skip", default="", help="comma list of scenarios to skip")
     p.add_argument("--out", help="markdown report (default docs/benchmarks.md; quick: none)")
@@ -84,6 +87,9 @@ def settle(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     for key in ("size", "big_size", "storm_every", "image_size"):
         setattr(args, key, parse_size(str(getattr(args, key))))
+    args.image_cache = os.path.abspath(args.image_cache)    # nginx follows symlinks to it
+    if not os.path.isfile(os.path.join(args.rawfetch_tree, "rawfetch", "__init__.py")):
+        raise SystemExit("bench: no rawfetch/ package in %s" % args.rawfetch_tree)
 
 
 def wanted(p: argparse.ArgumentParser, args: argparse.Namespace) -> List[str]:

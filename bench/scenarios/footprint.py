@@ -7,7 +7,7 @@ import os
 import subprocess
 from typing import List, Tuple
 
-from common import PY, REPO, env_for_children, median
+from common import PY, child_cwd, env_for_children, median, rawfetch_tree
 from harness import Client, Harness, Series
 
 SIZE_REASON = ("the package carries the command, gunzip, mirrors, splice, the fuel-agent "
@@ -74,7 +74,7 @@ def _import_row(s: Series, name: str, code: str) -> List[str]:
 def _top_level_ms(code: str) -> float:
     """Sum of -X importtime's top-level self+children entries, start-up modules excluded."""
     r = subprocess.run([PY, "-X", "importtime", "-c", code], capture_output=True,
-                       text=True, env=env_for_children())
+                       text=True, env=env_for_children(), cwd=child_cwd())
     total = 0
     for line in r.stderr.splitlines():
         parts = line.split("|")
@@ -108,7 +108,7 @@ def _py_bytes(path: str) -> Tuple[int, int, int]:
 
 
 def run_footprint(h: Harness) -> None:
-    rf = _py_bytes(os.path.join(REPO, "rawfetch"))
+    rf = _py_bytes(os.path.join(rawfetch_tree(), "rawfetch"))
     rows = [["rawfetch", "%.1f" % (rf[0] / 1024), "%.1f" % (rf[1] / 1024), str(rf[2])]]
     sum_py = sum_all = 0
     missing = []

@@ -11,7 +11,7 @@ import shlex
 import subprocess
 from typing import Dict, FrozenSet, List
 
-from common import PY, MiB, env_for_children
+from common import PY, MiB, child_cwd, env_for_children
 from harness import RF, Client, Harness, Series, log
 from image import Image, ensure_image
 from report import today
@@ -36,15 +36,16 @@ def decompress_codecs() -> FrozenSet[str]:
     """The codecs `rawfetch --decompress` accepts, read from --help; none until built."""
     try:
         text = subprocess.run(RF + ["--help"], capture_output=True, text=True,
-                              env=env_for_children(), timeout=HELP_TIMEOUT).stdout
+                              env=env_for_children(), cwd=child_cwd(),
+                              timeout=HELP_TIMEOUT).stdout
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     if "--decompress" not in text:
         return frozenset()
-    m = re.search(r"--decompress[ =]\{([^}]+)\}", text)
+    m = re.search(r"--decompress[ =]\{?([a-z0-9]+(?:[,|][a-z0-9]+)+)", text)
     if m is None:
         return frozenset(("gzip", "xz"))
-    return frozenset(c.strip() for c in m.group(1).split(","))
+    return frozenset(re.split(r"[,|]", m.group(1)))
 
 
 def serve_image(h: Harness) -> Image:

@@ -6,7 +6,7 @@ import json
 import subprocess
 from typing import Dict, List
 
-from common import env_for_children, median
+from common import child_cwd, env_for_children, median
 from harness import Harness, mod
 
 IDLE_TIMEOUT = 0.5          # s: short, so a stall is detected quickly
@@ -25,7 +25,7 @@ def _measure(h: Harness, mode: str, cuts: int) -> Dict[str, List[float]]:
                                              str(IDLE_TIMEOUT), "--retry-delay", "0",
                                              "--size", str(h.size), "--json"],
                            capture_output=True, text=True, env=env_for_children(),
-                           timeout=RECOVERY_TIMEOUT)
+                           cwd=child_cwd(), timeout=RECOVERY_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise RuntimeError("no result within %d s" % RECOVERY_TIMEOUT) from None
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from typing import Optional
 
-from common import env_for_children, human, median
+from common import child_cwd, env_for_children, human, median
 from harness import Client, Harness, Series, mod
 
 OVERLAP_REASON = ("nginx, the receiving thread and the hashing thread share 2 cores: no "
@@ -77,7 +77,8 @@ def _hash_in_process(h: Harness) -> float:
     times = []
     for _ in range(max(h.reps, 1)):
         r = subprocess.run(mod("clients") + ["hash-alone", h.main_path, "-"],
-                           capture_output=True, text=True, env=env_for_children())
+                           capture_output=True, text=True, env=env_for_children(),
+                           cwd=child_cwd())
         for line in r.stderr.splitlines():
             if line.startswith("hash-alone "):
                 times.append(float(line.split()[1]))
