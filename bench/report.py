@@ -175,17 +175,20 @@ def versions(nginx_version: str) -> Dict[str, str]:
 
 
 def git_rev() -> Optional[str]:
-    """The measured tree's HEAD, and whether its rawfetch/ had uncommitted changes (the
-    numbers are of the files, not of the commit)."""
+    """The measured tree's branch and commit, and whether its rawfetch/ had uncommitted
+    changes (the numbers are of the files, not of the commit)."""
     tree = rawfetch_tree()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", tree] + list(args), capture_output=True,
+                              text=True, timeout=5).stdout.strip()
     try:
-        rev = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "rawfetch"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = "%s %s" % (git("rev-parse", "--abbrev-ref", "HEAD"),
+                         git("rev-parse", "--short", "HEAD"))
+        dirty = git("status", "--porcelain", "rawfetch")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return rev + (" + uncommitted changes in rawfetch/" if dirty else "")
+    return rev.strip() + (" + uncommitted changes in rawfetch/" if dirty else "")
 
 
 def today() -> str:

@@ -10,8 +10,9 @@ from typing import List, Tuple
 from common import PY, child_cwd, env_for_children, median, rawfetch_tree
 from harness import Client, Harness, Series
 
-SIZE_REASON = ("the package carries the command, gunzip, mirrors, splice, the fuel-agent "
-               "adapter and events, with docstrings; still an eighth of the requests stack")
+SIZE_REASON = ("the package carries the command, three decoders, disk safety, mirrors, "
+               "splice, rate limiting, the fuel-agent adapter and events, with docstrings; "
+               "still under a quarter of the requests stack")
 REQUESTS_STACK = ("requests", "urllib3", "idna", "charset_normalizer", "certifi")
 
 
