@@ -9,7 +9,6 @@ import hashlib
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import IO, Dict, NamedTuple, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -50,9 +49,31 @@ def free_port() -> int:
     return port
 
 
+class _Children:
+    """Where measured processes get rawfetch from, and where they start. They start in
+    the (empty) work dir, never in a checkout: `python -m`/`-c` put the cwd first on
+    sys.path, so a checkout's rawfetch/ would shadow the tree being measured."""
+    tree = REPO
+    cwd = HERE
+
+
+def configure_children(tree: str, cwd: str) -> None:
+    _Children.tree = os.path.abspath(tree)
+    _Children.cwd = cwd
+
+
+def rawfetch_tree() -> str:
+    """The checkout whose rawfetch/ package is measured (run.py --rawfetch-tree)."""
+    return _Children.tree
+
+
+def child_cwd() -> str:
+    return _Children.cwd
+
+
 def env_for_children() -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, HERE])
+    env["PYTHONPATH"] = os.pathsep.join([_Children.tree, HERE])
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # peers and rawfetch both load cached .pyc
     env.pop("PYTHONTRACEMALLOC", None)
     return env
@@ -94,6 +115,41 @@ def make_sparse(path: str, size: int) -> str:
 
 
 # ----------------------------------------------------------------------- nginx
+
+NGINX_START_TIMEOUT = 10.0   # s: nginx listens within milliseconds; 10 s means it is broken
+NGINX_CONF = """%(user)s
+worker_processes 1;
+daemon off;
+pid %(w)s/nginx.pid;
+error_log %(w)s/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 5;
+    types { }
+    default_type application/octet-stream;
+    client_body_temp_path %(w)s/body;
+    proxy_temp_path %(w)s/proxy;
+    fastcgi_temp_path %(w)s/fastcgi;
+    uwsgi_temp_path %(w)s/uwsgi;
+    scgi_temp_path %(w)s/scgi;
+    server {
+        listen 127.0.0.1:%(port)d;
+        root %(root)s;
+    }%(tls)s
+}
+"""
+NGINX_TLS_SERVER = """
+    server {
+        listen 127.0.0.1:%d ssl;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root %s;
+    }"""
+
 class Nginx:
     """nginx on 127.0.0.1 with a generated config: one plain and one TLS server block
     (trustme certificate), sendfile on, serving `root`. Started in the foreground as our
@@ -134,67 +190,46 @@ class Nginx:
     def start(self) -> "Nginx":
         if self.binary is None:
             raise RuntimeError("nginx not found (apt-get install -y nginx-light)")
+        path = self._write_conf()
         w = self.workdir
-        tls_block = ""
-        files = self._tls_files() if self.tls_port else None
-        if files is None:
-            self.tls_port = None
-        else:
-            tls_block = """
-    server {
-        listen 127.0.0.1:%d ssl;
-        ssl_certificate %s;
-        ssl_certificate_key %s;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        root %s;
-    }""" % (self.tls_port, files[0], files[1], self.root)
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf = """%s
-worker_processes 1;
-daemon off;
-pid %s/nginx.pid;
-error_log %s/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 5;
-    types { }
-    default_type application/octet-stream;
-    client_body_temp_path %s/body;
-    proxy_temp_path %s/proxy;
-    fastcgi_temp_path %s/fastcgi;
-    uwsgi_temp_path %s/uwsgi;
-    scgi_temp_path %s/scgi;
-    server {
-        listen 127.0.0.1:%d;
-        root %s;
-    }%s
-}
-""" % (user, w, w, w, w, w, w, w, self.port, self.root, tls_block)
-        path = os.path.join(w, "nginx.conf")
-        with open(path, "w") as f:
-            f.write(conf)
         log = open(os.path.join(w, "nginx.stderr"), "wb")
         self.proc = subprocess.Popen([self.binary, "-e", os.path.join(w, "error.log"),
                                       "-p", w, "-c", path], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL)
         log.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + NGINX_START_TIMEOUT
         for port in filter(None, (self.port, self.tls_port)):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("nginx exited: %s" % open(
-                        os.path.join(w, "nginx.stderr")).read()[-2000:])
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("nginx did not listen on %d" % port)
-                    time.sleep(0.02)
+            self._wait_listening(port, deadline)
         return self
+
+    def _write_conf(self) -> str:
+        files = self._tls_files() if self.tls_port else None
+        tls_block = ""
+        if files is None:
+            self.tls_port = None
+        else:
+            tls_block = NGINX_TLS_SERVER % (self.tls_port, files[0], files[1], self.root)
+        w = self.workdir
+        conf = NGINX_CONF % {"user": "user root;" if os.geteuid() == 0 else "", "w": w,
+                             "port": self.port, "root": self.root, "tls": tls_block}
+        path = os.path.join(w, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def _wait_listening(self, port: int, deadline: float) -> None:
+        assert self.proc is not None
+        while True:
+            if self.proc.poll() is not None:
+                with open(os.path.join(self.workdir, "nginx.stderr")) as f:
+                    raise RuntimeError("nginx exited: %s" % f.read()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not listen on %d" % port) from None
+                time.sleep(0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -250,41 +285,53 @@ class Launcher:
                          "peak RSS includes the harness's own high-water mark")
 
     def run(self, argv: Sequence[str], stdout: str = os.devnull, env: Optional[dict] = None,
-            stdin: Optional[int] = None, timeout: float = 300) -> Sample:
+            timeout: float = 300) -> Sample:
+        """Run argv to completion (killed after `timeout` s); a non-zero exit raises
+        ClientFailed with the tail of its stderr."""
         env = env or env_for_children()
         errpath = os.path.join(self.workdir, "client.stderr")
         with open(stdout, "wb") as out, open(errpath, "wb") as err:
             if self.binary:
-                proc = subprocess.Popen([self.binary, self.result] + list(argv), stdout=out,
-                                        stderr=err, env=env, start_new_session=True,
-                                        stdin=stdin if stdin is not None else subprocess.DEVNULL)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)   # our own process group only
-                    proc.wait()
-                    raise ClientFailed("%s timed out after %ss" % (" ".join(argv[:3]), timeout),
-                                       -9)
-                if proc.returncode:
-                    raise RuntimeError("launcher failed (%d)" % proc.returncode)
-                with open(self.result) as f:
-                    wall, ut, st, rss, code = (int(x) for x in f.read().split())
-                sample = Sample(wall / 1e6, (ut + st) / 1e6, ut / 1e6, st / 1e6, rss, code)
+                sample = self._launch(argv, out, err, env, timeout)
             else:
-                t0 = time.perf_counter()
-                proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env,
-                                        stdin=stdin if stdin is not None else subprocess.DEVNULL)
-                _, status, ru = os.wait4(proc.pid, 0)
-                wall = time.perf_counter() - t0
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                sample = Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime,
-                                ru.ru_maxrss, proc.returncode)
+                sample = self._direct(argv, out, err, env)
         if sample.code != 0:
             with open(errpath, "rb") as f:
                 tail = f.read()[-800:].decode("utf-8", "replace")
             raise ClientFailed("%s exited %d: %s" % (" ".join(argv[:3]), sample.code, tail),
                                sample.code)
         return sample
+
+    def _launch(self, argv: Sequence[str], out: IO[bytes], err: IO[bytes], env: dict,
+                timeout: float) -> Sample:
+        assert self.binary is not None
+        proc = subprocess.Popen([self.binary, self.result] + list(argv), stdout=out,
+                                stderr=err, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL, cwd=child_cwd())
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)   # our own process group only
+            proc.wait()
+            raise ClientFailed("%s timed out after %ss" % (" ".join(argv[:3]), timeout),
+                               -9) from None
+        if proc.returncode:
+            raise RuntimeError("launcher failed (%d)" % proc.returncode)
+        with open(self.result) as f:
+            wall, ut, st, rss, code = (int(x) for x in f.read().split())
+        return Sample(wall / 1e6, (ut + st) / 1e6, ut / 1e6, st / 1e6, rss, code)
+
+    @staticmethod
+    def _direct(argv: Sequence[str], out: IO[bytes], err: IO[bytes], env: dict) -> Sample:
+        """No C compiler: spawn from here (peak RSS then includes the harness's own)."""
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env,
+                                stdin=subprocess.DEVNULL, cwd=child_cwd())
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime,
+                      ru.ru_maxrss, proc.returncode)
 
 
 def median(values: Sequence[float]) -> float:
@@ -343,13 +390,9 @@ def tool_version(argv: Sequence[str], pattern: str = r"[\d.]+") -> str:
 
 def module_version(name: str) -> Optional[str]:
     r = subprocess.run([PY, "-c", "import %s as m; print(m.__version__)" % name],
-                       capture_output=True, text=True, env=env_for_children())
+                       capture_output=True, text=True, env=env_for_children(),
+                       cwd=child_cwd())
     return r.stdout.strip() if r.returncode == 0 else None
-
-
-def self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def tmpdir_on_tmp(prefix: str = "rawfetch-bench-") -> str:

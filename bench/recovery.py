@@ -19,64 +19,72 @@ import sys
 import time
 
 
-def measure(url, cuts_log, mode, idle_timeout=0.5, retry_delay=0.001, expect=None):
-    import rawfetch
-    events = []
-    rawfetch_open = rawfetch.open
-    stream = None
-    recoveries = []
-    last_byte = None
-    pending = None                     # the recovery being timed
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
+class Recorder:
+    """on_event hook: opens a pending recovery at each "error", notes its backoff, and
+    closes it at the first byte received after it."""
 
-    def on_event(event):
-        nonlocal pending
-        event = dict(event, mono=time.monotonic(), wall=time.time())
-        events.append(event)
+    def __init__(self):
+        self.recoveries = []
+        self.pending = None
+        self.last_byte = None
+
+    def on_event(self, event):
         if event["event"] == "error":
-            pending = {"error_wall": event["wall"], "error_mono": event["mono"],
-                       "last_byte_mono": last_byte, "backoff": 0.0,
-                       "error": event.get("error"), "offset": event.get("offset")}
-        elif event["event"] == "backoff" and pending is not None:
-            pending["backoff"] = float(event.get("seconds", 0.0))
+            self.pending = {"error_wall": time.time(), "error_mono": time.monotonic(),
+                            "last_byte_mono": self.last_byte, "backoff": 0.0,
+                            "error": event.get("error"), "offset": event.get("offset")}
+        elif event["event"] == "backoff" and self.pending is not None:
+            self.pending["backoff"] = float(event.get("seconds", 0.0))
 
-    stream = rawfetch_open(url, on_event=on_event, idle_timeout=idle_timeout,
-                           retry_delay=retry_delay, retries=50)
+    def received(self, now):
+        if self.pending is not None:
+            self.pending["first_byte_mono"] = now
+            self.recoveries.append(self.pending)
+            self.pending = None
+        self.last_byte = now
+
+
+def _read_all(url, recorder, idle_timeout, retry_delay):
+    """Read the whole body (1 MiB readinto loop, like download()); return its length."""
+    import rawfetch
+    view = memoryview(bytearray(1 << 20))
     total = 0
-    with stream:
+    with rawfetch.open(url, on_event=recorder.on_event, idle_timeout=idle_timeout,
+                       retry_delay=retry_delay, retries=50) as stream:
         while True:
             got = stream.readinto(view)
-            now = time.monotonic()
             if not got:
-                break
+                return total
             total += got
-            if pending is not None:
-                pending["first_byte_mono"] = now
-                recoveries.append(pending)
-                pending = None
-            last_byte = now
+            recorder.received(time.monotonic())
+
+
+def _cut_times(cuts_log):
+    with open(cuts_log) as f:
+        return [float(p[1]) for p in (line.split() for line in f) if p and p[0] == "cut"]
+
+
+def _split(rec, cut, mode, idle_timeout):
+    """One recovery as detection, backoff and reconnect (see the module docstring)."""
+    item = {"error": rec["error"], "offset": rec["offset"], "backoff": rec["backoff"],
+            "reconnect": rec["first_byte_mono"] - rec["error_mono"] - rec["backoff"]}
+    if mode == "stall":
+        silent = rec["error_mono"] - rec["last_byte_mono"]
+        item["detection"] = silent
+        item["detection_overshoot"] = silent - idle_timeout
+    elif cut is not None:
+        item["detection"] = rec["error_wall"] - cut
+    return item
+
+
+def measure(url, cuts_log, mode, idle_timeout=0.5, retry_delay=0.001, expect=None):
+    recorder = Recorder()
+    total = _read_all(url, recorder, idle_timeout, retry_delay)
     if expect is not None and total != expect:
         raise SystemExit("got %d bytes, expected %d" % (total, expect))
-    cuts = []
-    with open(cuts_log) as f:
-        for line in f:
-            parts = line.split()
-            if parts and parts[0] == "cut":
-                cuts.append(float(parts[1]))
-    out = []
-    for i, rec in enumerate(recoveries):
-        total_gap = rec["first_byte_mono"] - rec["error_mono"]
-        item = {"error": rec["error"], "offset": rec["offset"], "backoff": rec["backoff"],
-                "reconnect": total_gap - rec["backoff"]}
-        if mode == "stall":
-            silent = rec["error_mono"] - rec["last_byte_mono"]
-            item["detection"] = silent
-            item["detection_overshoot"] = silent - idle_timeout
-        elif i < len(cuts):
-            item["detection"] = rec["error_wall"] - cuts[i]
-        out.append(item)
-    return out, total
+    cuts = _cut_times(cuts_log)
+    return [_split(rec, cuts[i] if i < len(cuts) else None, mode, idle_timeout)
+            for i, rec in enumerate(recorder.recoveries)], total
 
 
 def main(argv=None):
