@@ -19,9 +19,10 @@ from typing import Any, Iterator, List, Optional, Tuple, Type
 from .errors import DecompressError, GunzipError, InvalidRequest
 from .options import DEFAULTS
 
-# Decompressed bytes per codec call, at most: bounds a bomb's memory (curl CVE-2022-32206)
-# while keeping the per-call overhead negligible against a 1 MiB network read.
-DECOMPRESS_OUTPUT_STEP = 4 << 20
+# Decompressed bytes per codec call, at most: bounds a bomb's memory (curl CVE-2022-32206).
+# zlib and lzma build a piece in blocks, then join them (peak ~2x the step): bench found
+# 1 MiB as fast as 4 MiB against a 1 MiB network read, with peak RSS 8 MiB lower.
+DECOMPRESS_OUTPUT_STEP = 1 << 20
 MAGIC = {"gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00", "bzip2": b"BZh"}   # RFC 1952, xz spec 2.1.1.1
 SNIFF_BYTES = max(len(magic) for magic in MAGIC.values())   # `auto` holds back at most this
 KINDS = ("auto", "gzip", "xz", "bzip2", "none")
@@ -176,12 +177,14 @@ class GzipDecoder(StreamDecoder):
                 out = codec.decompress(view, DECOMPRESS_OUTPUT_STEP)
             except zlib.error as exc:
                 raise self._corrupt(exc) from None
+            full = len(out) == DECOMPRESS_OUTPUT_STEP   # a full step may hold more
             if out:
                 yield self._emit(out)
+                out = None   # not kept alive while the next piece is built
             if codec.eof:
                 return self._stream_end(codec.unused_data)
             view = codec.unconsumed_tail
-            if not view and len(out) < DECOMPRESS_OUTPUT_STEP:   # a full step may hold more
+            if not view and not full:
                 return _EMPTY
 
 
@@ -201,11 +204,13 @@ class _BufferingDecoder(StreamDecoder):
                 out = codec.decompress(data, DECOMPRESS_OUTPUT_STEP)
             except errors as exc:
                 raise self._codec_error(exc) from None
+            produced = bool(out)
             if out:
                 yield self._emit(out)
+                out = None   # not kept alive while the next piece is built
             if codec.eof:
                 return self._stream_end(codec.unused_data)
-            if codec.needs_input or (not out and not len(data)):
+            if codec.needs_input or (not produced and not len(data)):
                 return _EMPTY
             data = b""
 

@@ -96,6 +96,7 @@ class _Pipeline:
         for piece in self.decoder.feed(view):
             self.sink.write(piece)
             self.written += len(piece)
+            del piece   # freed before the decoder builds the next one (peak memory)
 
     def spliced(self, size: int) -> None:
         """`size` bytes went socket -> pipe -> output in the kernel."""
