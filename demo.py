@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """rawfetch's main job on an embedded default: no network, nothing to install.
 
-Serves a generated gzip image (64 MiB uncompressed) from two in-repo fault servers on
-loopback: a broken mirror that resets mid-body and then loses the file (404), and a
-master that throws a storm of faults (reset, 503 + Retry-After, stall, trickle, cut, a
-Range ignored). Downloads it with the real `rawfetch` command, --gunzip, a progress line
-and the mirror list, then prints the verified digests and a summary of the events, and
-draws the download's timeline next to its event log when matplotlib is installed
-(docs/timeline.png is `python3 demo.py --timeline docs/timeline.png`).
+Serves a generated xz image (64 MiB uncompressed) and the SHA256SUMS published next to
+it from two in-repo fault servers on loopback: a broken mirror that resets mid-body and
+then loses the file (404), and a master that throws a storm of faults (reset, 503 +
+Retry-After, stall, trickle, cut, a Range ignored). Downloads it with the real `rawfetch`
+command -- --decompress auto, --checksum-url, the mirror list, in place onto a stand-in
+disk (a file holding an "old system") with --verify-written, a progress line -- then
+prints the verified digests and a summary of the events, and draws the download's
+timeline next to its event log when matplotlib is installed (docs/timeline.png is
+`python3 demo.py --timeline docs/timeline.png`).
 Usage: python3 demo.py [--size MiB] [--keep PATH] [--timeline PNG]
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
@@ -78,26 +79,30 @@ def draw_timeline(log_path: str, picture: str) -> str:
 
 
 def run(image: bytes, packed: bytes, target: str, log_path: str) -> int:
+    sums = "%s  image.raw.xz\n" % hashlib.sha256(packed).hexdigest()
     with FaultServer() as mirror, FaultServer() as master:
         for server in (mirror, master):
-            server.add("/image.raw.gz", packed, etag='"image-v1"')
+            server.add("/image.raw.xz", packed, etag='"image-v1"')
+        master.add("/SHA256SUMS", sums.encode(), etag='"sums-v1"')
         mirror.script([A.rst(at=len(packed) // 12), A.status(404)])
-        master.script(storm(len(packed)))
-        command = [sys.executable, "-m", "rawfetch", mirror.url("/image.raw.gz"),
-                   master.url("/image.raw.gz"), "-o", target, "--gunzip",
-                   "--sha256", hashlib.sha256(packed).hexdigest(), "--progress",
-                   "--idle-timeout", "1", "--speed-limit", "262144", "--speed-time", "1.5",
-                   "--retry-delay", "0.2", "--retry-max-delay", "1", "--max-time", "120",
-                   "--log-json", log_path]
-        print("$ rawfetch %s %s -o %s --gunzip --sha256 ... --log-json %s" % (
-            mirror.url("/image.raw.gz"), master.url("/image.raw.gz"), target, log_path),
-            flush=True)
+        master.script(storm(len(packed)), path="/image.raw.xz")
+        master.script([A.status(503, {"Retry-After": "0"}), A.normal()], path="/SHA256SUMS")
+        urls = [mirror.url("/image.raw.xz"), master.url("/image.raw.xz")]
+        flags = ["--decompress", "auto", "--checksum-url", master.url("/SHA256SUMS"),
+                 "--in-place", "--verify-written"]
+        command = [sys.executable, "-m", "rawfetch", *urls, "-o", target, *flags,
+                   "--progress", "--idle-timeout", "1", "--speed-limit", "262144",
+                   "--speed-time", "1.5", "--retry-delay", "0.2", "--retry-max-delay", "1",
+                   "--max-time", "120", "--log-json", log_path]
+        print("$ rawfetch %s %s -o %s %s --log-json %s" % (
+            urls[0], urls[1], target, " ".join(flags), log_path), flush=True)
         code = subprocess.call(command, env=dict(os.environ, PYTHONPATH=HERE))
         print("\nwhat the servers saw (one line per connection):")
         for name, server in (("mirror", mirror), ("master", master)):
             for request in server.requests:
-                print("  %s #%d %-24s If-Range %s" % (name, request.conn,
-                      request.range or "(whole file)", request.if_range or "-"))
+                print("  %s #%d %-12s %-24s If-Range %s" % (
+                    name, request.conn, request.path, request.range or "(whole file)",
+                    request.if_range or "-"))
     return code
 
 
@@ -108,10 +113,13 @@ def main() -> int:
     parser.add_argument("--timeline", metavar="PNG", help="write the timeline picture "
                         "here (default: next to the event log)")
     args = parser.parse_args()
+    import lzma
     image = make_image(max(args.size, 1) << 20)
-    packed = gzip.compress(image, compresslevel=1)
+    packed = lzma.compress(image, preset=0)
     workdir = tempfile.mkdtemp(prefix="rawfetch-demo-")
-    target = args.keep or os.path.join(workdir, "image.raw")
+    target = args.keep or os.path.join(workdir, "disk.img")
+    with open(target, "wb") as disk:     # the stand-in disk holds an "old system"
+        disk.write(b"old system " * (len(image) // 11 + 1000))
     log_path = os.path.join(workdir, "events.jsonl")
     started = time.monotonic()
     code = run(image, packed, target, log_path)
@@ -120,7 +128,7 @@ def main() -> int:
     print("\nevents (%s):\n%s" % (log_path, summarize(log_path)))
     print(draw_timeline(log_path, args.timeline or os.path.join(workdir, "timeline.png")))
     print("\nexit code %d in %.1fs: %s" % (code, elapsed, (
-        "image verified, compressed sha256:%s, decompressed sha256:%s" % (
+        "disk holds the image, read back; xz sha256:%s (from SHA256SUMS), raw sha256:%s" % (
             hashlib.sha256(packed).hexdigest(), hashlib.sha256(image).hexdigest()))
         if ok else "FAILED"))
     if not args.keep and os.path.exists(target):
