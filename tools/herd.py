@@ -328,11 +328,14 @@ def table_row(result: ModeResult) -> str:
 
 
 def describe(config: HerdConfig, modes: Sequence[str]) -> str:
-    """The line under the table: the knobs the numbers depend on."""
+    """The line under the table: the knobs the numbers depend on, and how busy the
+    machine was (other work on the same cores moves every time column)."""
     return ("%d clients (threads), %s image, origin thinks %.2f s per answer; splay %g s, "
-            "limit-rate %s/s, busy origin serves %d at once; modes: %s\n" % (
+            "limit-rate %s/s, busy origin serves %d at once; modes: %s; %s; "
+            "load average %.1f\n" % (
                 config.clients, human(config.size), config.hold, config.splay,
-                human(config.limit_rate), config.max_inflight, ", ".join(modes)))
+                human(config.limit_rate), config.max_inflight, ", ".join(modes),
+                time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]))
 
 
 def human(count: float) -> str:
