@@ -151,10 +151,9 @@ def _tier(features: FrozenSet[str], config: HerdConfig,
         origins = []
         for _ in range(2 if "hash" in features else 1):
             origin = FaultServer(max_inflight=config.max_inflight if "busy" in features
-                                 else None, busy_retry_after=RETRY_AFTER)
+                                 else None, busy_retry_after=RETRY_AFTER,
+                                 backlog=ORIGIN_BACKLOG)
             stack.enter_context(origin)
-            assert origin._listener is not None
-            origin._listener.listen(ORIGIN_BACKLOG)   # Linux takes a new backlog at once
             origin.add("/img", body)
             origin.script([A.normal(delay=config.hold)])
             origins.append(origin)

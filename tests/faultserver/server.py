@@ -54,10 +54,12 @@ class FaultServer:
                  port: int = 0,
                  log: Optional[Callable[[Record], None]] = None,
                  max_inflight: Optional[int] = None,
-                 busy_retry_after: str = "1") -> None:
+                 busy_retry_after: str = "1", backlog: int = 128) -> None:
         """max_inflight: serve at most that many responses at once and answer the excess
-        with 503 + Retry-After: busy_retry_after (a master node after a restart)."""
+        with 503 + Retry-After: busy_retry_after (a master node after a restart).
+        backlog: the listen queue (a herd of hundreds of clients needs more than 128)."""
         self.max_inflight = max_inflight
+        self.backlog = backlog
         self.busy_retry_after = busy_retry_after
         self.peak_inflight = 0      # most responses served at once
         self.peak_connections = 0   # most connections open at once (served or turned away)
@@ -130,7 +132,7 @@ class FaultServer:
             if os.name != "nt":
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsock.bind((self.host, self._want_port))
-            lsock.listen(128)
+            lsock.listen(self.backlog)
             lsock.settimeout(POLL)
         except OSError:
             lsock.close()
