@@ -24,8 +24,9 @@ from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
-RING_BUFFERS = 4          # buffers in flight to the worker: receiving never waits for one
-                          # slow decode step (4 MiB of memory; bench: 2 and 8 no better)
+RING_BUFFERS = 2          # buffers in flight to the worker, 1 MiB each (bench, 768 MiB xz
+                          # image: 2 met every pipeline target; 4 cost 2 MiB of peak RSS
+                          # and was no faster)
 
 
 class DownloadResult(NamedTuple):
