@@ -229,11 +229,15 @@ def test_oserror_is_mapped_in_one_place():
     import re
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rawfetch")
     bare = []
-    for name in sorted(os.listdir(root)):
-        if not name.endswith(".py") or name == "errors.py":
+    sources = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
+                     for name in names if name.endswith(".py"))
+    assert len(sources) > 20   # every module, the compat package's included
+    for path in sources:
+        if path == os.path.join(root, "errors.py"):
             continue
-        with open(os.path.join(root, name), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if re.search(r"except \(?[\w., ]*\bOSError\b", line) and "#" not in line:
-                    bare.append("%s:%d: %s" % (name, number, line.strip()))
+                    bare.append("%s:%d: %s" % (os.path.relpath(path, root), number,
+                                               line.strip()))
     assert bare == []

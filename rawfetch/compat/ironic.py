@@ -20,7 +20,7 @@ import time
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from ..checksumfile import ALGO_BY_HEX_LENGTH, read_limited
-from ..errors import ChecksumMismatch, DeadlineExceeded, InvalidRequest, LocalWriteError
+from ..errors import ChecksumMismatch, DeadlineExceeded, InvalidRequest, mapped
 from ..files import DownloadResult, download
 from ..options import DEFAULTS, Options
 from ..policy import parse_checksum
@@ -382,7 +382,7 @@ def _file_digest(path: str, algo: str, size: int) -> str:
     import hashlib
     hasher = hashlib.new(algo)
     left = size
-    try:
+    with mapped("write", path=path + " (reading it back)"):
         with open(path, "rb") as handle:
             while left:
                 block = handle.read(min(VERIFY_BLOCK, left))
@@ -392,9 +392,6 @@ def _file_digest(path: str, algo: str, size: int) -> str:
                                               format(size, ",")))
                 hasher.update(block)
                 left -= len(block)
-    except OSError as exc:
-        raise LocalWriteError("reading %s back failed: %s" % (
-            path, exc.strerror or exc)) from None
     return hasher.hexdigest()
 
 
