@@ -166,7 +166,10 @@ def _worker_for(pipeline: _Pipeline, opts: Options, held: int) -> Optional[Worke
     if checksum:
         part = getattr(pipeline.sink, "part", None)
         hasher = _rehash(part, held, checksum[0]) if held else new_hasher(checksum[0])
-    pipeline.worker = Worker(hasher, consume=pipeline.write)
+    # With a decoder the worker decodes and writes too (the heavy part); with a digest
+    # only it just hashes, while the receiving thread writes the same buffer (bench:
+    # hashing and writing in parallel, not one after the other on the worker).
+    pipeline.worker = Worker(hasher, consume=pipeline.write if pipeline.decoder else None)
     return pipeline.worker
 
 
@@ -176,10 +179,7 @@ def _run(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Strea
     (keeping a .part only when a later run can resume it). Returns read-back seconds."""
     sink = pipeline.sink
     try:
-        if pipeline.worker is not None:
-            _hand_over(stream, pipeline.worker, progress)
-        else:
-            _copy(stream, pipeline, progress, splicer)
+        _move(stream, pipeline, progress, splicer)
         pipeline.finish()
         check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
         return sink.commit(pipeline.written)
@@ -202,40 +202,44 @@ def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
                     verify_written=opts.verify_written, emit=report)
 
 
-def _hand_over(stream: Stream, worker: Worker,
-               progress: Optional[Callable[[Stream], None]]) -> None:
-    """Receive into a ring of buffers; the stream hands each delivered buffer to the
-    worker (its `hasher`), which hashes, decodes and writes it while the next arrives."""
+def _move(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
+          splicer: Optional[Splicer]) -> None:
+    """Every byte from the stream to the output. Plain HTTP into a file: the kernel
+    splices socket -> pipe -> file. Otherwise receive into a ring of buffers while the
+    worker thread takes each one: the stream hands it over (its `hasher`) to be hashed --
+    and decoded and written, with a decoder; else this thread writes it meanwhile --
+    or, with nothing to hash or decode (TLS, chunked), it is handed over to be written."""
     ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(RING_BUFFERS)]
     turn = 0
     while True:
+        worker = pipeline.worker
+        if splicer is not None and pipeline.sink.splice_ready:
+            if worker is not None:
+                worker.drain()         # queued writes land before spliced bytes
+            size = stream.splice_to(splicer, WRITE_BUFFER)
+            if size > 0:
+                pipeline.spliced(size)
+                _report(progress, stream)
+                continue
+        if worker is None:
+            worker = pipeline.worker = Worker(consume=pipeline.write)
         worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
-        if not stream.readinto(ring[turn]):
+        view = ring[turn]
+        size = stream.readinto(view)
+        if not size:
             worker.drain()
             return
+        if stream.hasher is not worker:
+            worker.update(view[:size])        # written off this thread
+        elif pipeline.decoder is None:
+            pipeline.write(view[:size])       # written here while the worker hashes it
         turn = (turn + 1) % RING_BUFFERS
-        if progress is not None:
-            progress(stream)
+        _report(progress, stream)
 
 
-def _copy(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-          splicer: Optional[Splicer]) -> None:
-    """No byte needs Python: splice socket -> pipe -> file where the kernel can, else
-    receive into one buffer and write it."""
-    view = memoryview(bytearray(WRITE_BUFFER))
-    while True:
-        size = -1
-        if splicer is not None and pipeline.sink.splice_ready:
-            size = stream.splice_to(splicer, WRITE_BUFFER)
-        if size > 0:
-            pipeline.spliced(size)
-        else:
-            size = stream.readinto(view)
-            if not size:
-                return
-            pipeline.write(view[:size])
-        if progress is not None:
-            progress(stream)
+def _report(progress: Optional[Callable[[Stream], None]], stream: Stream) -> None:
+    if progress is not None:
+        progress(stream)
 
 
 def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] = None,

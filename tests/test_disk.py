@@ -72,7 +72,9 @@ def test_success_holds_the_head_back_then_writes_the_exact_image(srv, target):
     """Through two cuts: while the tail is being written the first MiB on disk is zero;
     at the end the file is the image (cut to its size) and the events say wipe, then
     head_written."""
-    srv.script([A.rst(at=MiB + MiB // 2), A.rst(at=2 * MiB + 100), A.normal()])
+    # a FIN cuts at exactly 1.5 MiB; the reset then lands inside the resumed rest
+    # (1.5 MiB + 12,345 bytes) whatever a reset discards in flight
+    srv.script([A.fin(at=MiB + MiB // 2), A.rst(at=MiB + 100), A.normal()])
     seen_while_writing: List[bytes] = []
 
     def look(stream: Any) -> None:
@@ -123,6 +125,11 @@ def test_killed_midway_leaves_the_first_mib_zero(srv, target):
                               target], cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert _wait_for_position(child, 2 * MiB) == 2 * MiB
+        # delivered is not yet written (a worker thread writes): kill once MiB 1 is on
+        # disk, so writing has provably begun when the kill lands
+        deadline = time.monotonic() + KILL_WAIT
+        while read(target, MiB, MiB) != IMAGE[MiB:2 * MiB] and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
