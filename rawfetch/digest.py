@@ -68,6 +68,8 @@ class Worker:
                     self._ready.notify_all()
                 return
             with self._ready:
+                if self._stopping:      # close() already dropped the queue: nothing to pop
+                    return
                 self._queue.popleft()
                 self._ready.notify_all()
 

@@ -56,6 +56,7 @@ class DataPath(NamedTuple):
     tls: bool = False          # serve over https from the TLS fault server
     gunzip: bool = False       # serve GZ, expect BODY out (the --gunzip spelling)
     codec: str = ""            # serve BODY packed with it, --decompress it, expect BODY out
+    decompress: str = ""       # --decompress this over the served bytes as they are
     limit_rate: int = 0        # --limit-rate: the pacing path
     proxy: bool = False        # through the in-repo proxy: absolute-form, or a CONNECT tunnel
     chunked: bool = False      # chunked transfer coding
@@ -205,6 +206,8 @@ PATHS = [
     DataPath("xz", drive_file, codec="xz"),
     DataPath("bzip2-stdout", drive_stdout, codec="bzip2", stream=True),
     DataPath("xz-open", drive_open, codec="xz", stream=True),
+    # `auto` on an uncompressed body: views of the receive ring pass through the decoder
+    DataPath("auto-plain", drive_file, decompress="auto"),
     # paced before every receive; well above the matrix's low-speed limit
     DataPath("rate-limit", drive_file, limit_rate=16 << 20),
     # a proxy relays the origin's faults: plain HTTP in absolute-form, https in a tunnel

@@ -139,8 +139,8 @@ def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
         options["cafile"] = servers["tls"].ca_path
     if path.gunzip:
         options["gunzip"] = True
-    if path.codec:
-        options["decompress"] = path.codec
+    if path.codec or path.decompress:
+        options["decompress"] = path.codec or path.decompress
     if path.limit_rate:
         options["limit_rate"] = path.limit_rate
     if path.proxy:
