@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
 
@@ -252,9 +252,14 @@ def bytewise(data: bytes) -> List[bytes]:
     return [data[i:i + 1] for i in range(len(data))]
 
 
-PARAMS = [pytest.param(case, whole, id=case.id + "-whole") for case in CASES] + [
-    pytest.param(case, bytewise, id=case.id + "-bytewise") for case in CASES
-    if len(case.data) <= BYTEWISE_CAP]
+def split_params(cases: List[Case]) -> List[Any]:
+    """Each case sent whole, and one byte per send when it is short enough."""
+    return [pytest.param(case, whole, id=case.id + "-whole") for case in cases] + [
+        pytest.param(case, bytewise, id=case.id + "-bytewise") for case in cases
+        if len(case.data) <= BYTEWISE_CAP]
+
+
+PARAMS = split_params(CASES)
 
 
 @pytest.fixture(scope="module")

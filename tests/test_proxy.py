@@ -20,7 +20,7 @@ from rawfetch import errors as E
 from rawfetch.http11 import HeadParser
 from tests.faultserver import FaultServer, actions as A
 from tests.proxyserver import TestProxy
-from tests.test_catalogue import BYTEWISE_CAP, CASES, CONTINUE, STATUS, bytewise, flood, whole
+from tests.test_catalogue import CASES, CONTINUE, STATUS, flood, split_params
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,9 +272,7 @@ def _refused_by_head_parser(data: bytes) -> bool:
 
 HEAD_CASES = [case for case in CASES
               if case.expected is E.ProtocolError and _refused_by_head_parser(case.data)]
-CONNECT_PARAMS = [pytest.param(c, whole, id=c.id + "-whole") for c in HEAD_CASES] + [
-    pytest.param(c, bytewise, id=c.id + "-bytewise") for c in HEAD_CASES
-    if len(c.data) <= BYTEWISE_CAP]
+CONNECT_PARAMS = split_params(HEAD_CASES)
 
 
 @pytest.fixture(scope="module")
