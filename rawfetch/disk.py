@@ -32,7 +32,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from .errors import (InvalidRequest, LocalWriteError, ReadBackMismatch, UnsupportedImageFormat,
                      mapped)
-from .output import Sink
+from .output import Sink, start_writeback
 
 HEAD_HOLD = 1 << 20   # coreos-installer's choice: MBR, GPT and boot code live in the first MiB
 SIGNATURE_BYTES = 4   # the qcow2 and VMDK magics below are 4 bytes each
@@ -390,6 +390,7 @@ class SafeDisk(Sink):
     def _write(self, data: Any) -> None:
         with mapped("write", path=self.path):
             _write_all(self.fd, data)
+        start_writeback(self.fd, memoryview(data).nbytes)
 
     def _seek(self, offset: int) -> None:
         with mapped("write", path=self.path):

@@ -8,10 +8,11 @@ decompresses on the way.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .digest import Worker, new_hasher
+from .digest import FileHasher, Worker, new_hasher
 from .budget import Budget
 from .decompress import make_decoder
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
@@ -121,7 +122,6 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
 
     `progress(stream)` is called after each write (the command's progress line uses it).
     """
-    import os
     opts = make_options(options, kwargs)
     path = os.fspath(path)
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
@@ -134,7 +134,7 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     splicer = None
     try:
         worker = _worker_for(pipeline, opts, held)
-        if worker is None:
+        if worker is None or worker.hashes_spliced:
             splicer = Splicer.create(sink.fd, sink.path)
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
                         hasher=worker, mirrors=urls, budget=budget)
@@ -162,9 +162,13 @@ def _worker_for(pipeline: _Pipeline, opts: Options, held: int) -> Optional[Worke
     checksum = parse_checksum(opts.checksum)
     if not checksum and pipeline.decoder is None:
         return None
+    part = getattr(pipeline.sink, "part", None)
+    if pipeline.decoder is None and part and hasattr(os, "splice"):
+        # the kernel splices into the .part while the worker hashes it back from there
+        pipeline.worker = FileHasher(new_hasher(checksum[0]), part, held)
+        return pipeline.worker
     hasher = None
     if checksum:
-        part = getattr(pipeline.sink, "part", None)
         hasher = _rehash(part, held, checksum[0]) if held else new_hasher(checksum[0])
     # With a decoder the worker decodes and writes too (the heavy part); with a digest
     # only it just hashes, while the receiving thread writes the same buffer (bench:
@@ -214,8 +218,8 @@ def _move(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stre
     while True:
         worker = pipeline.worker
         if splicer is not None and pipeline.sink.splice_ready:
-            if worker is not None:
-                worker.drain()         # queued writes land before spliced bytes
+            if worker is not None:     # queued writes land before spliced bytes;
+                worker.drain(keep=worker.behind_splice)   # a FileHasher may trail
             size = stream.splice_to(splicer, WRITE_BUFFER)
             if size > 0:
                 pipeline.spliced(size)
@@ -254,6 +258,9 @@ def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] 
         problems.append("%d bytes delivered but the stream is at %d" % (delivered, stream.offset))
     if stream.size is not None and stream.offset != stream.size:
         problems.append("stream at %d of %d bytes" % (stream.offset, stream.size))
+    hashed = getattr(stream.hasher, "position", delivered)
+    if hashed != delivered:
+        problems.append("%d bytes hashed of %d delivered" % (hashed, delivered))
     if sink is not None and written is not None:
         position = sink.position()
         if position is not None and position != written:

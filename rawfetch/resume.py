@@ -162,10 +162,12 @@ class Stream:
 
     def splice_to(self, splicer: Any, size: int) -> int:
         """Like readinto(), with the bytes moved by the kernel into splicer's output;
-        -1 means "call readinto() now" (no live response, TLS, chunked, a digest to feed,
-        or a failure that was just recovered from)."""
+        -1 means "call readinto() now" (no live response, TLS, chunked, a digest fed only
+        by buffers, or a failure that was just recovered from)."""
         self._check_open()
-        if self._response is None or self.hasher is not None:
+        hasher = self.hasher
+        if self._response is None or not (
+                hasher is None or getattr(hasher, "hashes_spliced", False)):
             return -1
         try:
             moved = self._response.splice_to(splicer, size)
@@ -173,6 +175,8 @@ class Stream:
             self._recover(exc)
             return -1
         if moved > 0:
+            if hasher is not None:
+                hasher.spliced(moved)   # in the file already: the worker reads it back
             self._delivered(moved)
         return moved
 

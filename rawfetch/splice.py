@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 from .errors import mapped
+from .output import start_writeback
 
 PIPE_SIZE = 1 << 20   # one splice moves up to this much; Linux's default pipe-max-size
 
@@ -43,6 +44,7 @@ class Splicer:
     def drain(self, count: int) -> None:
         """Move `count` bytes from the pipe to the output (blocking: it is a local file).
         Either all of them reach the output or a final LocalWriteError is raised."""
+        moved = count
         with mapped("write", path=self.name):
             try:
                 while count:
@@ -52,6 +54,7 @@ class Splicer:
                     raise
                 self.broken = True   # this output takes no splice: copy what is in the pipe
                 self._copy_out(count)
+        start_writeback(self.out_fd, moved)
 
     def _copy_out(self, count: int) -> None:
         while count:

@@ -52,7 +52,7 @@ class DataPath(NamedTuple):
     """One data path: its driver and how its cells are set up."""
     name: str
     driver: Callable[[Sequence[str], Dict[str, Any], str], Got]
-    checksum: bool = False     # pass --sha256 of the served bytes (copy path + hash worker)
+    checksum: bool = False     # pass --sha256 of the served bytes (a hash worker)
     tls: bool = False          # serve over https from the TLS fault server
     gunzip: bool = False       # serve GZ, expect BODY out (the --gunzip spelling)
     codec: str = ""            # serve BODY packed with it, --decompress it, expect BODY out
@@ -197,8 +197,11 @@ def drive_ironic(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
 PATHS = [
     # Linux + Python >= 3.10 moves plain-HTTP bodies with os.splice; 3.8 runs the copy path.
     DataPath("splice", drive_file),
+    # with splice the worker hashes the .part read back; else (3.8) the received buffers
     DataPath("sha256", drive_file, checksum=True),
     DataPath("tls", drive_file, tls=True),
+    # TLS: the worker hashes each decrypted buffer while this thread writes it
+    DataPath("sha256-tls", drive_file, checksum=True, tls=True),
     DataPath("in-place", drive_in_place, in_place=True),
     DataPath("stdout", drive_stdout, stream=True),
     DataPath("gunzip", drive_file, gunzip=True),

@@ -28,7 +28,7 @@ CUT = (1 << 20) + 13        # first fault: body bytes of the first response befo
 CUT2 = (1 << 20) + 4099     # a later fault, counted in the (resumed) response it hits
 ETAG = '"matrix-1"'         # the same strong ETag on both mirrors: continuing is provable
 IDLE = 0.3                  # idle_timeout: a stall costs this much
-SPEED_TIME = 0.4            # the low-speed window ...
+SPEED_TIME = 0.3            # the low-speed window ...
 SPEED_LIMIT = 100000        # ... and limit: a trickle (1 byte per >= 20 ms) is far below it
 CHECK = SPEED_TIME / SPEED_SAMPLES   # the low-speed rule looks at progress this often
 TRICKLE_GAPS = (0.5, 1, 2, 4)        # x CHECK: off the check interval, on it, multiples
