@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional
 
 from .errors import FetchError, LocalWriteError, mapped
+from .output import close_fd
 
 SPLICED_LAG = 16      # file regions (<= 1 MiB each) the hash may trail the kernel's
                       # writes by: they are re-read while still in the page cache
@@ -144,7 +145,7 @@ class FileHasher(Worker):
         self.position = 0             # bytes of the file submitted for hashing
         self._block: Optional[memoryview] = None
         with mapped("write", path=path):
-            self._fd = os.open(path, os.O_RDONLY)
+            self.fd = os.open(path, os.O_RDONLY)
         if held:
             self.spliced(held)
 
@@ -169,7 +170,7 @@ class FileHasher(Worker):
             self._block = memoryview(bytearray(READ_BLOCK))
         while size:
             with mapped("write", path=self.path):
-                got = os.preadv(self._fd, [self._block[:min(size, READ_BLOCK)]], offset)
+                got = os.preadv(self.fd, [self._block[:min(size, READ_BLOCK)]], offset)
             if not got:
                 raise LocalWriteError("%s ended at %d while hashing what was written there"
                                       % (self.path, offset))
@@ -185,12 +186,7 @@ class FileHasher(Worker):
     def close(self) -> None:
         super().close()
         self._block = None
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:  # cleanup only
-                pass
-            self._fd = -1
+        close_fd(self)
 
 
 def fresh(hasher: Any) -> Any:

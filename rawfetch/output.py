@@ -122,7 +122,7 @@ class PartFile(Sink):
 
     def abandon(self, keep: bool) -> None:
         """After a failure: keep the .part only if a later run can resume it."""
-        _close(self)
+        close_fd(self)
         if not keep:
             _remove(self.part)
             _remove(self.sidecar)
@@ -136,14 +136,14 @@ def _remove(path: str) -> None:
         pass
 
 
-def _close(sink: Any) -> None:
-    """Close a sink's fd after a failure (cleanup only: the failure is what we report)."""
-    if sink.fd >= 0:
+def close_fd(holder: Any) -> None:
+    """Close holder.fd, once (cleanup only: after a failure, the failure is what we report)."""
+    if holder.fd >= 0:
         try:
-            os.close(sink.fd)
+            os.close(holder.fd)
         except OSError:  # cleanup only
             pass
-        sink.fd = -1
+        holder.fd = -1
 
 
 def _fsync_dir(directory: str) -> None:
@@ -237,10 +237,10 @@ class InPlace(Sink):
                     if exc.errno != errno.EINVAL:  # (character devices and FIFOs can't fsync)
                         raise
         finally:
-            _close(self)
+            close_fd(self)
 
     def abandon(self, keep: bool) -> None:
-        _close(self)
+        close_fd(self)
 
 
 def open_output(path: str, url: str, in_place: bool, resumable: bool) -> Any:
