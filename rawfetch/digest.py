@@ -126,14 +126,14 @@ class Worker:
 
 
 class FileHasher(Worker):
-    """The digest of a .part that os.splice fills. Spliced bytes never pass through
-    Python, so the worker reads each region back from the page cache (pread) and hashes
-    it while the kernel splices the next one; buffers received the ordinary way (after
-    a recovery) are hashed as given. An earlier run's bytes are hashed from the file the
+    """The digest of a .part. Spliced bytes never pass through Python, so the worker
+    reads each region back from the page cache (pread) and hashes it while the kernel
+    splices the next one; buffers received the ordinary way (no splice, or after a
+    recovery) are hashed as given. An earlier run's bytes are hashed from the file the
     same way, off the receiving thread.
 
-    bench (sha256 -> 1 GiB file, bench/findings.md): 2.0-2.3 s -> 1.3-1.5 s against
-    recv + write on the receiving thread while the worker hashes the buffer.
+    bench (sha256 -> 1 GiB file, bench/findings.md item 7): 1.44-1.58x -> 1.26-1.28x
+    max(transfer, hashing) against receiving every byte into Python to hash it.
     """
 
     hashes_spliced = True

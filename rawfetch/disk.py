@@ -32,7 +32,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from .errors import (InvalidRequest, LocalWriteError, ReadBackMismatch, UnsupportedImageFormat,
                      mapped)
-from .output import Sink, start_writeback
+from .output import Sink, write_all
 
 HEAD_HOLD = 1 << 20   # coreos-installer's choice: MBR, GPT and boot code live in the first MiB
 SIGNATURE_BYTES = 4   # the qcow2 and VMDK magics below are 4 bytes each
@@ -47,12 +47,6 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
     while view:
         done = os.pwrite(fd, view, offset)
         view, offset = view[done:], offset + done
-
-
-def _write_all(fd: int, data: Any) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _fsync(fd: int) -> None:
@@ -388,9 +382,7 @@ class SafeDisk(Sink):
         return size
 
     def _write(self, data: Any) -> None:
-        with mapped("write", path=self.path):
-            _write_all(self.fd, data)
-        start_writeback(self.fd, memoryview(data).nbytes)
+        write_all(self.fd, data, self.path)
 
     def _seek(self, offset: int) -> None:
         with mapped("write", path=self.path):

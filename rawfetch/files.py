@@ -44,20 +44,6 @@ class DownloadResult(NamedTuple):
     segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 
-def _rehash(part: str, held: int, algo: str) -> Any:
-    """A killed run's digest state is lost: rebuild it from the bytes held (read once)."""
-    hasher = new_hasher(algo)
-    with open(part, "rb") as handle:
-        remaining = held
-        while remaining:
-            block = handle.read(min(WRITE_BUFFER, remaining))
-            if not block:
-                break
-            hasher.update(block)
-            remaining -= len(block)
-    return hasher
-
-
 class _Pipeline:
     """Stream -> (decoder) -> sink, restartable from zero: the stream's consumer.
 
@@ -163,13 +149,12 @@ def _worker_for(pipeline: _Pipeline, opts: Options, held: int) -> Optional[Worke
     if not checksum and pipeline.decoder is None:
         return None
     part = getattr(pipeline.sink, "part", None)
-    if pipeline.decoder is None and part and hasattr(os, "splice"):
-        # the kernel splices into the .part while the worker hashes it back from there
+    if pipeline.decoder is None and part:
+        # the worker hashes what reaches the .part: spliced regions read back from it, an
+        # earlier run's bytes too, and received buffers as given (no splice: Python 3.8)
         pipeline.worker = FileHasher(new_hasher(checksum[0]), part, held)
         return pipeline.worker
-    hasher = None
-    if checksum:
-        hasher = _rehash(part, held, checksum[0]) if held else new_hasher(checksum[0])
+    hasher = new_hasher(checksum[0]) if checksum else None   # nothing held: not a .part
     # With a decoder the worker decodes and writes too (the heavy part); with a digest
     # only it just hashes, while the receiving thread writes the same buffer (bench:
     # hashing and writing in parallel, not one after the other on the worker).

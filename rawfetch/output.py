@@ -100,7 +100,7 @@ class PartFile(Sink):
             os.lseek(self.fd, 0, os.SEEK_SET)
 
     def write(self, data: Any) -> None:
-        _write_all(self.fd, data, self.part)
+        write_all(self.fd, data, self.part)
 
     def position(self) -> Optional[int]:
         """Bytes in the .part (its size: it is only ever appended to)."""
@@ -161,7 +161,8 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: Any, name: str) -> None:
+def write_all(fd: int, data: Any, name: str) -> None:
+    """Write every byte at fd's position (errors as `name`'s), then start its writeback."""
     view = memoryview(data)
     count = view.nbytes
     with mapped("write", path=name):
@@ -212,7 +213,7 @@ class InPlace(Sink):
         self.recorded = identity
 
     def write(self, data: Any) -> None:
-        _write_all(self.fd, data, self.path)
+        write_all(self.fd, data, self.path)
 
     def restart(self) -> None:
         with mapped("write", path=self.path):

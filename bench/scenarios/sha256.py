@@ -72,7 +72,7 @@ def to_file(h: Harness) -> None:
     h.report.series_table(
         "(c) sha256 verification, %s → a file (fsync included)" % human(h.size), s,
         note=["rawfetch-sha256: splices into the .part while digest.FileHasher hashes "
-              "it back from the page cache and starts its writeback (Python 3.10+)",
+              "it back from the page cache (Python 3.10+); each splice starts its writeback",
               "in-process hashing alone (median): %.3f s" % _hash_in_process(h)])
     h.report.target("sha256 → file: wall ≤ 1.15× max(transfer alone, hashing alone) "
                     "(issue 15)", s.ratio_fn("rawfetch-sha256", _bound(s)), 1.15,
