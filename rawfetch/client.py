@@ -161,15 +161,14 @@ class Response:
         """Raise HTTPStatusError (exit 22) for a status >= 400 (retryable for 408/429/5xx
         transients), and for a well-formed answer that is not the file: 204, 205, 304, or
         a 3xx with no Location to follow. curl saves those as an empty or 3xx body."""
-        if self.status < 400 and self.status not in NO_FILE_STATUSES \
-                and not 300 <= self.status < 400:
+        if self.status < 300 and self.status not in NO_FILE_STATUSES:
             return
         self.close()
-        raise HTTPStatusError("HTTP %d %s%s" % (self.status, self.reason, self._no_file()),
+        raise HTTPStatusError("HTTP %d %s%s" % (self.status, self.reason, self._not_the_file()),
                               url=self.url, status=self.status, reason=self.reason,
                               retry_after=retry_after_seconds(self.headers.get("retry-after")))
 
-    def _no_file(self) -> str:
+    def _not_the_file(self) -> str:
         if self.status in NO_FILE_STATUSES:
             return ": the server sent no content"
         if 300 <= self.status < 400 and not self.headers.get("location"):

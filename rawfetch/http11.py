@@ -301,14 +301,14 @@ def check_chunk_ext(ext: bytes) -> None:
         pos = _skip_bws(ext, pos)
         if ext[pos:pos + 1] != b";":
             raise ProtocolError("malformed chunk extension %r" % ext[:40])
-        pos = _token_end(ext, _skip_bws(ext, pos + 1), ext)
+        pos = _token_end(ext, _skip_bws(ext, pos + 1))
         after = _skip_bws(ext, pos)
         if ext[after:after + 1] == b"=":
             pos = _skip_bws(ext, after + 1)
             if ext[pos:pos + 1] == b'"':
                 pos = _quoted_end(ext, pos + 1)
             else:
-                pos = _token_end(ext, pos, ext)
+                pos = _token_end(ext, pos)
 
 
 def _skip_bws(data: bytes, pos: int) -> int:
@@ -317,9 +317,9 @@ def _skip_bws(data: bytes, pos: int) -> int:
     return pos
 
 
-def _token_end(data: bytes, pos: int, ext: bytes) -> int:
+def _token_end(ext: bytes, pos: int) -> int:
     start = pos
-    while pos < len(data) and data[pos] in _TOKEN:
+    while pos < len(ext) and ext[pos] in _TOKEN:
         pos += 1
     if pos == start:
         raise ProtocolError("malformed chunk extension %r: a token expected" % ext[:40])
