@@ -26,6 +26,8 @@ HINTS: Dict[type, str] = {
     E.TLSHandshakeError: "the server does not speak TLS 1.2+ on this port",
     E.HTTPStatusError: "the server refused the request; check the URL",
     E.IncompleteBody: "the server kept cutting the transfer: raise --retries",
+    E.EmptyReply: "the server closed without answering: is it restarting? raise --retries",
+    E.IncompleteHead: "the server kept cutting its answer short: raise --retries",
     E.ProtocolError: "the server's response is not valid HTTP/1.1",
     E.ChecksumMismatch: "the downloaded bytes differ from the expected checksum",
     E.ResourceChanged: "the file changed on the server during the download; run again",

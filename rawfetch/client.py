@@ -7,7 +7,7 @@ from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, Union
 from .connection import Connection, open_connection
 from .credentials import with_origin_auth
 from .net import certificate_refusal
-from .errors import (FetchError, HTTPStatusError, ProtocolError, TooManyRedirects,
+from .errors import (EmptyReply, FetchError, HTTPStatusError, IncompleteHead, TooManyRedirects,
                      UnsafeRedirect)
 from .http11 import (USER_AGENT, BodyReader, Headers, HeadParser, body_reader,
                      build_request)
@@ -20,6 +20,9 @@ HEAD_RECV_SIZE = 65536            # head reads; leftover body bytes are served f
 CHUNKED_RECV_SIZE = 262144        # scratch for chunked bodies (framing must be parsed)
 DEFAULT_CHUNK_SIZE = 1 << 20      # iter_bytes(); fuel-agent's data_chunk_size
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+# Final statuses that never carry the file (RFC 9110 s15.3.5, s15.3.6, s15.4.5): an error,
+# never an empty file. A 3xx reaching raise_for_status is a redirect left unfollowed.
+NO_FILE_STATUSES = frozenset((204, 205, 304))
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))  # CVE-2018-18074
 ORIGIN_BOUND_HEADERS = CREDENTIAL_HEADERS | {"host"}  # a custom Host names the first origin (curl)
 
@@ -155,12 +158,24 @@ class Response:
         return iter_via(self.readinto, size)
 
     def raise_for_status(self) -> None:
-        """Raise HTTPStatusError for status >= 400 (retryable for 408/429/5xx transients)."""
-        if self.status >= 400:
-            self.close()
-            raise HTTPStatusError("HTTP %d %s" % (self.status, self.reason), url=self.url,
-                                  status=self.status, reason=self.reason,
-                                  retry_after=retry_after_seconds(self.headers.get("retry-after")))
+        """Raise HTTPStatusError (exit 22) for a status >= 400 (retryable for 408/429/5xx
+        transients), and for a well-formed answer that is not the file: 204, 205, 304, or
+        a 3xx with no Location to follow. curl saves those as an empty or 3xx body."""
+        if self.status < 300 and self.status not in NO_FILE_STATUSES:
+            return
+        self.close()
+        raise HTTPStatusError("HTTP %d %s%s" % (self.status, self.reason, self._not_the_file()),
+                              url=self.url, status=self.status, reason=self.reason,
+                              retry_after=retry_after_seconds(self.headers.get("retry-after")))
+
+    def _not_the_file(self) -> str:
+        if self.status in NO_FILE_STATUSES:
+            return ": the server sent no content"
+        if 300 <= self.status < 400 and not self.headers.get("location"):
+            return ": a redirect without a Location to follow"
+        if 300 <= self.status < 400:
+            return ": a redirect status rawfetch does not follow"
+        return ""
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -246,8 +261,8 @@ def request(method: str, url: str, *, options: Optional[Options] = None,
     for hop in range(opts.max_redirs + 1):
         response = _attempt(method, current, headers, opts, deadline, limiter)
         location = response.headers.get("location")
-        if response.status not in REDIRECT_STATUSES or location is None:
-            return response
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response   # no target, or an empty one (curl ignores it too): the caller decides
         response.close()
         if hop == opts.max_redirs:
             break
@@ -315,9 +330,9 @@ def _read_head(conn: Connection) -> Tuple[Any, bytes]:
         size = conn.recv_into(view)
         if not size:
             if not received:
-                raise ProtocolError("server closed the connection without a response")
-            raise ProtocolError("server closed the connection in the middle of the "
-                                "response head (%d bytes)" % received)
+                raise EmptyReply("server closed the connection without a response")
+            raise IncompleteHead("server closed the connection in the middle of the "
+                                 "response head (%d bytes)" % received)
         received += size
         head, leftover = parser.feed(bytes(view[:size]))
         if head is not None:

@@ -127,6 +127,18 @@ class IncompleteBody(FetchError):
         self.expected = expected
 
 
+class EmptyReply(ProtocolError):
+    """The server closed the connection without sending a byte (curl 52, "empty reply
+    from server"): a server restarting or a front end dropping the request; retried."""
+    exit_code = 52
+
+
+class IncompleteHead(ProtocolError):
+    """The connection ended inside the response head, before its blank line (curl 18,
+    like a cut body): the answer was cut short, not malformed; retried."""
+    exit_code = 18
+
+
 class SendError(FetchError):
     retryable = True
     exit_code = 55

@@ -3,8 +3,10 @@
 The connection layer feeds received bytes in; these classes say what they mean.
 Policy (see README "Security model"):
   * head lines may end in CRLF or bare LF (RFC 9112 s2.2 allows it); a bare CR is an error;
-  * obs-fold (a header line starting with SP/HTAB) is an error, never unfolded;
-  * chunked framing requires exact CRLF everywhere (h11 CVE-2025-43859);
+  * obs-fold (a field line continued on a line starting with SP/HTAB) is unfolded into one
+    SP (RFC 9112 s5.2), except in Content-Length and Transfer-Encoding: refused there;
+  * chunked framing requires exact CRLF everywhere (h11 CVE-2025-43859), a bare hex chunk
+    size and well-formed chunk extensions (RFC 9112 s7.1, s7.1.1);
   * a status line without a reason phrase ("HTTP/1.1 200") is accepted;
   * bytes after a complete body are never read or delivered.
 """
@@ -33,6 +35,9 @@ _VALUE_BYTES = bytes([9] + list(range(32, 127)) + list(range(128, 256)))
 _HEX_BYTES = b"0123456789abcdefABCDEF"
 _DIGITS = "0123456789"
 NO_BODY_STATUSES = frozenset((204, 304))
+# RFC 9112 s5.2 lets a recipient unfold obs-fold; in these framing fields a fold is refused:
+# a peer on the path that does not unfold reads another body length (request smuggling).
+FOLD_REFUSED = frozenset((b"content-length", b"transfer-encoding"))
 USER_AGENT = "rawfetch/0.1"   # sent to origins and, in CONNECT, to proxies
 
 
@@ -193,6 +198,8 @@ class HeadParser:
                 return head, leftover
 
     def _check_partial(self) -> None:
+        if self._buf.find(b"\r", self._scan, len(self._buf) - 1) >= 0:
+            raise ProtocolError("bare CR in response head")  # RFC 9112 s2.2, known before LF
         pending = len(self._buf) - self._scan
         if pending > MAX_LINE:
             raise ProtocolError("response header line longer than %d bytes" % MAX_LINE)
@@ -215,7 +222,8 @@ class HeadParser:
             self._lines.append(line)
             return
         if line[:1] in (b" ", b"\t"):
-            raise ProtocolError("obsolete line folding in response header")
+            self._lines[-1] = unfold(self._lines[-1], line, len(self._lines) > 1)
+            return
         if len(self._lines) > MAX_HEADERS:
             raise ProtocolError("more than %d response header fields" % MAX_HEADERS)
         self._lines.append(line)
@@ -254,6 +262,18 @@ def parse_status_line(line: bytes) -> Tuple[str, int, str]:
     return version.decode("ascii"), status, reason.decode("latin-1")
 
 
+def unfold(previous: bytes, line: bytes, in_field: bool) -> bytes:
+    """Join an obs-fold continuation `line` onto the field line before it, the fold
+    (OWS CRLF RWS) becoming one SP (RFC 9112 s5.2); refused in framing fields."""
+    if not in_field:  # RFC 9112 s2.2: whitespace before the first field line
+        raise ProtocolError("whitespace-led line before the first header field")
+    name = previous.partition(b":")[0]
+    if name.lower() in FOLD_REFUSED:
+        raise ProtocolError("obsolete line folding in %s (a framing field: refused, "
+                            "RFC 9112 s5.2 and s6.3)" % name.decode("latin-1"))
+    return previous.rstrip(b" \t") + b" " + line.lstrip(b" \t")
+
+
 def parse_header_line(line: bytes) -> Tuple[str, str]:
     name, colon, value = line.partition(b":")
     if not colon:
@@ -264,6 +284,61 @@ def parse_header_line(line: bytes) -> Tuple[str, str]:
     if value.translate(None, _VALUE_BYTES):
         raise ProtocolError("control character in header %s" % name.decode("ascii"))
     return name.decode("ascii"), value.decode("latin-1")
+
+
+# ---------------------------------------------------------------- chunk extensions
+
+_QDTEXT = frozenset([9, 32, 0x21] + list(range(0x23, 0x5C)) + list(range(0x5D, 0x7F))
+                    + list(range(0x80, 0x100)))                    # RFC 9110 s5.6.4
+_QUOTABLE = frozenset([9] + list(range(0x20, 0x7F)) + list(range(0x80, 0x100)))
+
+
+def check_chunk_ext(ext: bytes) -> None:
+    """Raise unless `ext` is *( BWS ";" BWS name [ BWS "=" BWS value ] ), name a token and
+    value a token or quoted-string (RFC 9112 s7.1.1). The extensions themselves are unused."""
+    pos = 0
+    while pos < len(ext):
+        pos = _skip_bws(ext, pos)
+        if ext[pos:pos + 1] != b";":
+            raise ProtocolError("malformed chunk extension %r" % ext[:40])
+        pos = _token_end(ext, _skip_bws(ext, pos + 1))
+        after = _skip_bws(ext, pos)
+        if ext[after:after + 1] == b"=":
+            pos = _skip_bws(ext, after + 1)
+            if ext[pos:pos + 1] == b'"':
+                pos = _quoted_end(ext, pos + 1)
+            else:
+                pos = _token_end(ext, pos)
+
+
+def _skip_bws(data: bytes, pos: int) -> int:
+    while data[pos:pos + 1] in (b" ", b"\t"):
+        pos += 1
+    return pos
+
+
+def _token_end(ext: bytes, pos: int) -> int:
+    start = pos
+    while pos < len(ext) and ext[pos] in _TOKEN:
+        pos += 1
+    if pos == start:
+        raise ProtocolError("malformed chunk extension %r: a token expected" % ext[:40])
+    return pos
+
+
+def _quoted_end(data: bytes, pos: int) -> int:
+    """The end of a quoted-string whose opening DQUOTE is just before `pos`."""
+    while pos < len(data):
+        byte = data[pos]
+        if byte == 0x22:
+            return pos + 1
+        if byte == 0x5C and pos + 1 < len(data) and data[pos + 1] in _QUOTABLE:
+            pos += 2
+        elif byte in _QDTEXT:
+            pos += 1
+        else:
+            break
+    raise ProtocolError("malformed quoted string in chunk extension %r" % data[:40])
 
 
 # ---------------------------------------------------------------- body framing
@@ -450,14 +525,14 @@ class ChunkedReader(BodyReader):
         return "chunked trailers larger than %d bytes" % MAX_TRAILER_BYTES
 
     def _size_line(self, line: bytes) -> None:
-        size_text, _, extension = line.partition(b";")
-        size_text = size_text.rstrip(b" \t")
-        if not size_text or size_text.translate(None, _HEX_BYTES):
-            raise ProtocolError("invalid chunk size %r" % size_text[:20])
+        """chunk-size [ chunk-ext ] (RFC 9112 s7.1): whitespace only before a ';'."""
+        extension = line.lstrip(_HEX_BYTES)
+        size_text = line[:len(line) - len(extension)]
+        if not size_text or (extension and extension.lstrip(b" \t")[:1] != b";"):
+            raise ProtocolError("invalid chunk size %r" % line[:20])
         if len(size_text) > MAX_CHUNK_SIZE_DIGITS:
             raise ProtocolError("chunk size has more than %d hex digits" % MAX_CHUNK_SIZE_DIGITS)
-        if extension.translate(None, _VALUE_BYTES):
-            raise ProtocolError("control character in chunk extension")
+        check_chunk_ext(extension)
         self._remaining = int(size_text, 16)
         self._state = _DATA if self._remaining else _TRAILER
 
@@ -469,6 +544,10 @@ class ChunkedReader(BodyReader):
             self._state = _DONE
             self.complete = True
             return
+        if line[:1] in (b" ", b"\t"):  # obs-fold continues the field before (RFC 9112
+            if not self._trailer_count or line.translate(None, _VALUE_BYTES):   # s5.2)
+                raise ProtocolError("malformed folded trailer line")
+            return                      # discarded like the field it continues
         self._trailer_count += 1
         if self._trailer_count > MAX_HEADERS:
             raise ProtocolError("more than %d trailer fields" % MAX_HEADERS)

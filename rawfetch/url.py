@@ -126,9 +126,35 @@ def _encode_target(target: str) -> str:
 def join_url(base: URL, location: str) -> URL:
     """Resolve a redirect's Location against the current URL (RFC 3986 section 5)."""
     _reject_controls(location, "redirect Location")
+    _reject_empty_authority(location)
     from urllib.parse import urljoin  # only when a redirect happens: keeps import light
     try:
         joined = urljoin(str(base), location)
     except ValueError as exc:  # e.g. unbalanced IPv6 brackets
         raise InvalidRequest("malformed redirect Location %r: %s" % (location[:200], exc)) from None
     return parse_url(joined)
+
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+
+
+def _reject_empty_authority(reference: str) -> None:
+    """An http(s) reference with an empty host (`http:///h/p`, `http:p`, `///p`) MUST be
+    rejected (RFC 9110 s4.2.1); urljoin would quietly keep the current host instead.
+    A scheme ends at the first ':' before any '/', '?' or '#' (RFC 3986 s3.1, s4.2)."""
+    scheme, colon, rest = reference.partition(":")
+    if not colon or not scheme or set(scheme) - _SCHEME_CHARS or not scheme[0].isalpha():
+        scheme, rest = "", reference
+    if scheme and scheme.lower() not in DEFAULT_PORTS:
+        return                       # another scheme: parse_url refuses it by name
+    if scheme and not rest.startswith("//"):
+        raise InvalidRequest("redirect Location %r is an %s URI without a host (RFC 9110 "
+                             "s4.2.1)" % (reference[:200], scheme.lower()))
+    if rest.startswith("//"):
+        authority = rest[2:]
+        for end in "/?#":
+            authority = authority.partition(end)[0]
+        host = authority.rpartition("@")[2]
+        if not host or host.startswith(":"):
+            raise InvalidRequest("redirect Location %r has an empty host (RFC 9110 "
+                                 "s4.2.1)" % reference[:200])

@@ -68,6 +68,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HELLO = Ok(b"hello")
 P = E.ProtocolError
 INC = E.IncompleteBody
+EXIT_CODES = {P: 8, INC: 18, E.EmptyReply: 52, E.IncompleteHead: 18}  # curl's meanings
 
 
 def chunked(*lines: bytes) -> bytes:
@@ -76,7 +77,7 @@ def chunked(*lines: bytes) -> bytes:
 
 CASES: List[Case] = [
     # ------------------------------------------------------------ garbage and HTTP/0.9
-    Case("empty-reply", b"", P, match="without a response"),
+    Case("empty-reply", b"", E.EmptyReply, match="without a response"),
     Case("http09-html", b"<html><body>hello</body></html>\n", P, match="HTTP/"),
     Case("http09-blank-line", b"<html>\r\n\r\nbody", P),
     Case("plain-text-line", b"hello world\r\n\r\n", P),
@@ -86,8 +87,11 @@ CASES: List[Case] = [
     Case("lowercase-http", b"http/1.1 200 OK\r\n\r\n", P),
     Case("leading-blank-line", b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", P),
     Case("leading-space", b" HTTP/1.1 200 OK\r\n\r\n", P),
-    Case("head-cut-mid-line", b"HTTP/1.1 200 OK\r\nContent-Le", P, match="middle of the"),
-    Case("head-cut-before-blank-line", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", P),
+    Case("head-cut-mid-line", b"HTTP/1.1 200 OK\r\nContent-Le", E.IncompleteHead,
+         match="middle of the"),
+    Case("head-cut-before-blank-line", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+         E.IncompleteHead),
+    Case("head-cut-after-version", b"HTTP/1.1", E.IncompleteHead),
     # ------------------------------------------------------------ status lines
     Case("status-2000", b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", P),
     Case("status-20", b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", P),
@@ -114,9 +118,15 @@ CASES: List[Case] = [
     Case("bare-cr-line-end", b"HTTP/1.1 200 OK\rContent-Length: 5\r\r\rhello", P),
     Case("bare-cr-in-value", head("200 OK", b"X-A: a\rb", "Content-Length: 0"), P),
     Case("cr-cr-lf", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\r\n\r\n", P),
-    Case("obs-fold-sp", head("200 OK", "X-A: a", " folded", "Content-Length: 0"), P,
-         match="folding"),
-    Case("obs-fold-htab", head("200 OK", "X-A: a", "\tfolded", "Content-Length: 0"), P),
+    # RFC 9112 s5.2: obs-fold unfolded into SP, except in the framing fields
+    Case("obs-fold-sp-accepted", head("200 OK", "X-A: a", " folded", "Content-Length: 5")
+         + b"hello", HELLO),
+    Case("obs-fold-htab-accepted", head("200 OK", "X-A: a", "\tfolded", "Content-Length: 0"),
+         Ok()),
+    Case("obs-fold-content-length", head("200 OK", "Content-Length:", " 5") + b"hello", P,
+         match="folding in Content-Length"),
+    Case("obs-fold-transfer-encoding", head("200 OK", "Transfer-Encoding: gzip,", " chunked")
+         + b"5\r\nhello\r\n0\r\n\r\n", P, match="folding in Transfer-Encoding"),
     Case("obs-fold-first-field", head("200 OK", " X-A: a", "Content-Length: 0"), P),
     # ------------------------------------------------------------ NUL and controls
     Case("nul-in-value", head("200 OK", b"X-A: a\x00b", "Content-Length: 0"), P),
@@ -185,6 +195,15 @@ CASES: List[Case] = [
     Case("chunk-size-missing", chunked(b"\r\nhello\r\n0\r\n\r\n"), P),
     Case("chunk-size-ext-only", chunked(b";a=b\r\nhello\r\n0\r\n\r\n"), P),
     Case("chunk-size-bare-lf", chunked(b"5\nhello\r\n0\r\n\r\n"), P),
+    # RFC 9112 s7.1: no whitespace after the size unless a ';' follows
+    Case("chunk-size-trailing-spaces", chunked(b"5  \r\nhello\r\n0\r\n\r\n"), P,
+         match="chunk size"),
+    Case("chunk-size-bws-ext-accepted", chunked(b"5 ;a=b\r\nhello\r\n0\r\n\r\n"), HELLO),
+    # RFC 9112 s7.1.1: name token, value token or quoted-string
+    Case("chunk-ext-empty", chunked(b"5;\r\nhello\r\n0\r\n\r\n"), P, match="extension"),
+    Case("chunk-ext-unbalanced-quote", chunked(b'5;a="x\r\nhello\r\n0\r\n\r\n'), P,
+         match="quoted"),
+    Case("chunk-ext-quoted-accepted", chunked(b'5;a="x;\\"y"\r\nhello\r\n0\r\n\r\n'), HELLO),
     Case("chunk-data-no-crlf", chunked(b"5\r\nhelloXX0\r\n\r\n"), P, match="CRLF"),
     Case("chunk-data-bare-lf", chunked(b"5\r\nhello\n0\r\n\r\n"), P),
     Case("chunk-data-too-long", chunked(b"3\r\nhello\r\n0\r\n\r\n"), P),
@@ -198,7 +217,8 @@ CASES: List[Case] = [
     Case("chunked-no-final-crlf", chunked(b"5\r\nhello\r\n0\r\n"), INC),
     Case("trailers-accepted", chunked(b"5\r\nhello\r\n0\r\nX-T: v\r\n\r\n"), HELLO),
     Case("trailer-nul", chunked(b"5\r\nhello\r\n0\r\nX-T: \x00\r\n\r\n"), P),
-    Case("trailer-obs-fold", chunked(b"5\r\nhello\r\n0\r\nX-T: v\r\n fold\r\n\r\n"), P),
+    Case("trailer-obs-fold-accepted", chunked(b"5\r\nhello\r\n0\r\nX-T: v\r\n fold\r\n\r\n"),
+         HELLO),
     Case("trailers-too-many", chunked(b"5\r\nhello\r\n0\r\n" + b"X-T: v\r\n" * (MAX_HEADERS + 1)
                                       + b"\r\n"), P, match="trailer"),
     Case("trailers-too-big", chunked(b"5\r\nhello\r\n0\r\n" + (b"X-T: " + b"t" * 1000 + b"\r\n")
@@ -315,7 +335,7 @@ def test_catalogue(srv, case, split):
     assert isinstance(result, Failure) and result.cls is case.expected, \
         "expected %s, got %r" % (case.expected.__name__, result)
     assert case.match in result.message
-    assert result.exit_code == {P: 8, INC: 18}[case.expected]
+    assert result.exit_code == EXIT_CODES[case.expected]
     # Every error names the URL, chunked framing errors included.
     assert result.url == srv.url("/case/" + case.id)
 

@@ -148,9 +148,11 @@ VALID = [
     case("chunked-ext-bws", CHUNKED + b"5 ;a=b\r\nhello\r\n0 ; x\r\n\r\n", HELLO),
     case("chunked-ext-htab-bws", CHUNKED + b"5\t;a=b\r\nhello\r\n0\r\n\r\n", HELLO),
     case("chunked-ext-quoted", CHUNKED + b'5;a="x y";b\r\nhello\r\n0\r\n\r\n', HELLO),
-    case("chunked-ext-obs-text", CHUNKED + b"5;a=\xe9\r\nhello\r\n0\r\n\r\n", HELLO),
-    # RFC 9112 only has BWS before ';', but trailing whitespace is accepted (as h11 does):
-    case("chunked-size-trailing-space-accepted", CHUNKED + b"5 \r\nhello\r\n0\t\r\n\r\n", HELLO),
+    case("chunked-ext-quoted-obs-text", CHUNKED + b'5;a="\xe9"\r\nhello\r\n0\r\n\r\n', HELLO),
+    # RFC 9112 s7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
+    case("chunked-ext-several", CHUNKED + b"5;a;b=c ; d = e\r\nhello\r\n0;z\r\n\r\n", HELLO),
+    case("chunked-ext-quoted-pair", CHUNKED + b'5;a="x\\"y\\\\z"\r\nhello\r\n0\r\n\r\n', HELLO),
+    case("chunked-ext-empty-quoted", CHUNKED + b'5;a=""\r\nhello\r\n0\r\n\r\n', HELLO),
     case("chunked-hex-upper", CHUNKED + b"A\r\n0123456789\r\n1F\r\n" + X31 + b"\r\n0\r\n\r\n", HEX),
     case("chunked-hex-lower", CHUNKED + b"a\r\n0123456789\r\n1f\r\n" + X31 + b"\r\n0\r\n\r\n", HEX),
     case("chunked-max-digits-leading-zeros",
@@ -190,6 +192,16 @@ VALID = [
          Ok(headers=[("X-A", "spaced"), ("X-E", ""), ("x", "1")])),
     case("value-with-colons", head("200 OK", "Location: http://a:1/b"),
          Ok(headers=[("Location", "http://a:1/b")])),
+    # RFC 9112 s5.2: a user agent replaces each obs-fold with SP before interpreting the value
+    case("obs-fold-sp-unfolded", head("200 OK", "X-A: a ", "   folded", "Content-Length: 2") + b"ok",
+         Ok(body=b"ok", headers=[("X-A", "a folded"), ("Content-Length", "2")])),
+    case("obs-fold-htab-twice", head("200 OK", "X-A: a", "\tb", " c"),
+         Ok(headers=[("X-A", "a b c")])),
+    case("obs-fold-empty-value", head("200 OK", "X-A:", " b"), Ok(headers=[("X-A", "b")])),
+    case("obs-fold-in-interim", head("103 Hints", "Link: a", " b") + head("200 OK"),
+         Ok(interim=1, headers=[])),
+    case("trailer-obs-fold", CHUNKED + b"1\r\nx\r\n0\r\nX-T: v\r\n folded\r\n\r\n",
+         Ok(body=b"x")),
     case("max-headers", head("200 OK", *["X-%d: v" % i for i in range(MAX_HEADERS)]), Ok(body=b"")),
     case("long-line-within-max-line", head("200 OK", PAD, "Content-Length: 0"), Ok()),
 ]
@@ -250,9 +262,14 @@ MALFORMED = [
     case("bare-cr-in-status-line", b"HTTP/1.1 200 OK\rX-A: b\r\n\r\n", ProtocolError),
     case("bare-cr-in-header-line", head("200 OK", b"X-A: a\rb"), ProtocolError),
     case("cr-cr-lf", b"HTTP/1.1 200 OK\r\nX-A: b\r\r\n\r\n", ProtocolError),
-    case("obs-fold-sp", head("200 OK", "X-A: a", " folded"), ProtocolError),
-    case("obs-fold-htab", head("200 OK", "X-A: a", "\tfolded"), ProtocolError),
-    case("obs-fold-in-interim", head("103 Hints", "Link: a", " b") + head("200 OK"), ProtocolError),
+    # RFC 9112 s2.2: whitespace before the first field line; s5.2: no fold in framing fields
+    case("fold-before-first-field", head("200 OK", " X-A: a", "Content-Length: 0"), ProtocolError),
+    case("obs-fold-content-length", head("200 OK", "Content-Length:", " 5") + b"hello",
+         ProtocolError),
+    case("obs-fold-content-length-case", head("200 OK", "content-LENGTH: 5", " ") + b"hello",
+         ProtocolError),
+    case("obs-fold-transfer-encoding", te("gzip,", " chunked") + b"0\r\n\r\n", ProtocolError),
+    case("obs-fold-ctl", head("200 OK", "X-A: a", b" \x01"), ProtocolError),
     case("nul-in-name", head("200 OK", b"X\x00A: b"), ProtocolError),
     case("nul-in-value", head("200 OK", b"X-A: a\x00b"), ProtocolError),
     case("ctl-in-value-soh", head("200 OK", b"X-A: a\x01b"), ProtocolError),
@@ -302,7 +319,16 @@ MALFORMED = [
         ("empty", b""), ("not-hex", b"g"), ("leading-space", b" 5"), ("inner-space", b"5 5"),
         ("too-many-digits", b"0" * MAX_CHUNK_SIZE_DIGITS + b"5"), ("empty-with-ext", b";a=b"),
         ("ext-ctl", b"5;a=\x01"), ("ext-nul", b"5;\x00"), ("ext-del", b"5;a\x7f"),
-        ("ext-bare-cr", b"5;a\rb"), ("line-over-max", b"5;" + b"e" * (MAX_CHUNK_LINE - 1))]
+        ("ext-bare-cr", b"5;a\rb"), ("line-over-max", b"5;" + b"e" * (MAX_CHUNK_LINE - 1)),
+        # RFC 9112 s7.1: BWS only before ';' -- none after the size, none at the end
+        ("trailing-spaces", b"5  "), ("trailing-htab", b"5\t"), ("ext-trailing-space", b"5;a "),
+        # RFC 9112 s7.1.1: a token name, a token or well-formed quoted-string value
+        ("ext-empty", b"5;"), ("ext-empty-then-name", b"5;;a"), ("ext-no-name", b"5;=b"),
+        ("ext-empty-value", b"5;a="), ("ext-unbalanced-quote", b'5;a="x'),
+        ("ext-quote-in-token", b'5;a=x"y"'), ("ext-unquoted-obs-text", b"5;a=\xe9"),
+        ("ext-quoted-ctl", b'5;a="\x01"'), ("ext-quoted-pair-ctl", b'5;a="\\\x01"'),
+        ("ext-separator-value", b"5;a=b/c"), ("ext-two-values", b"5;a=b=c"),
+        ("ext-name-not-token", b"5;a b")]
 ] + [
     case("chunk-data-not-followed-by-crlf", CHUNKED + b"5\r\nhelloX\r\n0\r\n\r\n", ProtocolError),
     case("chunk-data-followed-by-bare-lf", CHUNKED + b"5\r\nhello\n0\r\n\r\n", ProtocolError),
@@ -313,7 +339,8 @@ MALFORMED = [
     case("final-crlf-bare-lf", CHUNKED + b"0\r\n\n", ProtocolError),
     case("trailer-bare-lf", CHUNKED + b"0\r\nX-T: v\n\r\n", ProtocolError),
     case("trailer-no-colon", trailers(b"X-T v"), ProtocolError),
-    case("trailer-obs-fold", trailers(b"X-T: v", b" folded"), ProtocolError),
+    case("trailer-fold-first", trailers(b" X-T: v"), ProtocolError),
+    case("trailer-fold-ctl", trailers(b"X-T: v", b" \x00"), ProtocolError),
     case("trailer-ctl", trailers(b"X-T: a\x00b"), ProtocolError),
     case("trailers-over-max-bytes", trailers(*[b"X-T: " + b"t" * 1000] * 17), ProtocolError),
     case("trailer-line-over-max-bytes", trailers(b"X-T: " + b"t" * MAX_TRAILER_BYTES),
