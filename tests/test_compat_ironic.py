@@ -132,40 +132,54 @@ def test_checksum_url_through_faults(origin, tmp_path):
     assert target.read_bytes() == BODY and result.digest == "sha256:" + SHA256
 
 
-def test_checksum_url_with_a_wrong_entry_fails_the_image(origin):
+def write_image(download: ImageDownload, path: Any) -> None:
+    """What the agent's _download_image() does with a download: write every chunk."""
+    with open(path, "wb") as image:
+        for chunk in download:
+            image.write(chunk)
+
+
+def test_checksum_url_with_a_wrong_entry_fails_the_image(origin, tmp_path):
+    """The mismatch is the verdict of verify_image(), as in the agent (every chunk is
+    handed out first), and the failed file is removed."""
     origin.add("/images/SHA256SUMS", sums("3" * 64))
     info = dict(image_info([origin.url("/images/disk.raw")],
                            checksum=origin.url("/images/SHA256SUMS")), os_hash_algo=None)
     info.pop("os_hash_value")
     download = ImageDownload(info, **QUICK)
+    path = tmp_path / "image"
+    write_image(download, path)
+    assert download.bytes_transferred == len(BODY)
     with pytest.raises(E.ChecksumMismatch) as caught:
-        for _ in download:
-            pass
+        download.verify_image(str(path))
     assert caught.value.exit_code == 90 and "3" * 64 in str(caught.value)
+    assert not path.exists()
 
 
 # ------------------------------------------------------------------ checksums
-def test_os_hash_sha512_verified(origin):
+def test_os_hash_sha512_verified(origin, tmp_path):
     sha512 = hashlib.sha512(BODY).hexdigest()
     info = image_info([origin.url("/images/disk.raw")], os_hash_algo="sha512",
                       os_hash_value=sha512, checksum="0" * 32)   # os_hash wins, as in IPA
     download = ImageDownload(info, **QUICK)
     assert b"".join(download) == BODY
     assert download.stream.digest == "sha512:" + sha512
-    wrong = dict(info, os_hash_value="f" * 128)
+    wrong = ImageDownload(dict(info, os_hash_value="f" * 128), **QUICK)
+    write_image(wrong, tmp_path / "image")
     with pytest.raises(E.ChecksumMismatch):
-        list(ImageDownload(wrong, **QUICK))
+        wrong.verify_image(str(tmp_path / "image"))
 
 
 def test_legacy_md5_checksum(origin):
-    """No os_hash: `checksum` alone, a 32-digit value, is the agent's legacy MD5."""
+    """No os_hash: `checksum` alone, a 32-digit value, is the agent's legacy MD5, refused
+    unless md5_enabled (off by default, as in IPA 13)."""
     md5 = hashlib.md5(BODY).hexdigest()
     info = dict(image_info([origin.url("/images/disk.raw")], checksum=md5),
                 os_hash_algo=None, os_hash_value=None)
-    download = ImageDownload(info, **QUICK)
+    download = ImageDownload(info, md5_enabled=True, **QUICK)
     assert b"".join(download) == BODY and download.stream.digest == "md5:" + md5
     with pytest.raises(E.InvalidRequest, match="md5_enabled"):
-        ImageDownload(info, md5_enabled=False, **QUICK)
+        ImageDownload(info, **QUICK)
     assert len(origin.requests) == 1          # refused before any connection
 
 
