@@ -1,0 +1,70 @@
+"""ironic-python-agent 13.0.0's own download code with rawfetch adopted as docs/ironic.md
+says, against the fault server: on the agent's file path (_download_image) and its raw
+stream onto a loop device (_stream_raw_image_onto_device). Each run asserts the bytes
+on disk by digest, the exception class the agent's caller sees, and the requests the
+server saw (tests/agents/ipa_scenarios.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.agents import ipa_env
+from tests.agents.ipa_scenarios import BODY, BY_NAME, SCENARIOS, check
+from tests.faultserver import FaultServer, make_body
+
+pytestmark = pytest.mark.agents
+LOOP_SIZE = 4 << 20          # the image (3 MiB) and a tail the agent must not touch
+
+
+@pytest.fixture(scope="session")
+def ipa_python() -> Path:
+    return ipa_env.ipa_python()
+
+
+@pytest.fixture
+def origin() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
+        srv.add("/images/disk.raw", BODY, etag='"v1"')
+        yield srv
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    """A 4 MiB loop device full of old bytes (a disk with a previous install)."""
+    if not ipa_env.can_loop():
+        pytest.skip("a loop device needs root and losetup")
+    with ipa_env.loop_device(tmp_path / "disk.img", make_body(LOOP_SIZE, seed=7)) as device:
+        yield device
+
+
+def adopted(result: dict) -> None:
+    """rawfetch really ran inside the agent, and its error class is in the agent's text."""
+    assert result["rawfetch_loaded"], "the adoption step did not load rawfetch"
+    assert result["error"] is None or "rawfetch " in result["message"], result["message"]
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_file_path(name: str, ipa_python: Path, origin: FaultServer, tmp_path: Path) -> None:
+    scenario = BY_NAME[name]
+    case = scenario.setup(origin)
+    work = tmp_path / "agent"
+    result = ipa_env.run_agent(ipa_python, work, rawfetch=True, image_info=case.image_info,
+                               conf=case.conf)
+    adopted(result)
+    check(scenario, origin, result, str(work / case.image_info["id"]), device=False)
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_loop_device(name: str, ipa_python: Path, origin: FaultServer, tmp_path: Path,
+                     loop_device: str) -> None:
+    scenario = BY_NAME[name]
+    case = scenario.setup(origin)
+    tail = open(loop_device, "rb").read()[len(BODY):]
+    result = ipa_env.run_agent(ipa_python, tmp_path / "agent", rawfetch=True,
+                               image_info=case.image_info, conf=case.conf, device=loop_device)
+    adopted(result)
+    check(scenario, origin, result, loop_device, device=True)
+    with open(loop_device, "rb") as disk:
+        assert disk.read()[len(BODY):] == tail, "bytes past the image were touched"
