@@ -91,7 +91,8 @@ def image_requests(srv: FaultServer) -> List[Any]:
 
 def resumed_at_cut(srv: FaultServer, result: Dict[str, Any]) -> None:
     asked = image_requests(srv)
-    assert asked[1].range == "bytes=%d-" % CUT, [r.range for r in asked]
+    assert asked[1].range == "bytes=%d-" % CUT, "Range per request: %s" % (
+        [r.range for r in asked],)
 
 
 def resumed_within(low: int, high: int) -> Callable[[FaultServer, Dict[str, Any]], None]:
@@ -101,7 +102,7 @@ def resumed_within(low: int, high: int) -> Callable[[FaultServer, Dict[str, Any]
         asked = image_requests(srv)
         start = (asked[1].range or "").partition("=")[2].rstrip("-")
         assert asked[0].range is None and start.isdigit() and low <= int(start) <= high, \
-            [r.range for r in asked]
+            "Range per request: %s" % ([r.range for r in asked],)
     return check
 
 
