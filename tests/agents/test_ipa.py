@@ -5,6 +5,8 @@ on disk by digest, the exception class the agent's caller sees, and the requests
 server saw (tests/agents/ipa_scenarios.py)."""
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -68,3 +70,18 @@ def test_loop_device(name: str, ipa_python: Path, origin: FaultServer, tmp_path:
     check(scenario, origin, result, loop_device, device=True)
     with open(loop_device, "rb") as disk:
         assert disk.read()[len(BODY):] == tail, "bytes past the image were touched"
+
+
+def code_lines(text: str) -> list:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_the_adoption_step_is_the_documented_one() -> None:
+    """The tier adopts rawfetch with exactly the lines README and docs/ironic.md give."""
+    source = inspect.getsource(ipa_env.adopt_rawfetch)
+    body = code_lines(source.split('"""')[2])
+    for doc in ("README.md", "docs/ironic.md"):
+        text = (ipa_env.WORKTREE / doc).read_text()
+        blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+        adoption = [b for b in blocks if "standby.ImageDownload =" in b]
+        assert len(adoption) == 1 and code_lines(adoption[0]) == body, doc
