@@ -27,8 +27,19 @@ OFFLINE_SIGNS = ("NewConnectionError", "Temporary failure in name resolution",
                  "ConnectTimeoutError", "ReadTimeoutError")
 
 
-class IndexUnreachable(Exception):
-    """pip could not reach the package index: the tier cannot run here."""
+WRONG_PYTHON_SIGN = "require a different python version"   # pip's note on Requires-Python
+
+
+class VenvUnavailable(Exception):
+    """The agent cannot be installed here, for a reason outside the project: skip."""
+
+
+class IndexUnreachable(VenvUnavailable):
+    """pip could not reach the package index."""
+
+
+class WrongPython(VenvUnavailable):
+    """The pinned agent does not support this interpreter (its Requires-Python)."""
 
 
 def build_venv(name: str, installs: Sequence[Sequence[str]]) -> Path:
@@ -60,6 +71,9 @@ def _pip(python: Path, args: Sequence[str]) -> None:
         return
     output = (done.stdout + done.stderr).strip()
     last = output.splitlines()[-1] if output else "(no output)"
+    if WRONG_PYTHON_SIGN in output:
+        raise WrongPython("pip install %s: not for Python %d.%d (%s)"
+                          % (" ".join(args), sys.version_info[0], sys.version_info[1], last))
     if any(sign in output for sign in OFFLINE_SIGNS):
         raise IndexUnreachable("PyPI unreachable: pip install %s failed: %s"
                                % (" ".join(args), last))
@@ -68,8 +82,9 @@ def _pip(python: Path, args: Sequence[str]) -> None:
 
 
 def venv_or_skip(name: str, installs: Sequence[Sequence[str]]) -> Path:
-    """build_venv(), or skip the test with the reason when PyPI is unreachable."""
+    """build_venv(), or skip the test with the reason when PyPI is unreachable (or the
+    agent does not support this Python)."""
     try:
         return build_venv(name, installs)
-    except IndexUnreachable as exc:
+    except VenvUnavailable as exc:
         pytest.skip(str(exc))

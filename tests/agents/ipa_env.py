@@ -37,7 +37,7 @@ QUICK_CONF = {
 
 def ipa_python(skip: bool = True) -> Path:
     """The venv's python (built once per version); skips the test when PyPI is down
-    (skip=False raises conftest.IndexUnreachable instead, for the table generator)."""
+    (skip=False raises conftest.VenvUnavailable instead, for the table generator)."""
     from tests.agents.conftest import build_venv, venv_or_skip
     if skip:
         return venv_or_skip("ironic-python-agent-%s" % IPA_VERSION, IPA_INSTALLS)

@@ -16,7 +16,9 @@ from tests.agents import ipa_env
 from tests.agents.ipa_scenarios import BODY, BY_NAME, SCENARIOS, check
 from tests.faultserver import FaultServer, make_body
 
-pytestmark = pytest.mark.agents
+# the first test also builds the venv from PyPI (cold: pip's downloads), hence 300 s;
+# every agent run inside is bounded by ipa_env.RUN_TIMEOUT
+pytestmark = [pytest.mark.agents, pytest.mark.timeout(300)]
 LOOP_SIZE = 4 << 20          # the image (3 MiB) and a tail the agent must not touch
 
 
