@@ -65,7 +65,8 @@ def run_agent(python: Path, workdir: Path, *, rawfetch: bool, image_info: Dict[s
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(error="killed", error_module=None, elapsed=timeout, size=None,
-                    reported=None, rawfetch_loaded=rawfetch, log="",
+                    reported=None, rawfetch_loaded=rawfetch, log="", api_error="killed",
+                    api_status="killed",
                     message="still running after %g s: killed" % timeout)
     if done.returncode != 0:
         raise RuntimeError("agent subprocess failed (exit %d):\n%s"
@@ -135,21 +136,33 @@ def main(spec_path: str) -> None:
     standby = _agent(spec["conf"])
     if spec["rawfetch"]:
         adopt_rawfetch()
+    raised: Dict[str, BaseException] = {}
+
+    def prepare_image() -> str:
+        """The agent's download step, as its prepare_image command runs it."""
+        try:
+            if spec["device"] is None:
+                standby._download_image(spec["image_info"])
+            else:
+                extension = standby.StandbyExtension()
+                extension.partition_uuids = {}   # prepare_image() sets it before streaming
+                extension._stream_raw_image_onto_device(spec["image_info"], spec["device"])
+        except Exception as exc:  # recorded for the result, then the agent's turn
+            raised["error"] = exc
+            raise
+        return "image written"
+
+    from ironic_python_agent.extensions import base
     started = time.monotonic()
-    error: Optional[BaseException] = None
-    try:
-        if spec["device"] is None:
-            standby._download_image(spec["image_info"])
-        else:
-            extension = standby.StandbyExtension()
-            extension.partition_uuids = {}       # prepare_image() sets it before streaming
-            extension._stream_raw_image_onto_device(spec["image_info"], spec["device"])
-    except Exception as exc:  # what the agent's API would receive, recorded by class
-        error = exc
+    # the agent's own command thread: what its API (and so ironic) reports
+    command = base.AsyncCommandResult("prepare_image", {}, prepare_image).start().join()
+    error, api_error = raised.get("error"), command.command_error
     result = dict(elapsed=round(time.monotonic() - started, 3), **sizes.fields,
                   error=None if error is None else type(error).__name__,
                   error_module=None if error is None else type(error).__module__,
                   message="" if error is None else str(error)[:3000],
+                  api_status=str(command.command_status),
+                  api_error=None if api_error is None else api_error.type,
                   rawfetch_loaded="rawfetch" in sys.modules)
     Path(spec["result"]).write_text(json.dumps(result))
 

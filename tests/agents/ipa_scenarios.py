@@ -201,6 +201,8 @@ def check(scenario: Scenario, srv: FaultServer, result: Dict[str, Any], target: 
     assert result["error"] == scenario.error, "%s: %s" % (result["error"], result["message"])
     if scenario.error is not None:
         assert result["error_module"] == "ironic_python_agent.errors", result["error_module"]
+    assert result["api_error"] == scenario.error, "the agent's API reports %s (%s)" % (
+        result["api_error"], result["api_status"])
     if scenario.error is None:
         assert digest(target) == SHA256, "the bytes on disk are not the image"
         sizes = (result.get("size"), result.get("reported"))

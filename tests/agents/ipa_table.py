@@ -51,7 +51,10 @@ def _row(scenario: Scenario, srv: FaultServer, result: Dict[str, Any], target: s
         verdict = "yes"
     except AssertionError as failed:
         verdict = "no: %s" % (str(failed).splitlines() or ["?"])[0][:90]
-    return dict(error=result["error"] or "ok", requests=len(image_requests(srv)),
+    error = result["error"] or "ok"
+    if result["error"] and result["api_error"] != result["error"]:
+        error += " (API: %s)" % result["api_error"]
+    return dict(error=error, requests=len(image_requests(srv)),
                 elapsed=result["elapsed"], bytes=_bytes(target, device), verdict=verdict)
 
 
@@ -82,9 +85,11 @@ def render(rows: List[Dict[str, Any]], timeout: float) -> str:
         "device()` for a loop device) in a venv from PyPI, against tests/faultserver; "
         "rawfetch adopted as docs/ironic.md says (`standby.ImageDownload = "
         "ironic.ImageDownload`). Agent settings: %s. Cell: the exception class IPA's "
-        "caller sees (ok = none) · image requests the server saw · seconds · what is "
-        "on disk · whether the run meets the tier's contract (tests/agents/"
-        "ipa_scenarios.py: the class, the bytes, the request bound). Runs still going "
+        "caller sees (ok = none), with the error type the agent's API reports when it "
+        "differs (the command runs in the agent's own AsyncCommandResult) · image "
+        "requests the server saw · seconds · what is on disk · whether the run meets "
+        "the tier's contract (tests/agents/ipa_scenarios.py: the class, the bytes, the "
+        "request bound). Runs still going "
         "after %g s were killed." % (COMMAND, datetime.datetime.utcnow().strftime(
             "%Y-%m-%d %H:%M"), ", ".join("`%s=%s`" % kv for kv in ipa_env.QUICK_CONF.items()),
             timeout),
