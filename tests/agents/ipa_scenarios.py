@@ -15,6 +15,7 @@ IMAGE_SIZE = 3 << 20          # three of the agent's 1 MiB chunks
 CUT = 1_500_001               # a fault mid-body, not on a chunk boundary
 BODY = make_body(IMAGE_SIZE, seed=19)
 NEW_BODY = make_body(IMAGE_SIZE, seed=20)       # the image after an operator replaced it
+OLD_DISK = make_body(4 << 20, seed=7)           # the loop device before: a previous install
 SHA256 = hashlib.sha256(BODY).hexdigest()
 PATH = "/images/disk.raw"
 RETRY_AFTER = 1               # s; the 503's Retry-After
@@ -38,6 +39,7 @@ class Scenario:
     requests: Callable[[int], bool]             # the image requests rawfetch may make
     limit: str                                  # that bound, in words
     check: Optional[Callable[[FaultServer, Dict[str, Any]], None]] = None
+    untouched: bool = False     # fails before the agent opens its target: nothing written
 
 
 def info(srv: FaultServer, **extra: Any) -> Dict[str, Any]:
@@ -106,6 +108,21 @@ def resumed_within(low: int, high: int) -> Callable[[FaultServer, Dict[str, Any]
     return check
 
 
+CONF_BOUND = 10.0   # s; far below the 30-60 s the stall or trickle would take if the
+                    # agent's 1 s image_download_connection_timeout were not applied
+
+
+def resumed_soon(low: int, high: int) -> Callable[[FaultServer, Dict[str, Any]], None]:
+    """resumed_within(), and cut by the agent's own timeout (read from its CONF)."""
+    resumed = resumed_within(low, high)
+
+    def check(srv: FaultServer, result: Dict[str, Any]) -> None:
+        resumed(srv, result)
+        assert result["elapsed"] < CONF_BOUND, "took %s s: the agent's timeout was not " \
+            "applied" % result["elapsed"]
+    return check
+
+
 def retry_after_honoured(srv: FaultServer, result: Dict[str, Any]) -> None:
     asked = image_requests(srv)
     assert asked[1].time - asked[0].time >= RETRY_AFTER - 0.05, "Retry-After not waited"
@@ -146,15 +163,17 @@ SCENARIOS = [
     Scenario("rst", "RST mid-body", scripted(A.rst(CUT), A.normal()), None, exactly(2),
              "2, the 2nd a Range from the bytes held", resumed_within(1, CUT)),
     Scenario("stall", "stall mid-body", scripted(A.stall(CUT), A.normal()), None,
-             exactly(2), "2, the 2nd a Range from the cut", resumed_at_cut),
+             exactly(2), "2, the 2nd a Range from the cut, within 10 s",
+             resumed_soon(CUT, CUT)),
     Scenario("trickle", "trickle (1 B / 0.2 s) mid-body",
              scripted(A.trickle(CUT, gap=0.2, step=1), A.normal()), None, exactly(2),
-             "2, the 2nd a Range from the bytes held", resumed_within(CUT, CUT + 100)),
+             "2, the 2nd a Range from the bytes held, within 10 s",
+             resumed_soon(CUT, CUT + 100)),
     Scenario("503", "503 + Retry-After: 1",
              scripted(A.status(503, {"Retry-After": str(RETRY_AFTER)}), A.normal()), None,
              exactly(2), "2, >= 1 s apart", retry_after_honoured),
     Scenario("404", "404", scripted(A.status(404)), "ImageDownloadFatalError", exactly(1),
-             "1"),
+             "1", untouched=True),
     Scenario("checksum-wrong", "checksum wrong", scripted(A.normal(), os_hash_value="f" * 64),
              "ImageChecksumError", exactly(1), "1 (the same bytes again cannot match)"),
     Scenario("checksum-url", "checksum from a SHA256SUMS URL", checksum_file, None,
@@ -208,6 +227,12 @@ def check(scenario: Scenario, srv: FaultServer, result: Dict[str, Any], target: 
         sizes = (result.get("size"), result.get("reported"))
         assert sizes in ((len(BODY), len(BODY)), (len(BODY), str(len(BODY)))), \
             "the agent's log line read %r, %r" % sizes
+    elif scenario.untouched:
+        if device:
+            assert digest(target, len(OLD_DISK)) == hashlib.sha256(OLD_DISK).hexdigest(), \
+                "the disk was written"
+        else:
+            assert not os.path.exists(target), "a file was left"
     elif scenario.error == "ImageChecksumError":
         if device:
             assert head(target) == bytes(WIPE), "a failed image's first MiB must be zeroed"

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from tests.agents import ipa_env
-from tests.agents.ipa_scenarios import (BODY, PATH, SCENARIOS, SHA256, WIPE, Scenario,
+from tests.agents.ipa_scenarios import (BODY, OLD_DISK, PATH, SCENARIOS, SHA256, WIPE, Scenario,
                                         check, digest, head, image_requests)
-from tests.faultserver import FaultServer, make_body
+from tests.faultserver import FaultServer
 
 OUT = ipa_env.WORKTREE / "docs" / "agents-ironic.md"
-LOOP_SIZE = 4 << 20
 COMMAND = "python3 -m tests.agents.ipa_table"
 
 
@@ -34,7 +33,7 @@ def run_one(python: Path, scenario: Scenario, rawfetch: bool, device: bool,
         work = Path(scratch) / "agent"
         if device:
             with ipa_env.loop_device(Path(scratch) / "disk.img",
-                                     make_body(LOOP_SIZE, seed=7)) as disk:
+                                     OLD_DISK) as disk:
                 result = ipa_env.run_agent(python, work, rawfetch=rawfetch, timeout=timeout,
                                            image_info=case.image_info, conf=case.conf,
                                            device=disk)

@@ -13,13 +13,12 @@ from typing import Iterator
 import pytest
 
 from tests.agents import ipa_env
-from tests.agents.ipa_scenarios import BODY, BY_NAME, SCENARIOS, check
-from tests.faultserver import FaultServer, make_body
+from tests.agents.ipa_scenarios import BODY, BY_NAME, OLD_DISK, SCENARIOS, check
+from tests.faultserver import FaultServer
 
 # the first test also builds the venv from PyPI (cold: pip's downloads), hence 300 s;
 # every agent run inside is bounded by ipa_env.RUN_TIMEOUT
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(300)]
-LOOP_SIZE = 4 << 20          # the image (3 MiB) and a tail the agent must not touch
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +38,7 @@ def loop_device(tmp_path: Path) -> Iterator[str]:
     """A 4 MiB loop device full of old bytes (a disk with a previous install)."""
     if not ipa_env.can_loop():
         pytest.skip("a loop device needs root and losetup")
-    with ipa_env.loop_device(tmp_path / "disk.img", make_body(LOOP_SIZE, seed=7)) as device:
+    with ipa_env.loop_device(tmp_path / "disk.img", OLD_DISK) as device:
         yield device
 
 
