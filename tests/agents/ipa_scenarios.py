@@ -135,8 +135,9 @@ def replaced_never_spliced(srv: FaultServer, result: Dict[str, Any]) -> None:
 
 
 def within_max_duration(srv: FaultServer, result: Dict[str, Any]) -> None:
-    # the deadline cuts a stalled receive: bound = max_duration + one scheduling margin
-    assert MAX_DURATION - 0.2 <= result["elapsed"] <= MAX_DURATION + 1.5, result["elapsed"]
+    """The deadline cuts a stalled receive: at max_duration, plus a margin for a loaded
+    machine that stays far below what the stalls would cost without it (stock: ~10 s)."""
+    assert MAX_DURATION - 0.2 <= result["elapsed"] <= MAX_DURATION + 3, result["elapsed"]
 
 
 def through_the_proxy(srv: FaultServer, result: Dict[str, Any]) -> None:
@@ -190,7 +191,8 @@ SCENARIOS = [
              scripted(A.fin(CUT), A.raw(b"", close="rst")), "ImageDownloadError",
              at_most(RETRIES + 2), "<= retries + 2 (the 1st brought >= 1 MiB: not charged)"),
     Scenario("max-duration", "max_duration 2 s over a stall", max_duration,
-             "ImageDownloadTimeoutError", at_most(4), "<= 4, within 2 s", within_max_duration),
+             "ImageDownloadTimeoutError", at_most(4), "<= 4, ends at 2 s (+ <= 3 s margin)",
+             within_max_duration),
     Scenario("proxy", "proxies from image_info", proxied, None, exactly(1),
              "1, absolute-form, via the proxy", through_the_proxy),
 ]
