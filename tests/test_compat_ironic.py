@@ -1,4 +1,6 @@
-"""rawfetch.compat.ironic: the ironic agent's image download on rawfetch (issue 12 item 6).
+"""rawfetch.compat.ironic: the ironic agent's image download on rawfetch (issue 12 item 6;
+the agent's contract, issue 19). The agent itself is not installed here: rawfetch's own
+errors reach these tests; tests/agents/ drives the real agent.
 
 Real sockets only: fault-server origins (plain and TLS) and the in-repo proxy. Each test
 asserts what the agent's caller cares about: the exact image bytes, the error class, what
@@ -16,8 +18,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from rawfetch import errors as E
+from rawfetch.compat import ironic_contract
 from rawfetch.compat.ironic import (IPA_DEFAULTS, RETRY_CEILING_FACTOR, ImageDownload,
-                                    image_plan, stream_to_device)
+                                    agent_options, image_plan, stream_to_device)
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.proxyserver import TestProxy
 
@@ -132,40 +135,54 @@ def test_checksum_url_through_faults(origin, tmp_path):
     assert target.read_bytes() == BODY and result.digest == "sha256:" + SHA256
 
 
-def test_checksum_url_with_a_wrong_entry_fails_the_image(origin):
+def write_image(download: ImageDownload, path: Any) -> None:
+    """What the agent's _download_image() does with a download: write every chunk."""
+    with open(path, "wb") as image:
+        for chunk in download:
+            image.write(chunk)
+
+
+def test_checksum_url_with_a_wrong_entry_fails_the_image(origin, tmp_path):
+    """The mismatch is the verdict of verify_image(), as in the agent (every chunk is
+    handed out first), and the failed file is removed."""
     origin.add("/images/SHA256SUMS", sums("3" * 64))
     info = dict(image_info([origin.url("/images/disk.raw")],
                            checksum=origin.url("/images/SHA256SUMS")), os_hash_algo=None)
     info.pop("os_hash_value")
     download = ImageDownload(info, **QUICK)
+    path = tmp_path / "image"
+    write_image(download, path)
+    assert download.bytes_transferred == len(BODY)
     with pytest.raises(E.ChecksumMismatch) as caught:
-        for _ in download:
-            pass
+        download.verify_image(str(path))
     assert caught.value.exit_code == 90 and "3" * 64 in str(caught.value)
+    assert not path.exists()
 
 
 # ------------------------------------------------------------------ checksums
-def test_os_hash_sha512_verified(origin):
+def test_os_hash_sha512_verified(origin, tmp_path):
     sha512 = hashlib.sha512(BODY).hexdigest()
     info = image_info([origin.url("/images/disk.raw")], os_hash_algo="sha512",
                       os_hash_value=sha512, checksum="0" * 32)   # os_hash wins, as in IPA
     download = ImageDownload(info, **QUICK)
     assert b"".join(download) == BODY
     assert download.stream.digest == "sha512:" + sha512
-    wrong = dict(info, os_hash_value="f" * 128)
+    wrong = ImageDownload(dict(info, os_hash_value="f" * 128), **QUICK)
+    write_image(wrong, tmp_path / "image")
     with pytest.raises(E.ChecksumMismatch):
-        list(ImageDownload(wrong, **QUICK))
+        wrong.verify_image(str(tmp_path / "image"))
 
 
 def test_legacy_md5_checksum(origin):
-    """No os_hash: `checksum` alone, a 32-digit value, is the agent's legacy MD5."""
+    """No os_hash: `checksum` alone, a 32-digit value, is the agent's legacy MD5, refused
+    unless md5_enabled (off by default, as in IPA 13)."""
     md5 = hashlib.md5(BODY).hexdigest()
     info = dict(image_info([origin.url("/images/disk.raw")], checksum=md5),
                 os_hash_algo=None, os_hash_value=None)
-    download = ImageDownload(info, **QUICK)
+    download = ImageDownload(info, md5_enabled=True, **QUICK)
     assert b"".join(download) == BODY and download.stream.digest == "md5:" + md5
     with pytest.raises(E.InvalidRequest, match="md5_enabled"):
-        ImageDownload(info, md5_enabled=False, **QUICK)
+        ImageDownload(info, **QUICK)
     assert len(origin.requests) == 1          # refused before any connection
 
 
@@ -430,3 +447,99 @@ def test_stream_to_device_refuses_a_qcow2_and_leaves_the_target(origin, tmp_path
     with pytest.raises(E.UnsupportedImageFormat) as caught:
         stream_to_device(info, str(target), **QUICK)
     assert caught.value.exit_code == 95 and target.read_bytes() == STALE
+
+
+# ------------------------------------------------------------------ the agent's contract
+class AgentConf:
+    """A stand-in for the agent's oslo.config CONF: attributes for registered options,
+    AttributeError (oslo's NoSuchOptError is one) for the others."""
+    image_download_connection_timeout = 5
+    image_download_connection_retries = 2
+    md5_enabled = True
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+def test_agent_options_reads_the_agents_conf():
+    """Only registered names are read; without the agent installed there is no CONF."""
+    assert agent_options(AgentConf()) == {"image_download_connection_timeout": 5,
+                                          "image_download_connection_retries": 2,
+                                          "md5_enabled": True}
+    assert agent_options() == {}
+    options = image_plan(image_info(["http://m/disk.raw"]), **agent_options(AgentConf())
+                         ).options
+    assert (options.idle_timeout, options.retries) == (5, 2)
+
+
+def test_low_speed_window_follows_the_operators_timeout():
+    """A trickle is cut after the operator's timeout, never later than rawfetch's 30 s;
+    md5 is off unless enabled, as in IPA 13."""
+    info = image_info(["http://m/disk.raw"])
+    assert image_plan(info, image_download_connection_timeout=3).options.speed_time == 3
+    assert image_plan(info).options.speed_time == 30
+    assert IPA_DEFAULTS["md5_enabled"] is False
+
+
+@pytest.mark.parametrize("error, name", [
+    (E.HTTPStatusError("x", status=404), "ImageDownloadFatalError"),
+    (E.HTTPStatusError("x", status=429), "ImageDownloadFatalError"),
+    (E.HTTPStatusError("x", status=503), "ImageDownloadError"),
+    (E.InvalidRequest("x"), "ImageDownloadFatalError"),
+    (E.DeadlineExceeded("x"), "ImageDownloadTimeoutError"),
+    (E.IdleTimeout("x"), "ImageDownloadError"),
+    (E.ChecksumMismatch("x"), "ImageChecksumError"),
+    (E.ConnectError("x"), "ImageDownloadError"),
+    (E.ResourceChanged("x"), "ImageDownloadError"),
+])
+def test_error_table(error, name):
+    """docs/ironic.md's table; without the agent, rawfetch's own error is raised."""
+    assert ironic_contract.agent_class_name(error) == name
+    assert ironic_contract.agent_error(error, "img") is error
+
+
+def test_the_agents_next_try_continues_the_same_job(origin):
+    """The agent's loop builds a new ImageDownload per try with the same time_obj: the
+    retry budget is the job's, so a try after it is spent makes no request and raises
+    the same class; another time_obj (a new prepare_image) is a new job."""
+    origin.script([A.status(503, {"Retry-After": "0"})], path="/images/disk.raw")
+    info = image_info([origin.url("/images/disk.raw")])
+    started = time.time()
+    config = dict(QUICK, image_download_connection_retries=2)
+    for _ in range(3):                         # the agent's loop
+        with pytest.raises(E.HTTPStatusError):
+            ImageDownload(info, time_obj=started, **config)
+    assert len(origin.requests) == 3           # retries + 1, over all of the loop's tries
+    with pytest.raises(E.HTTPStatusError):
+        ImageDownload(info, time_obj=started + 1, **config)
+    assert len(origin.requests) == 6
+    assert len(ironic_contract.JOBS) <= ironic_contract.MAX_JOBS
+
+
+def test_a_verified_image_leaves_the_registry(origin, tmp_path):
+    """A changed object lets the agent's next try restart from zero in the same job; the
+    verified image ends the job."""
+    origin.script([A.fin(at=1200001), A.replace(BODY[::-1], then=A.normal())],
+                  path="/images/disk.raw")
+    info = image_info([origin.url("/images/disk.raw")],
+                      os_hash_value=hashlib.sha256(BODY[::-1]).hexdigest())
+    started, path = time.time(), tmp_path / "image"
+    with pytest.raises(E.ResourceChanged):
+        write_image(ImageDownload(info, time_obj=started, **QUICK), path)
+    download = ImageDownload(info, time_obj=started, **QUICK)
+    write_image(download, path)
+    key = ("c0ffee", tuple(info["urls"]), started)
+    assert ironic_contract.JOBS._jobs[key] is download.job
+    download.verify_image(str(path))
+    assert path.read_bytes() == BODY[::-1] and key not in ironic_contract.JOBS._jobs
+    asked = [r for r in origin.requests]
+    assert [r.range is None for r in asked] == [True, False, True]
+
+
+def test_stream_to_device_result_has_what_the_agent_logs(origin, tmp_path):
+    target = tmp_path / "disk"
+    target.write_bytes(STALE)
+    result = stream_to_device(image_info([origin.url("/images/disk.raw")]), str(target),
+                              **QUICK)
+    assert (result.bytes_transferred, result.content_length) == (len(BODY), len(BODY))
+    assert target.read_bytes()[:len(BODY)] == BODY

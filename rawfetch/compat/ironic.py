@@ -1,37 +1,42 @@
 """ironic-python-agent's image download (extensions/standby.py), on rawfetch.
 
-The agent switches by building the same objects from this module:
+The agent switches with one line, run before it downloads (docs/ironic.md):
 
-    from rawfetch.compat.ironic import ImageDownload, stream_to_device
+    standby.ImageDownload = rawfetch.compat.ironic.ImageDownload
 
-`ImageDownload(image_info, **config)` is an iterator of chunks with `verify_image(path)`,
-`bytes_transferred` and `content_length`, like the agent's class; `stream_to_device()`
-writes a raw image onto a device with download()'s disk safety. `image_info` is the dict
-ironic sends (urls, os_hash_algo/os_hash_value, checksum, proxies, no_proxy, credentials);
-`config` holds the agent's own settings under their oslo.config names, and any rawfetch
-option under its own name (on_event, resolve, retry_jitter, verify_written...). Other keys
-of either are the agent's business and are ignored. What changes for an operator, and why,
-is in docs/ironic.md: resume instead of restart, one retry budget and one deadline over the
-whole image, 4xx never retried, and os.environ never touched.
+`ImageDownload(image_info, time_obj=None, **config)` is an iterator of chunks with
+`verify_image(path)`, `bytes_transferred` and `content_length`, like the agent's class, and
+keeps the agent's contract (ironic_contract): its exception classes, the checksum verdict
+from verify_image(), one retry budget and one deadline across the agent's own retry loop.
+`stream_to_device()` writes a raw image onto a device with download()'s disk safety.
+`image_info` is the dict ironic sends (urls, os_hash_algo/os_hash_value, checksum, proxies,
+no_proxy, credentials); the agent's settings come from its CONF (agent_options()), and
+`config` may override them under their oslo.config names, or set any rawfetch option under
+its own name (on_event, resolve, retry_jitter, verify_written...). Other keys are the
+agent's business and are ignored. What changes for an operator is in docs/ironic.md.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-from ..checksumfile import ALGO_BY_HEX_LENGTH, read_limited
-from ..errors import ChecksumMismatch, DeadlineExceeded, InvalidRequest, mapped
+from ..checksumfile import ALGO_BY_HEX_LENGTH
+from ..errors import ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest, mapped
 from ..files import DownloadResult, download
 from ..options import DEFAULTS, Options
 from ..policy import parse_checksum
-from ..resume import open as open_stream
+from .ironic_contract import (AGENT_CONFIG, JOBS, REPLAY_NOTE, Job, agent_module,
+                              raise_agent_error)
 
-__all__ = ["ImageDownload", "stream_to_device", "image_plan", "ImagePlan", "IPA_DEFAULTS"]
+__all__ = ["ImageDownload", "stream_to_device", "image_plan", "ImagePlan", "IPA_DEFAULTS",
+           "agent_options", "DeviceResult"]
 
 IMAGE_CHUNK_SIZE = 1 << 20   # the agent's IMAGE_CHUNK_SIZE: what one iteration yields
 VERIFY_BLOCK = 1 << 20       # verify_image() reads the written image back a MiB at a time
-# The agent's defaults (ironic_python_agent/config.py), used for the names config omits, so
-# an unconfigured adapter is as patient as an unconfigured agent.
+WIPE_BYTES = 1 << 20         # a failed image's first MiB zeroed on a device (as SafeDisk does)
+# The agent's defaults (IPA 13.0.0's ironic_python_agent/config.py), used for the names
+# neither the agent's CONF nor config gives, so an unconfigured adapter is as patient as an
+# unconfigured agent.
 IPA_DEFAULTS: Dict[str, Any] = {
     "image_download_connection_timeout": 60,
     "image_download_connection_retries": 9,
@@ -42,7 +47,7 @@ IPA_DEFAULTS: Dict[str, Any] = {
     "certfile": None,
     "keyfile": None,
     "tls_min_version": "1.2",
-    "md5_enabled": True,
+    "md5_enabled": False,                      # IPA 13: MD5 is opt-in
     "image_server_auth_strategy": "noauth",
     "image_server_user": None,
     "image_server_password": None,
@@ -142,6 +147,8 @@ def _network_options(conf: Mapping[str, Any]) -> Dict[str, Any]:
     limit = _number(conf, "image_download_max_duration")
     options: Dict[str, Any] = dict(
         dns_timeout=timeout, connect_timeout=timeout, idle_timeout=timeout,
+        # a trickle is cut after the operator's own patience, never later than rawfetch's
+        speed_time=min(timeout, DEFAULTS["speed_time"]),
         retries=_number(conf, "image_download_connection_retries", whole=True),
         retry_delay=interval, retry_max_delay=interval * RETRY_CEILING_FACTOR,
         max_time=limit or None, insecure=_flag(conf, "insecure"))
@@ -285,26 +292,75 @@ def _basic_pair(source: Mapping[str, Any], where: str) -> str:
     return "%s:%s" % (user, password)
 
 
+# ------------------------------------------------------------------ the agent's config
+def agent_options(conf: Any = None) -> Dict[str, Any]:
+    """The agent's download settings from its oslo.config CONF: `conf`, else the running
+    agent's (ironic_python_agent.config.CONF) when the agent is importable. Only the
+    names of IPA_DEFAULTS that CONF has registered; {} without the agent. ImageDownload
+    and stream_to_device() call it; pass its result as **config to use it explicitly."""
+    if conf is None:
+        conf = getattr(agent_module(AGENT_CONFIG), "CONF", None)
+        if conf is None:
+            return {}
+    found: Dict[str, Any] = {}
+    for name in IPA_DEFAULTS:
+        try:
+            found[name] = getattr(conf, name)
+        except Exception:  # oslo.config's NoSuchOptError: not registered in this process
+            continue
+    return found
+
+
+def _config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The agent's CONF, overridden by the config given explicitly."""
+    return {**agent_options(), **config}
+
+
+def _image_id(image_info: Any) -> str:
+    """image_info['id'] for the agent's error texts (its exceptions take one)."""
+    if isinstance(image_info, Mapping) and image_info.get("id") is not None:
+        return str(image_info["id"])
+    return "(no image id)"
+
+
+def _job_key(image_info: Any, time_obj: Optional[float]) -> Optional[Tuple[Any, ...]]:
+    """One download of one image by the agent: its id, URLs and the time_obj every try of
+    the agent's loop passes (a later prepare_image of the same image is a new job).
+    Without a time_obj the object is its own job."""
+    if time_obj is None or not isinstance(image_info, Mapping):
+        return None
+    urls = image_info.get("urls")
+    urls = tuple(urls) if isinstance(urls, (list, tuple)) else (repr(urls),)
+    return (_image_id(image_info), urls, time_obj)
+
+
 # ------------------------------------------------------------------ the agent's API
 class ImageDownload:
     """The image as an iterator of chunks (up to IMAGE_CHUNK_SIZE), over image_info's
-    `urls` as mirrors, resumed invisibly after a cut. The first request happens here, so a
-    404 or a refused checksum file fails at construction, as in the agent. The checksum
-    is verified when the last chunk has been read (ChecksumMismatch from the iteration);
-    verify_image(path) then checks what was written."""
+    `urls` as mirrors, resumed invisibly after a cut; `verify_image(path)`,
+    `bytes_transferred` and `content_length` as in the agent. The first request happens
+    here, so a 404 or a refused checksum file fails at construction, as in the agent.
+    Errors are the agent's classes (ironic_contract); a checksum mismatch is raised by
+    verify_image(), as the agent's own class does. Tries of the agent's loop for the same
+    image and time_obj share one retry budget and one deadline (ironic_contract.Job)."""
 
     def __init__(self, image_info: Mapping[str, Any], time_obj: Optional[float] = None,
                  **config: Any) -> None:
-        if time_obj is not None and (isinstance(time_obj, bool)
-                                     or not isinstance(time_obj, (int, float))):
-            raise InvalidRequest("time_obj must be a time.time() value, not %r" % (time_obj,))
-        self.start_time = time.time() if time_obj is None else float(time_obj)
-        plan = image_plan(image_info, **config)
-        self.urls = plan.urls
-        self.options = _remaining_duration(plan.options, self.start_time)
+        self.image_id = _image_id(image_info)
+        self._key = _job_key(image_info, time_obj)
         self._bytes_transferred = 0
         self._finished = False
-        self.stream = open_stream(self.urls[0], urls=self.urls[1:], options=self.options)
+        self._mismatch: Optional[ChecksumMismatch] = None
+        replay = ""
+        try:
+            self.start_time = _start_time(time_obj)
+            self.job = JOBS.get(self._key, lambda: _new_job(image_info, self.start_time,
+                                                            _config(config)))
+            replay = REPLAY_NOTE if self.job.final is not None else ""
+            self.stream = self.job.open()
+        except FetchError as exc:
+            raise_agent_error(exc, self.image_id, replay)
+        self.urls, self.options = self.job.urls, self.job.options
 
     def __iter__(self) -> "ImageDownload":
         return self
@@ -312,17 +368,39 @@ class ImageDownload:
     def __next__(self) -> bytes:
         if self._finished:
             raise StopIteration
-        try:
-            chunk = read_limited(self.stream, IMAGE_CHUNK_SIZE)
-        except BaseException:
-            self.stream.close()
-            raise
+        chunk = self._read_chunk()
         if not chunk:
             self._finished = True
             self.stream.close()
             raise StopIteration
         self._bytes_transferred += len(chunk)
         return chunk
+
+    def _read_chunk(self) -> bytes:
+        """Up to IMAGE_CHUNK_SIZE bytes; at the end a mismatch is kept for verify_image()
+        (the bytes before it still go to the agent, which writes them)."""
+        buffer = bytearray(IMAGE_CHUNK_SIZE)
+        view = memoryview(buffer)
+        filled = 0
+        try:
+            while filled < IMAGE_CHUNK_SIZE and self._mismatch is None:
+                got = self.stream.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+        except ChecksumMismatch as exc:
+            self._mismatch = exc.with_traceback(None)   # its frames would hold the buffer
+            self.job.ended(exc, self.stream.ledger.pieces)
+        except FetchError as exc:
+            self.stream.close()
+            self.job.ended(exc)
+            raise_agent_error(exc, self.image_id)
+        except BaseException:
+            self.stream.close()
+            raise
+        finally:
+            view.release()
+        return bytes(buffer) if filled == IMAGE_CHUNK_SIZE else bytes(buffer[:filled])
 
     @property
     def bytes_transferred(self) -> int:
@@ -342,18 +420,43 @@ class ImageDownload:
 
     def verify_image(self, image_location: str) -> None:
         """Read the first bytes_transferred bytes of image_location back (a file or a
-        device) and compare their digest with the expected one: ChecksumMismatch if they
-        differ or the image was not read to its end."""
+        device) and compare their digest with the expected one; raises the agent's
+        ImageChecksumError (rawfetch's ChecksumMismatch without the agent) when they
+        differ or the image was not read to its end. A regular file that fails is
+        removed; a device gets its first MiB zeroed (it must not boot half an image)."""
         algo, expected = self.stream.checksum
-        if not self._finished:
-            raise ChecksumMismatch("%s: the image was not read to its end (%s bytes so far); "
-                                   "it cannot be verified" % (image_location, format(
-                                       self._bytes_transferred, ",")), url=self.stream.url)
-        got = _file_digest(image_location, algo, self._bytes_transferred)
-        if got != expected:
-            raise ChecksumMismatch("%s: %s of its first %s bytes is %s, expected %s" % (
-                image_location, algo, format(self._bytes_transferred, ","), got, expected),
-                url=self.stream.url)
+        try:
+            if not self._finished:
+                raise ChecksumMismatch("%s: the image was not read to its end (%s bytes so "
+                                       "far); it cannot be verified" % (image_location, format(
+                                           self._bytes_transferred, ",")), url=self.stream.url)
+            got = _file_digest(image_location, algo, self._bytes_transferred)
+            if self._mismatch is not None or got != expected:
+                self._failed_image(image_location)
+                raise self._mismatch or ChecksumMismatch(
+                    "%s: %s of its first %s bytes is %s, expected %s" % (
+                        image_location, algo, format(self._bytes_transferred, ","), got,
+                        expected), url=self.stream.url)
+        except FetchError as exc:
+            digest = self.stream.digest or ""
+            raise_agent_error(exc, self.image_id, checksums=(
+                image_location, expected, digest.partition(":")[2] or "(not computed)"))
+        JOBS.done(self._key)
+
+    def _failed_image(self, location: str) -> None:
+        """What failed verification never stays usable: a file goes, a disk's first MiB
+        (partition table, boot sector) is zeroed."""
+        import os
+        import stat
+        with mapped("write", path=location + " (discarding a failed image)"):
+            mode = os.stat(location).st_mode
+            if stat.S_ISREG(mode):
+                os.unlink(location)
+            elif stat.S_ISBLK(mode):
+                with open(location, "r+b") as device:
+                    device.write(bytes(min(WIPE_BYTES, self._bytes_transferred)))
+                    device.flush()
+                    os.fsync(device.fileno())
 
     def close(self) -> None:
         self.stream.close()
@@ -365,9 +468,23 @@ class ImageDownload:
         self.close()
 
 
+def _start_time(time_obj: Optional[float]) -> float:
+    if time_obj is None:
+        return time.time()
+    if isinstance(time_obj, bool) or not isinstance(time_obj, (int, float)):
+        raise InvalidRequest("time_obj must be a time.time() value, not %r" % (time_obj,))
+    return float(time_obj)
+
+
+def _new_job(image_info: Mapping[str, Any], start_time: float,
+             config: Mapping[str, Any]) -> Job:
+    plan = image_plan(image_info, **config)
+    return Job(plan.urls, _remaining_duration(plan.options, start_time))
+
+
 def _remaining_duration(options: Options, start_time: float) -> Options:
     """The agent counts image_download_max_duration from time_obj (its first try): what
-    is left of it bounds this download."""
+    is left of it bounds the job."""
     if options.max_time is None:
         return options
     left = options.max_time - (time.time() - start_time)
@@ -395,12 +512,32 @@ def _file_digest(path: str, algo: str, size: int) -> str:
     return hasher.hexdigest()
 
 
+class DeviceResult(DownloadResult):
+    """stream_to_device()'s DownloadResult with the names the agent's log lines read."""
+    __slots__ = ()
+
+    @property
+    def bytes_transferred(self) -> int:
+        return self.bytes
+
+    @property
+    def content_length(self) -> int:
+        """The image's length: the download is complete and verified when this exists."""
+        return self.bytes
+
+
 def stream_to_device(image_info: Mapping[str, Any], device: str,
-                     **config: Any) -> DownloadResult:
+                     **config: Any) -> DeviceResult:
     """The agent's raw streaming onto `device`, as rawfetch.download() does it in place:
     qcow2/VMDK refused, the first MiB zeroed first and written last after the checksum
     passed, zeroed again on failure, fsynced (the agent's raw streaming never fsyncs).
     A regular file must exist (in_place); config may set any rawfetch option, e.g.
-    verify_written=True to read the device back."""
-    plan = image_plan(image_info, **{"in_place": True, **config})
-    return download(plan.urls[0], device, urls=plan.urls[1:], options=plan.options)
+    verify_written=True to read the device back. The agent's CONF applies as in
+    ImageDownload, and failures are the agent's exception classes."""
+    image_id = _image_id(image_info)
+    try:
+        plan = image_plan(image_info, **{"in_place": True, **_config(config)})
+        result = download(plan.urls[0], device, urls=plan.urls[1:], options=plan.options)
+    except FetchError as exc:
+        raise_agent_error(exc, image_id)
+    return DeviceResult(*result)

@@ -1,0 +1,1 @@
+"""The agents tier: the real provisioning agents, installed from PyPI, driving rawfetch."""
