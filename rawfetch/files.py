@@ -1,8 +1,10 @@
 """download(): the file appears only when complete and verified; resumable across runs.
 
-Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL and the object's
-identity (length, ETag, Last-Modified) so a later run can resume with If-Range. On
-success: fsync, verify, rename onto PATH, fsync the directory, drop the sidecar. Devices
+Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL, the object's
+identity (length, ETag, Last-Modified) and how many bytes were fsynced, so a later run can
+resume with If-Range (sidecar.py). PATH.part.lock keeps a second process off the same
+output (lock.py). On success: fsync, verify, rename onto PATH, fsync the directory, drop
+the sidecar. Devices
 (and in_place files) are written directly instead; a decoder (gzip, xz, bzip2, auto)
 decompresses on the way.
 """
@@ -115,7 +117,9 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     opts = with_checksum_file(url, opts, budget)
     if sink.in_place:
         sink = _safe_disk(sink, url, opts)
-    held, identity = sink.open()
+    else:
+        sink.emit = _reporter(url, opts)
+    held, identity = sink.open()      # locked from here: one writer per output
     pipeline = _Pipeline(sink, opts, held)
     splicer = None
     try:
@@ -125,6 +129,9 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
                         hasher=worker, mirrors=urls, budget=budget)
         readback = _run(stream, pipeline, progress, splicer)
+    except BaseException:
+        sink.abandon(keep=True)   # a no-op after _run's own; else unlocks, keeps the .part
+        raise
     finally:
         if pipeline.worker is not None:
             pipeline.worker.close()
@@ -182,13 +189,17 @@ def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
     """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
     size guards, the first MiB zeroed first and written last, read-back on request."""
     from .disk import SafeDisk
+    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
+                    allow_any_format=opts.allow_any_format,
+                    verify_written=opts.verify_written, emit=_reporter(url, opts))
 
+
+def _reporter(url: str, opts: Options) -> Callable[..., None]:
+    """The sinks' event callback: their events carry the URL like the stream's."""
     def report(name: str, **fields: Any) -> None:
         if wants_events(opts):
             emit(opts.on_event, name, url=url, **fields)
-    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
-                    allow_any_format=opts.allow_any_format,
-                    verify_written=opts.verify_written, emit=report)
+    return report
 
 
 def _move(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
