@@ -115,10 +115,7 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
-    if sink.in_place:
-        sink = _safe_disk(sink, url, opts)
-    else:
-        sink.emit = _reporter(url, opts)
+    sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
     held, identity = sink.open()      # locked from here: one writer per output
     pipeline = _Pipeline(sink, opts, held)
     splicer = None
@@ -192,6 +189,12 @@ def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
     return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
                     allow_any_format=opts.allow_any_format,
                     verify_written=opts.verify_written, emit=_reporter(url, opts))
+
+
+def _reporting(sink: Any, url: str, opts: Options) -> Any:
+    """A .part sink reports what it did with an earlier run's leftovers."""
+    sink.emit = _reporter(url, opts)
+    return sink
 
 
 def _reporter(url: str, opts: Options) -> Callable[..., None]:

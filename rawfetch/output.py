@@ -81,8 +81,9 @@ class PartFile(Sink):
         self.fd = open_part(self.part)
         with mapped("write", path=self.part):
             size = os.fstat(self.fd).st_size
-        held, why = _usable(loaded, size) if loaded is not None else (0, "")
-        if why and (size or loaded is None or loaded.why != "no sidecar"):
+        held, why = _usable(loaded, size) if loaded is not None else (
+            0, "a decompressing run always starts from zero")
+        if why and (size or (loaded is not None and loaded.why != "no sidecar")):
             self._event("leftover", action="discarded", why=why, size=size, kept=0)
         elif held < size:
             self._event("leftover", action="cut", size=size, kept=held,

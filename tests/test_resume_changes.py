@@ -50,8 +50,8 @@ def test_sidecar_total_disagreeing_with_the_server_restarts_from_zero(server, bo
     ETag made every rerun fail with exit 8; it restarts from zero instead."""
     (tmp_path / "out.img.part").write_bytes(body[:500000])
     (tmp_path / "out.img.part.json").write_text(json.dumps(
-        {"format": 1, "url": server.url("/img"), "total": SIZE + 999, "etag": '"v1"',
-         "last_modified": None}))
+        {"format": 2, "url": server.url("/img"), "total": SIZE + 999, "etag": '"v1"',
+         "last_modified": None, "verified": 500000}))
     target = tmp_path / "out.img"
     result = rawfetch.download(server.url("/img"), target, retries=3, **QUICK)
     assert target.read_bytes() == body and result.restarts == 1
