@@ -178,8 +178,24 @@ def _run(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Strea
         return sink.commit(pipeline.written)
     except BaseException as exc:
         stream.close()
+        _settle(pipeline.worker, sink.resumable)
         sink.abandon(keep=_resumable(exc, stream, sink))
         raise
+
+
+def _settle(worker: Optional[Worker], resumable: bool) -> None:
+    """Before a failed job's output is abandoned: no write may still be in flight (the
+    last checkpoint must see the final size, and the fd is closed next). Buffers already
+    handed over are written first when the .part is kept for a resume."""
+    if worker is None:
+        return
+    try:
+        if resumable:
+            worker.drain()
+    except BaseException:  # cleanup only: the job's own failure is what is reported
+        pass
+    finally:
+        worker.close()
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:

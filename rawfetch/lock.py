@@ -30,6 +30,7 @@ from .errors import OutputBusy, mapped
 
 LOCK_SUFFIX = ".lock"   # appended to PATH.part: every file-mode leftover starts PATH.part
 PID_BYTES = 32          # a pid in decimal plus a newline; more is not a pid
+PROC_LOCKS_MAX = 1 << 20   # /proc/locks is one short line per lock; read at most this
 
 
 def lock_fd(fd: int, path: str, holder: str = "") -> None:
@@ -41,8 +42,10 @@ def lock_fd(fd: int, path: str, holder: str = "") -> None:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             with mapped("write", path=path + " (locking it)"):
                 raise
-        other = _read_pid(holder) if holder else None
-        who = "rawfetch process %d" % other if other else "another process"
+        mine = _read_pid(holder) if holder else None   # written by a rawfetch
+        other = mine or _flock_holder(fd)              # any program's flock (a disk tool)
+        who = ("rawfetch process %d" % other if mine else "process %d" % other if other
+               else "another process")
         raise OutputBusy("%s is being written by %s; refusing to write it too"
                          % (path, who)) from None
 
@@ -108,6 +111,24 @@ class LockFile:
         except OSError:  # cleanup only: closing drops the lock whatever it says
             pass
         self.fd = -1
+
+
+def _flock_holder(fd: int) -> Optional[int]:
+    """The pid holding a flock on fd's inode, from /proc/locks (Linux; a device has no
+    lock file to read it from). None when it cannot be told."""
+    try:
+        info = os.fstat(fd)
+        with open("/proc/locks") as handle:
+            lines = handle.read(PROC_LOCKS_MAX).splitlines()
+    except OSError:  # not a failure: the message then says "another process"
+        return None
+    inode = "%02x:%02x:%d" % (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode \
+                and fields[4].isdigit() and int(fields[4]) != os.getpid():
+            return int(fields[4])
+    return None
 
 
 def _read_pid(path: str) -> Optional[int]:

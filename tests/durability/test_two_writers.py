@@ -42,6 +42,18 @@ def wait_for_bytes(path: str, at_least: int, timeout: float = 10.0) -> None:
     raise AssertionError("%s never reached %d bytes" % (path, at_least))
 
 
+def wait_for_flock(pid: int, timeout: float = 10.0) -> None:
+    """Until /proc/locks shows a flock held by `pid` (the device is being written)."""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        with open("/proc/locks") as handle:
+            if any(line.split()[1:2] == ["FLOCK"] and line.split()[4] == str(pid)
+                   for line in handle):
+                return
+        time.sleep(0.02)
+    raise AssertionError("process %d never took its lock" % pid)
+
+
 @pytest.mark.parametrize("second", ["/img", "/mirror-img"])
 def test_joining_mid_transfer_is_refused_and_harmless(origin, bodies, tmp_path, second):
     out = str(tmp_path / "out.img")
@@ -93,3 +105,29 @@ def test_in_place_and_file_mode_on_one_path_exclude_each_other(origin, bodies, t
     assert first.returncode == 0, first_err
     assert digest(out) == sha(bodies[0])
     assert listing(str(tmp_path)) == ["disk.img"]
+
+
+def test_a_block_device_has_one_writer(origin, bodies, tmp_path):
+    """A loop device written in place: the first writer holds LOCK_EX on the device (as
+    udev expects of a disk being written); a second one exits 97 naming its pid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for losetup")
+    from tests.realnet.netns import loop_backing, loop_device
+    backing = loop_backing(str(tmp_path))
+    with open(backing, "wb") as handle:
+        handle.write(b"\0" * (4 << 20))
+    with loop_device(backing) as device:
+        if device is None:
+            pytest.skip("losetup unusable here")
+        first = start(origin.url("/img"), device, "--limit-rate", RATE)
+        try:
+            wait_for_flock(first.pid)
+            joined = run(origin.url("/mirror-img"), device)
+            assert first.poll() is None, "the first writer ended before the second was refused"
+            assert joined.returncode == BUSY, joined.stderr
+            assert "process %d" % first.pid in joined.stderr
+        finally:
+            first_err = first.communicate(timeout=60)[1]
+        assert first.returncode == 0, first_err
+        with open(device, "rb") as handle:
+            assert sha(handle.read(SIZE)) == sha(bodies[0])
