@@ -193,3 +193,26 @@ def test_dangling_output_symlink_is_refused(origin, tmp_path):
     done = run(origin.url("/img"), str(link))
     assert done.returncode == 23 and "dangling symlink" in done.stderr, done.stderr
     assert listing(str(tmp_path)) == ["out.img"] and not os.path.exists(str(link))
+
+
+def test_symlinked_lock_file_is_refused_and_its_target_untouched(origin, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = str(tmp_path / "out.img")
+    os.symlink(str(victim), out + ".part.lock")
+    done = run(origin.url("/img"), out)
+    assert done.returncode == 23, done.stderr
+    assert victim.read_bytes() == b"precious" and len(origin.requests) == 0
+    assert listing(str(tmp_path)) == ["out.img.part.lock", "victim"]
+
+
+def test_in_place_success_removes_stale_temporaries(origin, body, tmp_path):
+    """Sidecar temporaries a killed file-mode run left beside PATH go when an in-place
+    write of PATH succeeds (it holds PATH's lock: no live writer can own them)."""
+    out = tmp_path / "disk.img"
+    out.write_bytes(b"\xaa" * (SIZE + 4096))
+    (tmp_path / "disk.img.part.json.4242.deadbeef.tmp").write_bytes(b"{")
+    done = run(origin.url("/img"), str(out), "--in-place")
+    assert done.returncode == 0, done.stderr
+    assert digest(str(out)) == sha(body)
+    assert listing(str(tmp_path)) == ["disk.img"]
