@@ -60,6 +60,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """One line and the shell's code for the signal: 143 for SIGTERM, 130 for SIGINT."""
+    if isinstance(exc, Terminated):
+        sys.stderr.write("rawfetch: terminated (SIGTERM)\n")
+        return EXIT_TERMINATED
+    sys.stderr.write("rawfetch: interrupted\n")
+    return EXIT_INTERRUPTED
+
+
 def _handle_sigterm() -> None:
     import signal
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -279,11 +288,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         progress.end()
-        if isinstance(exc, Terminated):
-            sys.stderr.write("rawfetch: terminated (SIGTERM)\n")
-            return EXIT_TERMINATED
-        sys.stderr.write("rawfetch: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(exc)
     finally:
         if log is not None:
             log.close()

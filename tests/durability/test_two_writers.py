@@ -131,3 +131,23 @@ def test_a_block_device_has_one_writer(origin, bodies, tmp_path):
         assert first.returncode == 0, first_err
         with open(device, "rb") as handle:
             assert sha(handle.read(SIZE)) == sha(bodies[0])
+
+
+def test_library_caller_gets_output_busy(origin, bodies, tmp_path):
+    """rawfetch.download() in an agent's process, while a command writes the same PATH:
+    OutputBusy (exit_code 97, not retryable) before any request, nothing touched."""
+    import rawfetch
+    out = str(tmp_path / "out.img")
+    first = start(origin.url("/img"), out, "--limit-rate", RATE)
+    try:
+        wait_for_bytes(out + ".part", 128 << 10)
+        asked = len(origin.requests)
+        with pytest.raises(rawfetch.OutputBusy) as info:
+            rawfetch.download(origin.url("/mirror-img"), out)
+        assert info.value.exit_code == BUSY and not info.value.retryable
+        assert "rawfetch process %d" % first.pid in str(info.value)
+        assert len(origin.requests) == asked
+    finally:
+        first_err = first.communicate(timeout=60)[1]
+    assert first.returncode == 0, first_err
+    assert digest(out) == sha(bodies[0])
