@@ -26,7 +26,7 @@ import os
 import stat
 from typing import Optional
 
-from .errors import OutputBusy, mapped
+from .errors import LocalWriteError, OutputBusy, mapped
 
 LOCK_SUFFIX = ".lock"   # appended to PATH.part: every file-mode leftover starts PATH.part
 PID_BYTES = 32          # a pid in decimal plus a newline; more is not a pid
@@ -82,10 +82,11 @@ class LockFile:
         with mapped("write", path=self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                          | os.O_NONBLOCK, 0o644)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if not regular:
             os.close(fd)
-            raise OutputBusy("%s is not a regular file; refusing to use it as the lock of %s"
-                             % (self.path, self.target))
+            raise LocalWriteError("%s is not a regular file; refusing to use it as the lock "
+                                  "of %s: remove it" % (self.path, self.target))
         return fd
 
     def _still_ours(self, fd: int) -> bool:
