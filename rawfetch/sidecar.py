@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from typing import List, NamedTuple, Optional
 
 from .errors import mapped
@@ -87,7 +86,7 @@ def write(path: str, url: str, identity: Identity, verified: int) -> None:
     body = json.dumps({"format": SIDECAR_FORMAT, "url": url, "total": identity.total,
                        "etag": identity.etag, "last_modified": identity.last_modified,
                        "verified": verified}).encode("utf-8")
-    temporary = "%s.%d.%s%s" % (path, os.getpid(), secrets.token_hex(4), TEMP_SUFFIX)
+    temporary = "%s.%d.%s%s" % (path, os.getpid(), os.urandom(4).hex(), TEMP_SUFFIX)
     with mapped("write", path=path):
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o644)
