@@ -311,14 +311,26 @@ class InPlace(Sink):
         self.seekable = self.regular or stat.S_ISBLK(mode)
         try:
             if self.regular:
-                self.lock = LockFile(self.path + ".part")
-                self.lock.acquire()
+                self._lock_file()
             elif stat.S_ISBLK(mode):
                 lock_fd(self.fd, self.path)
         except BaseException:
             close_fd(self)
             raise
         return 0, None
+
+    def _lock_file(self) -> None:
+        """PATH.part.lock; in a directory we may not create files in, the file's own fd
+        (no file-mode writer can work there either: it needs PATH.part)."""
+        lock = LockFile(self.path + ".part")
+        try:
+            lock.acquire()
+        except LocalWriteError as exc:
+            if getattr(exc, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            lock_fd(self.fd, self.path)
+            return
+        self.lock = lock
 
     def cut(self, size: int) -> None:
         """A regular file is cut to the image's size before its head is written, so no

@@ -151,3 +151,41 @@ def test_library_caller_gets_output_busy(origin, bodies, tmp_path):
         first_err = first.communicate(timeout=60)[1]
     assert first.returncode == 0, first_err
     assert digest(out) == sha(bodies[0])
+
+
+def test_in_place_in_a_read_only_directory_locks_the_file_itself(origin, bodies):
+    """No PATH.part.lock can be created beside a writable file in a directory its writer
+    may not write: in place then locks the file's own fd (no file-mode writer can work
+    there either), and a second writer is still refused."""
+    import shutil
+    import subprocess
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the writers as another user (setpriv)")
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is not installed")
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    directory = tempfile.mkdtemp(prefix="rawfetch-durability-")
+    try:
+        os.chmod(directory, 0o755)
+        out = os.path.join(directory, "disk.img")
+        with open(out, "wb") as handle:
+            handle.write(b"\xaa" * SIZE)
+        os.chown(out, 65534, 65534)
+        from .helpers import command, env
+        first = subprocess.Popen(as_nobody + command(origin.url("/img"), out, "--in-place",
+                                                     "--limit-rate", RATE),
+                                 env=env(), stderr=subprocess.PIPE, universal_newlines=True)
+        try:
+            wait_for_flock(first.pid)
+            joined = run(origin.url("/mirror-img"), out, "--in-place", prefix=as_nobody)
+            assert joined.returncode == BUSY, joined.stderr
+            assert "process %d" % first.pid in joined.stderr
+        finally:
+            first_err = first.communicate(timeout=60)[1]
+        assert first.returncode == 0, first_err
+        assert digest(out) == sha(bodies[0])
+        assert listing(directory) == ["disk.img"]
+    finally:
+        shutil.rmtree(directory)
