@@ -12,6 +12,7 @@ from .cliopts import OPTIONS, build_parser
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+EXIT_TERMINATED = 143   # 128 + SIGTERM: what a shell reports for a process it ended
 PROGRESS_INTERVAL = 0.25  # s between progress line updates
 
 HINTS: Dict[type, str] = {
@@ -45,7 +46,34 @@ HINTS: Dict[type, str] = {
     E.ProxyConnectError: "is the proxy up and reachable? check -x/--proxy or the *_proxy "
                          "variables, or bypass it with --noproxy",
     E.ProxyTunnelError: "the proxy refused the tunnel: check --proxy-user and its access rules",
+    E.OutputBusy: "wait for the other writer to finish, or write to another path",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT would raise KeyboardInterrupt, so a job ended by a
+    supervisor (systemd, an agent's timeout) cleans up exactly like Ctrl-C: the .part
+    and its sidecar stay resumable, a disk's start is zeroed again."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second one must not cut the cleanup
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """One line and the shell's code for the signal: 143 for SIGTERM, 130 for SIGINT."""
+    if isinstance(exc, Terminated):
+        sys.stderr.write("rawfetch: terminated (SIGTERM)\n")
+        return EXIT_TERMINATED
+    sys.stderr.write("rawfetch: interrupted\n")
+    return EXIT_INTERRUPTED
+
+
+def _handle_sigterm() -> None:
+    import signal
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def options_from(args: argparse.Namespace) -> Dict[str, Any]:
@@ -260,10 +288,9 @@ def run(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(redact_text("rawfetch: error %d: %s%s\n" % (
             exc.exit_code, exc, " -- hint: " + hint if hint else ""), secrets))
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.end()
-        sys.stderr.write("rawfetch: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(exc)
     finally:
         if log is not None:
             log.close()
@@ -334,6 +361,7 @@ def _execute(args: argparse.Namespace, options: Dict[str, Any],
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    _handle_sigterm()   # the command's own process only (run() may run in a caller's thread)
     try:
         code = run(argv)
     except Exception as exc:  # last resort: one line, never a traceback

@@ -12,8 +12,9 @@ missing) may boot a broken or stale system. So, like coreos-installer:
   arrives leaves the target exactly as it was);
 * the first MiB of the output is held in memory; the rest is written through at its
   offset as it arrives;
-* commit(), called after the whole image was received, decompressed and verified, fsyncs
-  the rest, then writes the held MiB and fsyncs again: until then the disk has no
+* commit(), called after the whole image was received, decompressed and verified, cuts
+  a regular file to the image's size, fsyncs the rest, then writes the held MiB and
+  fsyncs again (so no crash leaves a valid head over an old tail): until then the disk has no
   bootable start, so a SIGKILL or a power cut leaves it unbootable, never half-booting;
 * on any failure after writing began, the first MiB is zeroed again and fsynced (the
   held head may already be on disk when the failure is a read-back mismatch);
@@ -272,6 +273,7 @@ class SafeDisk(Sink):
                 raise LocalWriteError("%s: %d bytes to commit but %d were written"
                                       % (self.path, size, self.taken))
             self._check_then_wipe()
+            self.inner.cut(size)     # a regular file: no old tail under the new head
             self._write_head()
             self.inner.commit(size)
             self._event("head_written", bytes=len(self.head), written=size)

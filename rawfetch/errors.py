@@ -234,6 +234,13 @@ class ChecksumFileError(FetchError):
     phase = "checksum-file"
 
 
+class OutputBusy(FetchError):
+    """Another process is writing the same output (its lock is held): refused at once,
+    before anything is touched, naming the other writer (rawfetch's own code)."""
+    exit_code = 97
+    phase = "lock"
+
+
 # ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy
 # unreachable, 56 CONNECT refused, 35 client certificate refused)
 

@@ -1,8 +1,10 @@
 """download(): the file appears only when complete and verified; resumable across runs.
 
-Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL and the object's
-identity (length, ETag, Last-Modified) so a later run can resume with If-Range. On
-success: fsync, verify, rename onto PATH, fsync the directory, drop the sidecar. Devices
+Bytes go to PATH.part; PATH.part.json (the sidecar) records the URL, the object's
+identity (length, ETag, Last-Modified) and how many bytes were fsynced, so a later run can
+resume with If-Range (sidecar.py). PATH.part.lock keeps a second process off the same
+output (lock.py). On success: fsync, verify, rename onto PATH, fsync the directory, drop
+the sidecar. Devices
 (and in_place files) are written directly instead; a decoder (gzip, xz, bzip2, auto)
 decompresses on the way.
 """
@@ -113,9 +115,8 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
-    if sink.in_place:
-        sink = _safe_disk(sink, url, opts)
-    held, identity = sink.open()
+    sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
+    held, identity = sink.open()      # locked from here: one writer per output
     pipeline = _Pipeline(sink, opts, held)
     splicer = None
     try:
@@ -125,6 +126,9 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
                         hasher=worker, mirrors=urls, budget=budget)
         readback = _run(stream, pipeline, progress, splicer)
+    except BaseException:
+        sink.abandon(keep=True)   # a no-op after _run's own; else unlocks, keeps the .part
+        raise
     finally:
         if pipeline.worker is not None:
             pipeline.worker.close()
@@ -174,21 +178,47 @@ def _run(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Strea
         return sink.commit(pipeline.written)
     except BaseException as exc:
         stream.close()
+        _settle(pipeline.worker, sink.resumable)
         sink.abandon(keep=_resumable(exc, stream, sink))
         raise
+
+
+def _settle(worker: Optional[Worker], resumable: bool) -> None:
+    """Before a failed job's output is abandoned: no write may still be in flight (the
+    last checkpoint must see the final size, and the fd is closed next). Buffers already
+    handed over are written first when the .part is kept for a resume."""
+    if worker is None:
+        return
+    try:
+        if resumable:
+            worker.drain()
+    except BaseException:  # cleanup only: the job's own failure is what is reported
+        pass
+    finally:
+        worker.close()
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
     """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
     size guards, the first MiB zeroed first and written last, read-back on request."""
     from .disk import SafeDisk
+    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
+                    allow_any_format=opts.allow_any_format,
+                    verify_written=opts.verify_written, emit=_reporter(url, opts))
 
+
+def _reporting(sink: Any, url: str, opts: Options) -> Any:
+    """A .part sink reports what it did with an earlier run's leftovers."""
+    sink.emit = _reporter(url, opts)
+    return sink
+
+
+def _reporter(url: str, opts: Options) -> Callable[..., None]:
+    """The sinks' event callback: their events carry the URL like the stream's."""
     def report(name: str, **fields: Any) -> None:
         if wants_events(opts):
             emit(opts.on_event, name, url=url, **fields)
-    return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
-                    allow_any_format=opts.allow_any_format,
-                    verify_written=opts.verify_written, emit=report)
+    return report
 
 
 def _move(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],

@@ -93,8 +93,8 @@ def test_416_for_exactly_the_bytes_held_means_complete(server, body, tmp_path):
     target = tmp_path / "out.img"
     (tmp_path / "out.img.part").write_bytes(body)
     (tmp_path / "out.img.part.json").write_text(json.dumps(
-        {"format": 1, "url": server.url("/img"), "total": SIZE, "etag": '"v1"',
-         "last_modified": None}))
+        {"format": 2, "url": server.url("/img"), "total": SIZE, "etag": '"v1"',
+         "last_modified": None, "verified": SIZE}))
     result = rawfetch.download(server.url("/img"), target, **QUICK)
     assert target.read_bytes() == body and result.resumed_from == SIZE
     assert ranges(server) == [("bytes=%d-" % SIZE, '"v1"')]
@@ -193,7 +193,8 @@ def test_killed_run_is_resumed_by_the_next_one(server, body, tmp_path):
 def test_part_from_another_url_is_not_trusted(server, body, tmp_path):
     (tmp_path / "out.img.part").write_bytes(b"x" * 1000)
     (tmp_path / "out.img.part.json").write_text(json.dumps(
-        {"format": 1, "url": "http://elsewhere/img", "total": SIZE, "etag": '"v1"'}))
+        {"format": 2, "url": "http://elsewhere/img", "total": SIZE, "etag": '"v1"',
+         "verified": 1000}))
     get(server, tmp_path)
     assert (tmp_path / "out.img").read_bytes() == body and server.requests[0].range is None
 
