@@ -30,7 +30,7 @@ README = os.path.join(ROOT, "README.md")
 FOLLOWED = b"followed"   # the answer to the request a redirect row leads to
 FOLLOW = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n" + FOLLOWED
 CURL_SERIES = "curl 7.88."   # the curl whose behaviour the curl column records
-COMMAND_EXITS = {0, 2, 130}  # success, usage, interrupted: the command's own
+COMMAND_EXITS = {0, 2, 130, 143}  # success, usage, interrupted: the command's own
 
 
 def table(marker: str, path: str = DOC) -> List[Dict[str, str]]:
