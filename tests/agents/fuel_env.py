@@ -276,9 +276,9 @@ def problems(scenario: Scenario, outcome: Outcome) -> List[str]:
     if outcome.capped:
         return ["no result within %d s (unbounded)" % outcome.capped]
     if outcome.error_class != scenario.want_error:
-        found.append("error %s (%s), wanted %s" % (outcome.error_class,
-                                                   (result.get("message") or "")[:160],
-                                                   scenario.want_error))
+        found.append("error %s, wanted %s (%s)" % (outcome.error_class or "none",
+                                                   scenario.want_error or "none",
+                                                   (result.get("message") or "")[:160]))
     if scenario.want_bytes is not None and result["digest"] != sha256(scenario.want_bytes):
         found.append("wrong bytes on the target")
     low, high = scenario.want_requests

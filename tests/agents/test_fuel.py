@@ -13,7 +13,7 @@ from tests.agents.fuel_env import (ADOPTION_LINE, BY_NAME, ON_LOOP_DEVICE, ROOT,
                                    eio_device, fuel_python, loop_device, problems, run,
                                    zero_device)
 
-pytestmark = [pytest.mark.agents, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.agents, pytest.mark.timeout(400)]  # the first test builds the venv
 __all__ = ["eio_device", "fuel_python", "loop_device"]   # fixtures, used by name below
 
 # INFO lines a job may add to fuel-agent's log: a few per attempt, never per second.
