@@ -1,6 +1,6 @@
 """The stock-vs-rawfetch table in docs/fuel.md: every scenario of tests/agents/fuel_env.py
 through fuel-agent 11.0.0's own code, once as installed and once switched to rawfetch by
-the documented line. Run from the repository root (about 3 minutes; root adds the
+the documented line. Run from the repository root (~3.5 minutes; as root it adds the
 loop-device and EIO rows):
 
     python3 -m tests.agents.fuel_table [--print]
