@@ -10,6 +10,10 @@ from typing import Any, Callable, Optional
 from .credentials import redact_url
 
 _logger: Any = None
+# `progress` comes four times a second while bytes arrive: at INFO it floods an agent's log
+# (fuel-agent: 69 lines in a 33 s trickle), so it is logged at DEBUG (10); every other
+# event (a few per attempt: bounded by retries) at INFO (20). on_event still gets them all.
+LOG_LEVELS = {"progress": 10}
 
 
 def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) -> dict:
@@ -22,8 +26,10 @@ def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) ->
     if _logger is None:
         import logging
         _logger = logging.getLogger("rawfetch")
-    if _logger.isEnabledFor(20):
-        _logger.info("%s %s", name, " ".join("%s=%s" % (key, event[key]) for key in fields))
+    level = LOG_LEVELS.get(name, 20)
+    if _logger.isEnabledFor(level):
+        _logger.log(level, "%s %s", name,
+                    " ".join("%s=%s" % (key, event[key]) for key in fields))
     return event
 
 
