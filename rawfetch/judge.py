@@ -147,12 +147,18 @@ def judge(held: Held, reply: Reply) -> Decision:
 
 def _partial(held: Held, reply: Reply) -> Decision:
     span = parse_content_range(reply.content_range)
-    known = held.identity.total if held.identity else None
     if span is None or span[0] != held.offset or span[2] < 1 or span[1] != span[2] - 1 \
-            or (known is not None and span[2] != known) \
             or reply.content_length not in (None, span[2] - held.offset):
-        return Decision(RETRY, "server answered Range bytes=%d- with Content-Range %r"
-                        % (held.offset, reply.content_range))
+        return Decision(RETRY, "malformed answer to Range bytes=%d-: Content-Range %r, "
+                        "Content-Length %r" % (held.offset, reply.content_range,
+                                               reply.content_length))
+    known = held.identity.total if held.identity else None
+    if known is not None and span[2] != known:
+        # A valid 206 for another length: the object changed (RFC 9110 s14.4: the
+        # complete length is the selected representation's), whatever its validator says.
+        return _changed(held, "the server's length changed from %s to %s bytes (206 with "
+                              "Content-Range %r)" % (format(known, ","), format(span[2], ","),
+                                                     reply.content_range))
     fresh = Identity.from_headers(reply.headers, span[2])
     old = held.identity or Identity(None, None, None)
     sent = if_range(held)

@@ -40,7 +40,19 @@ JUDGE_ROWS = [
     ("206 start shifted", held(), reply(206, "bytes 401-999/1000", T - 401), RETRY, None),
     ("206 start before held", held(), reply(206, "bytes 0-999/1000", T), RETRY, None),
     ("206 end short of total", held(), reply(206, "bytes 400-998/1000", 599), RETRY, None),
-    ("206 other total", held(), reply(206, "bytes 400-1099/1100", 700), RETRY, None),
+    # a well-formed 206 for another total length is a change (issue 23 item 3), not a
+    # malformed reply: restart from zero (file, device) or ResourceChanged (stream)
+    ("206 other total", held(), reply(206, "bytes 400-1099/1100", 700), RESTART, None),
+    ("206 other total, stream", held(file_mode=False), reply(206, "bytes 400-1099/1100", 700),
+     CHANGED, None),
+    ("206 shorter total, same ETag", held(), reply(206, "bytes 400-899/900", 500), RESTART,
+     None),
+    ("206 other total, checksum given", held(checksum=True),
+     reply(206, "bytes 400-1099/1100", 700), RESTART, None),
+    ("206 other total from the sidecar, same ETag (issue 20 item 5)", held(offset=T - 1),
+     reply(206, "bytes 999-1099/1100", 101), RESTART, None),
+    ("206 other total, malformed span", held(), reply(206, "bytes 400-1098/1100", 699),
+     RETRY, None),
     ("206 length disagrees", held(), reply(206, PARTIAL, T - HELD + 1), RETRY, None),
     ("206 without Content-Range", held(), reply(206, None, T - HELD), RETRY, None),
     ("206 unsatisfied form", held(), reply(206, "bytes */1000", None), RETRY, None),
@@ -104,6 +116,13 @@ def test_judge(name, state, answer, action, total):
         assert decision.identity is not None and decision.identity.total == total
     if action in (RESTART, CHANGED, RETRY):
         assert decision.why
+
+
+def test_hints_name_what_happened():
+    changed = judge(held(), reply(206, "bytes 400-1099/1100", 700))
+    assert "length changed from 1,000 to 1,100" in changed.why
+    malformed = judge(held(), reply(206, "bytes 401-999/1000", T - 401))
+    assert malformed.why.startswith("malformed answer to Range bytes=400-")
 
 
 def test_judge_206_adopts_the_fresh_validator_or_keeps_the_held_one():
