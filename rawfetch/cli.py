@@ -27,6 +27,8 @@ HINTS: Dict[type, str] = {
     E.HTTPStatusError: "the server refused the request; check the URL",
     E.IncompleteBody: "the server kept cutting the transfer: raise --retries",
     E.ProtocolError: "the server's response is not valid HTTP/1.1",
+    E.ContentEncodingError: "the server compresses this file on the fly: pass --decompress "
+                            "auto (or the codec), or turn the server's compression off",
     E.ChecksumMismatch: "the downloaded bytes differ from the expected checksum",
     E.ResourceChanged: "the file changed on the server during the download; run again",
     E.LocalWriteError: "check free space, permissions and the output path",

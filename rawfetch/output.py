@@ -72,10 +72,11 @@ class PartFile(Sink):
                 or data.get("url") != self.url:
             return None
         total, etag, modified = data.get("total"), data.get("etag"), data.get("last_modified")
+        date = data.get("date")   # absent in older sidecars: Last-Modified is then weak
         if not (total is None or isinstance(total, int)) or not all(
-                v is None or isinstance(v, str) for v in (etag, modified)):
+                v is None or isinstance(v, str) for v in (etag, modified, date)):
             return None
-        return Identity(total, etag, modified)
+        return Identity(total, etag, modified, date)
 
     def record(self, identity: Identity) -> None:
         """Write the sidecar atomically before any byte of this identity is written."""
@@ -85,7 +86,8 @@ class PartFile(Sink):
         import json
         temporary = self.sidecar + ".tmp"
         body = json.dumps({"format": SIDECAR_FORMAT, "url": self.url, "total": identity.total,
-                           "etag": identity.etag, "last_modified": identity.last_modified})
+                           "etag": identity.etag, "last_modified": identity.last_modified,
+                           "date": identity.date})
         with mapped("write", path=self.sidecar):
             with open(temporary, "w") as handle:
                 handle.write(body)
