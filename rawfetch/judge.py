@@ -7,7 +7,6 @@ one row in tests/test_judge.py.
 """
 from __future__ import annotations
 
-from email.utils import parsedate_to_datetime
 from typing import Any, FrozenSet, NamedTuple, Optional, Tuple
 
 OK_STATUSES = frozenset((200, 203))   # a full representation (RFC 9110 s15.3.1, s15.3.4)
@@ -42,8 +41,13 @@ def _http_date(value: Optional[str]) -> Optional[float]:
     """An HTTP-date as a POSIX time, or None when absent or unparseable (RFC 9110 s5.6.7)."""
     if not value:
         return None
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime   # only once a date is compared
     try:
-        return parsedate_to_datetime(value).timestamp()
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:    # asctime and zone-less forms: HTTP-dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 

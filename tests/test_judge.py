@@ -282,3 +282,21 @@ def test_parse_content_range(value, parsed):
 ])
 def test_accepted_codings(name, decompress, codings):
     assert accepted_codings(name, decompress) == frozenset(codings)
+
+
+@pytest.mark.parametrize("modified,date,strong", [
+    (LM, LATER, True),
+    (LM, "Thu, 01 Jan 2026 00:00:01 GMT", True),     # exactly 1 s before: strong
+    (LM, LM, False),                                 # same second (s8.8.2.2)
+    (LM, "Wed, 31 Dec 2025 23:59:58 GMT", False),    # Date behind Last-Modified
+    (LM, None, False),                               # no Date: cannot be deduced
+    (LM, "garbage", False),
+    ("garbage", LATER, False),
+    ("Thursday, 01-Jan-26 00:00:00 GMT", LATER, True),   # RFC 850 form (s5.6.7)
+    ("Thu Jan  1 00:00:00 2026", "Thu, 01 Jan 2026 00:00:00 GMT", False),  # asctime, GMT
+    ("Thu Jan  1 00:00:00 2026", "Thu, 01 Jan 2026 00:00:01 GMT", True),
+])
+def test_strong_date(modified, date, strong):
+    identity = Identity(T, None, modified, date)
+    assert (identity.strong_date == modified) is strong
+    assert (identity.validator is not None) is strong
