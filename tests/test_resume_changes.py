@@ -151,3 +151,21 @@ def test_gzip_encoding_is_the_file_or_decoded(make_server, tmp_path, path, decom
     rawfetch.download(srv.url(path), tmp_path / "out", decompress=decompress, **QUICK)
     expected = data if decompress == "none" else plain
     assert (tmp_path / "out").read_bytes() == expected
+
+
+def test_command_says_why_a_stream_cannot_resume(make_server, tmp_path):
+    """-o - (stream mode) with only a weak ETag: exit 91, one line naming the reason and
+    the way out (a checksum), never a traceback."""
+    import subprocess
+    import sys
+    srv = make_server()
+    srv.add("/img", make_body(SIZE, seed=3), etag='W/"v1"', last_modified=None)
+    srv.script([A.fin(at=300000), A.normal()])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "rawfetch", srv.url("/img"), "-o", "-",
+                           "--retry-delay", "0.01"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=root),
+                          timeout=30)
+    err = proc.stderr.decode()
+    assert proc.returncode == 91 and err.count("\n") == 1, err
+    assert "no strong validator" in err and "--sha256" in err
