@@ -143,6 +143,9 @@ def test_fault_then_resume(c: Cell, kind: str) -> None:
     assert sha_file(c.out) == sha(data)
     first, second = c.relay.seen()
     assert first == (path, None, None)
+    if kind == "rst" and second[1] is None:   # the RST discarded every unread byte
+        assert second == (path, None, None)
+        return
     held = int(second[1][len("bytes="):-1])
     assert second == resumed_range(c, path, held)
     if kind in ("fin", "stall"):
@@ -198,7 +201,8 @@ def test_replaced_within_the_same_second(c: Cell) -> None:
         first = c.relay.responses[0]
         if first.get("date") == first.get("last-modified"):
             break
-        os.unlink(c.out)
+        for name in c.left():
+            os.unlink(os.path.join(c.tmp, name))
     else:
         pytest.fail("could not get an answer within the second of the change")
     assert code == 0, err
