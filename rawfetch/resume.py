@@ -17,8 +17,9 @@ from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
 from .errors import (ChecksumFileError, ChecksumMismatch, ContentEncodingError,
-                     DeadlineExceeded, DecompressError, FetchError, InvalidRequest, InvariantViolation, LocalWriteError,
-                     ProtocolError, ReadBackMismatch, ResourceChanged, UnsupportedImageFormat)
+                     DeadlineExceeded, DecompressError, FetchError, InvalidRequest,
+                     InvariantViolation, LocalWriteError, ProtocolError, ReadBackMismatch,
+                     ResourceChanged, UnsupportedImageFormat)
 from .events import emit, wants_events
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 
