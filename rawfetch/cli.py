@@ -30,8 +30,12 @@ HINTS: Dict[type, str] = {
     E.EmptyReply: "the server closed without answering: is it restarting? raise --retries",
     E.IncompleteHead: "the server kept cutting its answer short: raise --retries",
     E.ProtocolError: "the server's response is not valid HTTP/1.1",
+    E.ContentEncodingError: "the server compresses this file on the fly: pass --decompress "
+                            "auto (or the codec), or turn the server's compression off",
     E.ChecksumMismatch: "the downloaded bytes differ from the expected checksum",
-    E.ResourceChanged: "the file changed on the server during the download; run again",
+    E.ResourceChanged: "the file changed on the server during the download, or no strong "
+                       "validator proved it did not (a --sha256 or --checksum-url lets a "
+                       "resume go on); run again",
     E.LocalWriteError: "check free space, permissions and the output path",
     E.TooManyRedirects: "raise --max-redirs or use the final URL",
     E.UnsafeRedirect: "use the redirect's target URL directly if it is trusted",

@@ -152,6 +152,14 @@ class ReceiveError(FetchError):
     phase = "recv"
 
 
+class ContentEncodingError(FetchError):
+    """The body came with a Content-Encoding that is neither the file's own (its URL's
+    name) nor one --decompress decodes: never saved as if it were the file (curl 61).
+    Not retried on this server (it would encode again); another mirror may be tried."""
+    exit_code = 61
+    phase = "response"
+
+
 RETRYABLE_STATUSES = frozenset((408, 429, 500, 502, 503, 504))  # RFC 9110 transient; urllib3 Retry's list
 
 

@@ -7,9 +7,12 @@ one row in tests/test_judge.py.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, FrozenSet, NamedTuple, Optional, Tuple
 
 OK_STATUSES = frozenset((200, 203))   # a full representation (RFC 9110 s15.3.1, s15.3.4)
+DATE_RESOLUTION = 1.0   # s: an HTTP-date has one-second resolution, so a Last-Modified is a
+                        # strong validator only when >= 1 s before its response's Date
+                        # (RFC 9110 s8.8.2.2)
 
 # Verdicts (Decision.action)
 ADOPT = "adopt"          # nothing held: take this response from byte 0
@@ -17,35 +20,113 @@ CONTINUE = "continue"    # 206 that provably continues the held bytes
 SKIP = "skip"            # 200 of the same object: discard the first `held` bytes, go on
 RESTART = "restart"      # the object changed (or can't be proven the same): start from zero
 CHANGED = "changed"      # same, but the held bytes were consumed (stream): give up
-COMPLETE = "complete"    # 416 `bytes */N` with N == held: everything is already here
+COMPLETE = "complete"    # 416 to bytes=N- with N == held == total: everything is here
 RETRY = "retry"          # the answer is wrong (bad Content-Range...): reject it, try again
 STATUS = "status"        # an HTTP error or an unexpected status: the status decides
+ENCODED = "encoded"      # a Content-Encoding neither asked to decode nor the file's own
+
+# Content-Encoding values (RFC 9110 s8.4.1, IANA registry; x- aliases s8.4.1.3) -> the file
+# name suffixes that say the file itself is in that encoding, and the --decompress codec
+# that decodes it (None: rawfetch has no decoder for it).
+CODING_SUFFIXES = {
+    "gzip": (".gz", ".tgz"), "x-gzip": (".gz", ".tgz"), "xz": (".xz", ".txz"),
+    "x-xz": (".xz", ".txz"), "bzip2": (".bz2", ".tbz2"), "x-bzip2": (".bz2", ".tbz2"),
+    "compress": (".z",), "x-compress": (".z",), "br": (".br",), "zstd": (".zst",),
+}
+CODING_DECODER = {"gzip": "gzip", "x-gzip": "gzip", "xz": "xz", "x-xz": "xz",
+                  "bzip2": "bzip2", "x-bzip2": "bzip2"}
+
+
+def _http_date(value: Optional[str]) -> Optional[float]:
+    """An HTTP-date as a POSIX time, or None when absent or unparseable (RFC 9110 s5.6.7)."""
+    if not value:
+        return None
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime   # only once a date is compared
+    try:
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:    # asctime and zone-less forms: HTTP-dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _weak_form(etag: str) -> str:
+    """The opaque-tag of an entity tag, for the weak comparison (RFC 9110 s8.8.3.2)."""
+    return etag[2:] if etag.startswith("W/") else etag
 
 
 class Identity(NamedTuple):
-    """What makes a response 'the same object': total length and validator."""
+    """What makes a response 'the same object': its total length and its validators, as
+    the response sent them (a weak ETag included), with the Date they were sent at."""
     total: Optional[int]
-    etag: Optional[str]            # strong ETags only
+    etag: Optional[str]            # as sent: strong "x" or weak W/"x"
     last_modified: Optional[str]
+    date: Optional[str] = None     # Date of the response that carried last_modified
+
+    @property
+    def same_second(self) -> bool:
+        """Last-Modified less than 1 s before Date: the object may have changed again in
+        the same second, unseen by any validator derived from the mtime (RFC 9110
+        s8.8.2.2; Apache weakens its ETag then, nginx, caddy and lighttpd do not)."""
+        modified, date = _http_date(self.last_modified), _http_date(self.date)
+        return modified is not None and date is not None \
+            and modified > date - DATE_RESOLUTION
+
+    @property
+    def strong_etag(self) -> Optional[str]:
+        """The ETag when it is strong (RFC 9110 s8.8.3) and not sent in the second of a
+        change (an mtime-based tag is no stronger than that mtime)."""
+        etag = self.etag
+        if etag is None or not etag.startswith('"') or self.same_second:
+            return None
+        return etag
+
+    @property
+    def strong_date(self) -> Optional[str]:
+        """Last-Modified when it is a strong validator: >= 1 s before Date (s8.8.2.2)."""
+        modified, date = _http_date(self.last_modified), _http_date(self.date)
+        if modified is None or date is None or modified > date - DATE_RESOLUTION:
+            return None
+        return self.last_modified
 
     @property
     def validator(self) -> Optional[str]:
-        return self.etag or self.last_modified
+        """What If-Range may carry: a strong ETag, else a strong date -- but never a date
+        when the object has an ETag, even a weak one (RFC 9110 s13.1.5)."""
+        if self.etag is not None:
+            return self.strong_etag
+        return self.strong_date
 
     @classmethod
     def from_headers(cls, headers: Any, total: Optional[int]) -> "Identity":
-        etag = headers.get("etag")
-        if etag is not None and (etag.startswith("W/") or not etag.startswith('"')):
-            etag = None  # weak validators cannot prove byte equality (RFC 9110 s8.8.3)
-        return cls(total, etag, headers.get("last-modified"))
+        return cls(total, headers.get("etag"), headers.get("last-modified"),
+                   headers.get("date"))
 
-    def same_as(self, other: "Identity") -> bool:
-        return self.total == other.total and self.same_validator(other)
+    def change_from(self, other: "Identity") -> Optional[str]:
+        """Why `other` is visibly another version than self (None: nothing shows it). A
+        weak ETag counts here: a changed weak tag is a changed object (s8.8.3.2)."""
+        if self.total is not None and other.total is not None and self.total != other.total:
+            return "its length changed from %s to %s bytes" % (
+                format(self.total, ","), format(other.total, ","))
+        if self.etag and other.etag and _weak_form(self.etag) != _weak_form(other.etag):
+            return "its ETag changed from %s to %s" % (self.etag, other.etag)
+        if self.last_modified and other.last_modified \
+                and self.last_modified != other.last_modified:
+            return "its Last-Modified changed from %s to %s" % (self.last_modified,
+                                                                other.last_modified)
+        return None
 
-    def same_validator(self, other: "Identity") -> bool:
-        if self.etag or other.etag:
-            return self.etag == other.etag
-        return self.last_modified == other.last_modified
+    def proves_same(self, other: "Identity") -> bool:
+        """`other` is provably the version self was: equal total and an equal strong
+        validator held (RFC 9110 s8.8.3.2 strong comparison)."""
+        if self.total != other.total or self.change_from(other):
+            return False
+        if self.etag is not None:
+            return self.strong_etag is not None and self.strong_etag == other.etag
+        return self.strong_date is not None and self.total is not None \
+            and other.last_modified == self.last_modified
 
 
 class Held(NamedTuple):
@@ -55,6 +136,7 @@ class Held(NamedTuple):
     same_server: bool              # the URL asked is the one `identity` came from
     checksum: bool                 # the end result will be verified against a checksum
     can_restart: bool              # held bytes may be thrown away (file mode), not consumed
+    codings: FrozenSet[str] = frozenset()   # Content-Encodings to take (accepted_codings)
 
 
 class Reply(NamedTuple):
@@ -62,7 +144,7 @@ class Reply(NamedTuple):
     status: int
     content_range: Optional[str]
     content_length: Optional[int]
-    headers: Any                   # case-insensitive mapping (etag, last-modified)
+    headers: Any                   # case-insensitive mapping (etag, last-modified, date)
 
     @classmethod
     def of(cls, response: Any) -> "Reply":
@@ -74,6 +156,29 @@ class Decision(NamedTuple):
     action: str
     why: str = ""
     identity: Optional[Identity] = None   # the identity to adopt, when there is one
+
+
+def accepted_codings(url_name: str, decompress: str) -> FrozenSet[str]:
+    """The Content-Encodings a body may carry: the one the file's own name says it is in
+    (`img.gz` served with gzip is the file itself), and those --decompress decodes."""
+    name = url_name.lower()
+    taken = {coding for coding, suffixes in CODING_SUFFIXES.items() if name.endswith(suffixes)}
+    taken.update(coding for coding, codec in CODING_DECODER.items()
+                 if decompress in ("auto", codec))
+    return frozenset(taken)
+
+
+def encoding_refusal(held: Held, reply: Reply) -> Optional[str]:
+    """Why the body's Content-Encoding must not be saved (None: identity, or taken). It
+    is never saved silently as if it were the file (RFC 9110 s8.4)."""
+    value = reply.headers.get("content-encoding")
+    codings = [c.strip().lower() for c in (value or "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings or (len(codings) == 1 and codings[0] in held.codings):
+        return None
+    return ("the server sent the body with Content-Encoding: %s although rawfetch asked for "
+            "identity; it is not the file's own encoding (the URL's name) and --decompress "
+            "does not decode it" % value.strip())
 
 
 def parse_content_range(value: Optional[str]) -> Optional[Tuple[Optional[int], Optional[int], int]]:
@@ -97,34 +202,37 @@ def _digits(text: str) -> bool:
 
 
 def provable(held: Held) -> bool:
-    """Can a resume be shown to continue the same object? Across mirrors only a strong
-    ETag or a checksum proves it; on one server Last-Modified does too."""
+    """Can a resume be shown to continue the same object? A checksum proves it; across
+    mirrors only a strong ETag does; on one server a strong ETag or a strong date (a weak
+    validator never: RFC 9110 s8.8.1, s13.1.5)."""
     if held.checksum:
         return True
     if held.identity is None:
         return False
     if not held.same_server:
-        return bool(held.identity.etag)
+        return bool(held.identity.strong_etag)
     return bool(held.identity.validator)
 
 
 def if_range(held: Held) -> Optional[str]:
-    """The If-Range value to send with `Range: bytes=N-`, if any. Across mirrors a
-    checksum is the proof (the mirror's own ETag may differ), else only a strong ETag."""
+    """The If-Range value to send with `Range: bytes=N-`, if any: a strong validator only
+    (RFC 9110 s13.1.5). Across mirrors a checksum is the proof (the mirror's own ETag may
+    differ), else only a strong ETag."""
     if held.offset == 0 or held.identity is None:
         return None
     if held.same_server:
         return held.identity.validator
-    return None if held.checksum else held.identity.etag
+    return None if held.checksum else held.identity.strong_etag
 
 
 def plan(held: Held) -> Tuple[Decision, Tuple[Tuple[str, str], ...]]:
     """Before an attempt: (ADOPT with the Range headers to send), or RESTART/CHANGED when
     the held bytes cannot be proven to belong to what this server will send."""
-    if held.offset and (held.can_restart or not held.same_server) and not provable(held):
+    if held.offset and not provable(held):
         where = "the server" if held.same_server else "this mirror"
-        return _changed(held, "no strong validator and no checksum prove that %s holds the "
-                              "same object" % where), ()
+        return _changed(held, "no strong validator (a weak or same-second ETag or "
+                              "Last-Modified, RFC 9110 s8.8.1) and no checksum prove that %s "
+                              "still holds the same object" % where), ()
     if held.offset == 0 or held.identity is None:
         return Decision(ADOPT), ()
     headers: Tuple[Tuple[str, str], ...] = (("Range", "bytes=%d-" % held.offset),)
@@ -136,6 +244,10 @@ def plan(held: Held) -> Tuple[Decision, Tuple[Tuple[str, str], ...]]:
 
 def judge(held: Held, reply: Reply) -> Decision:
     """What `reply` (to the request plan(held) described) means for the held bytes."""
+    if reply.status in OK_STATUSES or reply.status == 206:
+        refusal = encoding_refusal(held, reply)
+        if refusal:
+            return Decision(ENCODED, refusal)
     if reply.status == 206 and held.offset:
         return _partial(held, reply)
     if reply.status in OK_STATUSES:
@@ -152,23 +264,26 @@ def _partial(held: Held, reply: Reply) -> Decision:
         return Decision(RETRY, "malformed answer to Range bytes=%d-: Content-Range %r, "
                         "Content-Length %r" % (held.offset, reply.content_range,
                                                reply.content_length))
-    known = held.identity.total if held.identity else None
-    if known is not None and span[2] != known:
+    old = held.identity or Identity(None, None, None)
+    fresh = Identity.from_headers(reply.headers, span[2])
+    if old.total is not None and span[2] != old.total:
         # A valid 206 for another length: the object changed (RFC 9110 s14.4: the
         # complete length is the selected representation's), whatever its validator says.
         return _changed(held, "the server's length changed from %s to %s bytes (206 with "
-                              "Content-Range %r)" % (format(known, ","), format(span[2], ","),
+                              "Content-Range %r)" % (format(old.total, ","),
+                                                     format(span[2], ","),
                                                      reply.content_range))
-    fresh = Identity.from_headers(reply.headers, span[2])
-    old = held.identity or Identity(None, None, None)
     sent = if_range(held)
     if sent is not None:   # the 206 must not name another version than the one asked for
         answered = fresh.etag if sent == old.etag else fresh.last_modified
         if answered is not None and answered != sent:
             return Decision(RETRY, "206 for a different validator than If-Range asked for")
-    if not fresh.validator:
-        fresh = Identity(span[2], old.etag, old.last_modified)
-    return Decision(CONTINUE, "", fresh)
+    change = old.change_from(fresh) if held.same_server else None
+    if change:   # no If-Range could be sent (a checksum is the proof): the 206 shows it
+        return _changed(held, "206 of another version: " + change)
+    if fresh.last_modified is None:   # keep what the 206 did not repeat
+        fresh = fresh._replace(last_modified=old.last_modified, date=old.date)
+    return Decision(CONTINUE, "", fresh._replace(etag=fresh.etag or old.etag))
 
 
 def _full(held: Held, reply: Reply) -> Decision:
@@ -176,26 +291,42 @@ def _full(held: Held, reply: Reply) -> Decision:
     if held.identity is None or held.offset == 0:
         return Decision(ADOPT, "", fresh)
     old = held.identity
-    if held.same_server:
-        same = old.same_as(fresh)
-    else:
+    if not held.same_server:
         same = old.total == fresh.total and (held.checksum or (
-            bool(old.etag) and old.etag == fresh.etag))
-    if not same or (old.total is None and not old.etag):
-        return _changed(held, "the server sent a different version (validator or length "
-                              "changed)", fresh)
+            old.strong_etag is not None and old.strong_etag == fresh.etag))
+        if not same:
+            return _changed(held, "this mirror's object is not provably the same (length "
+                                  "or strong ETag differ)", fresh)
+        return Decision(SKIP, "", fresh)
+    change = old.change_from(fresh)
+    if change:
+        return _changed(held, "the server sent another version: " + change, fresh)
+    if old.total is None and not (held.checksum or old.strong_etag):
+        return _changed(held, "the held bytes' length was never known and no strong ETag "
+                              "or checksum proves the full answer is the same object", fresh)
+    if not (held.checksum or old.proves_same(fresh)):
+        return _changed(held, "200 instead of 206 and no strong validator proves it is the "
+                              "same object (RFC 9110 s8.8.1)", fresh)
     return Decision(SKIP, "", fresh)
 
 
 def _unsatisfiable(held: Held, reply: Reply) -> Decision:
+    """416 to bytes=N-: complete when N is the total. Apache and lighttpd send no
+    Content-Range; then a strong If-Range that the server evaluated (it answered 416, not
+    200: RFC 9110 s13.2.2 step 5) and a known total equal to N prove it."""
     span = parse_content_range(reply.content_range)
-    known = held.identity.total if held.identity else None
+    old = held.identity or Identity(None, None, None)
+    known = old.total
+    fresh = Identity.from_headers(reply.headers, held.offset)
     if span is not None and span[0] is None and span[2] == held.offset \
             and known in (None, held.offset):
-        old = held.identity or Identity(None, None, None)
-        return Decision(COMPLETE, "", Identity(held.offset, old.etag, old.last_modified))
-    return _changed(held, "416 with Content-Range %r while %d bytes are held"
-                    % (reply.content_range, held.offset))
+        return Decision(COMPLETE, "", old._replace(total=held.offset))
+    if reply.content_range is None and known == held.offset and if_range(held) \
+            and not old.change_from(fresh):
+        return Decision(COMPLETE, "416 without Content-Range after a strong If-Range",
+                        old)
+    return _changed(held, "416 with Content-Range %r while %s bytes are held"
+                    % (reply.content_range, format(held.offset, ",")))
 
 
 def _changed(held: Held, why: str, fresh: Optional[Identity] = None) -> Decision:

@@ -16,12 +16,14 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
-from .errors import (ChecksumFileError, ChecksumMismatch, DeadlineExceeded, DecompressError,
-                     FetchError, InvalidRequest, InvariantViolation, LocalWriteError,
-                     ProtocolError, ReadBackMismatch, ResourceChanged, UnsupportedImageFormat)
+from .errors import (ChecksumFileError, ChecksumMismatch, ContentEncodingError,
+                     DeadlineExceeded, DecompressError, FetchError, InvalidRequest,
+                     InvariantViolation, LocalWriteError, ProtocolError, ReadBackMismatch,
+                     ResourceChanged, UnsupportedImageFormat)
 from .events import emit, wants_events
-from .judge import (CHANGED, COMPLETE, CONTINUE, OK_STATUSES, RESTART, RETRY, SKIP,
-                    STATUS, Held, Identity, Reply, judge, parse_content_range, plan, provable)
+from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
+                    STATUS, Held, Identity, Reply, accepted_codings, judge,
+                    parse_content_range, plan, provable)
 from .mirrors import MirrorSet
 from .options import Options, make_options
 from .policy import Attempt, parse_checksum
@@ -220,8 +222,10 @@ class Stream:
                                  url=self.url)
 
     def _held(self) -> Held:
+        from .checksumfile import image_name_from_url
         return Held(self.offset, self.identity, self.url == self._identity_url,
-                    bool(self.checksum), self._consumer is not None)
+                    bool(self.checksum), self._consumer is not None,
+                    accepted_codings(image_name_from_url(self.url), self.options.decompress))
 
     def _delivered(self, size: int) -> None:
         before = self.ledger.offset
@@ -289,6 +293,8 @@ class Stream:
                                 url=self.url, retryable=False)
         if action == RETRY:
             raise ProtocolError(decision.why, url=self.url)
+        if action == ENCODED:
+            raise ContentEncodingError(decision.why, url=self.url)
         if action == COMPLETE:
             response.close()
             self.identity = decision.identity

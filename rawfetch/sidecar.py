@@ -1,6 +1,7 @@
 """PATH.part.json: what a later run needs to resume PATH.part, and how far it may trust it.
 
-The sidecar names the URL, the object's identity (length, ETag, Last-Modified) and
+The sidecar names the URL, the object's identity (length, ETag, Last-Modified and the
+response's Date, which tells whether that Last-Modified is a strong validator) and
 `verified`: how many bytes at the start of the .part were fsynced *before* this sidecar
 was written. Write order (PartFile.checkpoint):
 
@@ -68,13 +69,14 @@ def _check(data: object, url: str) -> Loaded:
         return Loaded(None, 0, "sidecar is for another URL")
     total, verified = data.get("total"), data.get("verified")
     etag, modified = data.get("etag"), data.get("last_modified")
+    date = data.get("date")   # the response's Date: decides whether Last-Modified is strong
     if not _count(verified) or not (total is None or _count(total)) or not all(
-            v is None or isinstance(v, str) for v in (etag, modified)):
+            v is None or isinstance(v, str) for v in (etag, modified, date)):
         return Loaded(None, 0, "sidecar fields malformed")
     if total is not None and verified > total:
         return Loaded(None, 0, "sidecar claims %d verified bytes of a %d-byte object"
                       % (verified, total))
-    return Loaded(Identity(total, etag, modified), verified)
+    return Loaded(Identity(total, etag, modified, date), verified)
 
 
 def _count(value: object) -> bool:
@@ -85,7 +87,7 @@ def write(path: str, url: str, identity: Identity, verified: int) -> None:
     """Replace the sidecar atomically through a temporary only this call creates."""
     body = json.dumps({"format": SIDECAR_FORMAT, "url": url, "total": identity.total,
                        "etag": identity.etag, "last_modified": identity.last_modified,
-                       "verified": verified}).encode("utf-8")
+                       "date": identity.date, "verified": verified}).encode("utf-8")
     temporary = "%s.%d.%s%s" % (path, os.getpid(), os.urandom(4).hex(), TEMP_SUFFIX)
     with mapped("write", path=path):
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

@@ -24,6 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 START_TIMEOUT = 10.0   # s; a server that is not listening by then failed
 STOP_TIMEOUT = 5.0     # s; graceful stop, then SIGKILL of its whole process group
 CHUNK = 1 << 24
+PUBLISHED_AGO = 3600.0  # s: payload mtimes lie this far back, so that their Last-Modified
+                        # and nginx's mtime-based ETag are strong validators (issue 23)
 
 NGINX_CONF = """\
 daemon off;
@@ -70,6 +72,8 @@ def write_payload(path: str, size: int, seed: int) -> str:
     data = make_body(size, seed)
     with open(path, "wb") as handle:
         handle.write(data)
+    stamp = time.time() - PUBLISHED_AGO   # an image published a while ago, as on a mirror
+    os.utime(path, (stamp, stamp))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -89,7 +93,9 @@ def swap_in(path: str, source: str) -> None:
 
 
 def _publish(staged: str, path: str) -> None:
-    stamp = time.time() + 3600   # nginx's ETag is mtime-size: make sure it changes
+    # nginx's ETag is mtime-size: make sure it changes, and stays in the past (a
+    # Last-Modified after the response's Date is no strong validator: RFC 9110 s8.8.2.2)
+    stamp = os.stat(path).st_mtime + 60 if os.path.exists(path) else time.time() - 60
     os.utime(staged, (stamp, stamp))
     os.replace(staged, path)
 
