@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from tests.agents import ipa_env
-from tests.agents.ipa_scenarios import (BODY, OLD_DISK, PATH, SCENARIOS, SHA256, WIPE, Scenario,
+from tests.agents.ipa_scenarios import (BODY, OLD_DISK, SCENARIOS, SHA256, WIPE, Scenario,
                                         check, digest, head, image_requests)
 from tests.faultserver import FaultServer
+from tests.ironic_origin import image_origin
 
 OUT = ipa_env.WORKTREE / "docs" / "agents-ironic.md"
 COMMAND = "python3 -m tests.agents.ipa_table"
@@ -28,8 +29,7 @@ BOTH = "python3 -m tests.agents.table"     # this table and docs/fuel.md's, in o
 def run_one(python: Path, scenario: Scenario, rawfetch: bool, device: bool,
             timeout: float) -> Dict[str, Any]:
     """One scenario, one agent flavour, one path: what the caller saw and the verdict."""
-    with FaultServer() as srv, tempfile.TemporaryDirectory() as scratch:
-        srv.add(PATH, BODY, etag='"v1"')
+    with image_origin(BODY) as srv, tempfile.TemporaryDirectory() as scratch:
         case = scenario.setup(srv)
         work = Path(scratch) / "agent"
         if device:
