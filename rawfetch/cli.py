@@ -50,6 +50,7 @@ HINTS: Dict[type, str] = {
     E.ProxyConnectError: "is the proxy up and reachable? check -x/--proxy or the *_proxy "
                          "variables, or bypass it with --noproxy",
     E.ProxyTunnelError: "the proxy refused the tunnel: check --proxy-user and its access rules",
+    E.ProxyTunnelClosed: "the proxy hung up on the tunnel: is it restarting? raise --retries",
     E.OutputBusy: "wait for the other writer to finish, or write to another path",
 }
 

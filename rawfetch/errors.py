@@ -250,7 +250,7 @@ class OutputBusy(FetchError):
 
 
 # ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy
-# unreachable, 56 CONNECT refused, 35 client certificate refused)
+# unreachable, 56 CONNECT refused or cut short, 35 client certificate refused)
 
 class ClientCertificateError(TLSHandshakeError):
     """The server asked for a client certificate and refused the connection (curl 35).
@@ -277,6 +277,13 @@ class ProxyTunnelError(FetchError):
         kwargs.setdefault("retryable", status in RETRYABLE_STATUSES or status >= 500)
         super().__init__(message, **kwargs)
         self.status = status
+
+
+class ProxyTunnelClosed(ReceiveError):
+    """The proxy closed the connection before its CONNECT answer's head ended, with no
+    byte or mid-way (curl 7.88: 56, "Proxy CONNECT aborted"); retried like a reset."""
+    exit_code = 56
+    phase = "proxy"
 
 
 _RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))

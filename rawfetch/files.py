@@ -42,7 +42,7 @@ class DownloadResult(NamedTuple):
     resumed_from: int        # bytes already held from an earlier run
     elapsed: float
     digest: Optional[str]    # "algo:hex" of the downloaded bytes, when a checksum was given
-    history: Tuple[Attempt, ...]
+    history: Tuple[Attempt, ...]     # the last policy.MAX_HISTORY failed attempts
     segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 

@@ -17,7 +17,8 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Un
 
 from .credentials import basic, split_user, _unquote
 from .errors import (ConnectError, DNSError, FetchError, HTTPStatusError, InvalidRequest,
-                     ProtocolError, ProxyConnectError, ProxyResolveError, ProxyTunnelError)
+                     ProtocolError, ProxyConnectError, ProxyResolveError, ProxyTunnelClosed,
+                     ProxyTunnelError)
 from .http11 import HeadParser, _check_value
 from .url import URL, parse_url
 
@@ -231,7 +232,9 @@ def open_tunnel(conn: Any, url: URL, proxy: Proxy, user_agent: str) -> None:
     Bounded like any exchange (the Connection enforces idle_timeout, the low-speed rule
     and max_time); the answer's head is parsed by HeadParser, so every head limit holds.
     A 2xx opens the tunnel (RFC 9110 s9.3.6: its framing headers are ignored); anything
-    else is ProxyTunnelError (curl 56), retried only for 408, 429 and 5xx."""
+    else is ProxyTunnelError (curl 56), retried only for 408, 429 and 5xx. A close before
+    the head ends is ProxyTunnelClosed (curl 56 too, whether or not a byte came; not
+    curl's 52 or 18, which it keeps for an origin's answer)."""
     conn.send_all(build_connect(url, proxy, user_agent))
     conn.phase = "the proxy's CONNECT answer"
     parser = HeadParser()
@@ -241,9 +244,9 @@ def open_tunnel(conn: Any, url: URL, proxy: Proxy, user_agent: str) -> None:
         while True:
             size = conn.recv_into(view)
             if not size:
-                raise ProtocolError("the connection closed %s" % (
+                raise ProxyTunnelClosed("the connection closed %s" % (
                     "in the middle of the CONNECT answer (%d bytes)" % received if received
-                    else "before the CONNECT answer"))
+                    else "before any byte of the CONNECT answer"))
             received += size
             head, leftover = parser.feed(bytes(view[:size]))
             if head is not None:

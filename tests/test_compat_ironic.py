@@ -22,6 +22,7 @@ from rawfetch.compat import ironic_contract
 from rawfetch.compat.ironic import (IPA_DEFAULTS, RETRY_CEILING_FACTOR, ImageDownload,
                                     agent_options, image_plan, stream_to_device)
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.ironic_origin import image_origin
 from tests.proxyserver import TestProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,15 +59,13 @@ def served_bytes(srv: FaultServer, path: str, requests: int) -> int:
 
 @pytest.fixture
 def origin() -> Iterator[FaultServer]:
-    with FaultServer() as srv:
-        srv.add("/images/disk.raw", BODY, etag='"v1"')
+    with image_origin(BODY) as srv:
         yield srv
 
 
 @pytest.fixture
 def tls_origin() -> Iterator[FaultServer]:
-    with FaultServer(tls="ok") as srv:
-        srv.add("/images/disk.raw", BODY, etag='"v1"')
+    with image_origin(BODY, tls="ok") as srv:
         yield srv
 
 

@@ -1,18 +1,19 @@
 """The stock-vs-rawfetch table in docs/fuel.md: every scenario of tests/agents/fuel_env.py
 through fuel-agent 11.0.0's own code, once as installed and once switched to rawfetch by
 the documented line. Run from the repository root (~3.5 minutes; as root it adds the
-loop-device and EIO rows):
+loop-device and EIO rows; or both agents' tables: python3 -m tests.agents.table):
 
-    python3 -m tests.agents.fuel_table [--print]
+    python3 -m tests.agents.fuel_table [--only NAME ...] [--print]
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from tests.agents.fuel_env import (BY_NAME, ON_LOOP_DEVICE, ROOT, SCENARIOS, Outcome,
                                    Scenario, build_venv, failing_device, problems, run,
@@ -22,6 +23,7 @@ DOC = os.path.join(ROOT, "docs", "fuel.md")
 BEGIN, END = "<!-- fuel-table begins -->", "<!-- fuel-table ends -->"
 TABLE_CAP = 30.0    # s; a stock run still going then is reported as unbounded
 COMMAND = "python3 -m tests.agents.fuel_table"
+BOTH = "python3 -m tests.agents.table"     # this table and docs/agents-ironic.md, together
 
 
 def cell(scenario: Scenario, outcome: Outcome) -> str:
@@ -46,12 +48,16 @@ def want(scenario: Scenario) -> str:
     return "%s; %s; %s req" % (target, scenario.want_error or "no error", requests)
 
 
-def rows(python: str, where: str) -> List[str]:
+def rows(python: str, where: str, only: Sequence[str] = ()) -> List[str]:
+    """Every scenario (or those named in `only`) on a file, then as root on a loop device;
+    the fsync EIO row only in a full table."""
     lines = []
     for scenario in SCENARIOS:
-        lines.append(row(python, scenario, "file", os.path.join(where, "disk.img"), "chain"))
+        if not only or scenario.name in only:
+            lines.append(row(python, scenario, "file", os.path.join(where, "disk.img"),
+                             "chain"))
     if os.geteuid() == 0:
-        lines.extend(device_rows(python, where))
+        lines.extend(device_rows(python, where, only))
     return lines
 
 
@@ -69,16 +75,18 @@ def row(python: str, scenario: Scenario, label: str, target: str, via: str,
     return "| %s | %s | %s | %s | %s |" % (scenario.name, label, want(scenario), *cells)
 
 
-def device_rows(python: str, where: str) -> List[str]:
+def device_rows(python: str, where: str, only: Sequence[str] = ()) -> List[str]:
     backing = os.path.join(where, "loop-backing")
     with open(backing, "wb") as handle:
         handle.truncate(8 << 20)
     device = _losetup(backing)
     try:
         lines = [row(python, BY_NAME[name], "loop dev", device, "manager", device)
-                 for name in ON_LOOP_DEVICE]
+                 for name in ON_LOOP_DEVICE if not only or name in only]
     finally:
         _detach(device)
+    if only:
+        return lines
     failing = failing_device(tempfile.mkdtemp(prefix="fuel-eio-"))
     try:
         eio = BY_NAME["clean"]
@@ -98,16 +106,17 @@ def eio_cell(outcome: Outcome) -> str:
     return ("met: " if outcome.result.get("errno") == 5 else "**missed**: ") + facts
 
 
-def table(python: str) -> str:
+def table(python: str, only: Sequence[str] = ()) -> str:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fuel-table-") as where:
-        body = rows(python, where)
+        body = rows(python, where, only)
     header = [BEGIN,
               "Made by `%s` on %s (%.0f s), fuel-agent 11.0.0, Python %s. Each cell: "
               "whether the row's demand was met, the exception fuel-agent's caller saw, "
-              "the requests the server saw, the seconds taken." % (
+              "the requests the server saw, the seconds taken. `%s` regenerates this "
+              "table and docs/agents-ironic.md together." % (
                   COMMAND, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  time.monotonic() - started, sys.version.split()[0]),
+                  time.monotonic() - started, sys.version.split()[0], BOTH),
               "",
               "| scenario | target | demand (bytes; error; requests) | stock fuel-agent "
               "| fuel-agent + rawfetch |",
@@ -119,10 +128,25 @@ def table(python: str) -> str:
     return "\n".join(header + body + footer)
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--print", action="store_true",
+                        help="print the table instead of writing it into docs/fuel.md")
+    parser.add_argument("--only", nargs="*", default=[], metavar="NAME",
+                        help="scenario names (default: all, and the fsync EIO row)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.only if name not in BY_NAME]
+    if unknown:
+        parser.error("no scenario %s (known: %s)" % (", ".join(map(repr, unknown)),
+                                                      ", ".join(map(repr, BY_NAME))))
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fuel-venv-") as where:
-        text = table(build_venv(where))
-    if "--print" in sys.argv:
+        text = table(build_venv(where), args.only)
+    if args.print:
         print(text)
         return
     with open(DOC, encoding="utf-8") as handle:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.ironic_origin import IMAGE_PATH
 
 IMAGE_SIZE = 3 << 20          # three of the agent's 1 MiB chunks
 CUT = 1_500_001               # a fault mid-body, not on a chunk boundary
@@ -17,7 +18,7 @@ BODY = make_body(IMAGE_SIZE, seed=19)
 NEW_BODY = make_body(IMAGE_SIZE, seed=20)       # the image after an operator replaced it
 OLD_DISK = make_body(4 << 20, seed=7)           # the loop device before: a previous install
 SHA256 = hashlib.sha256(BODY).hexdigest()
-PATH = "/images/disk.raw"
+PATH = IMAGE_PATH
 RETRY_AFTER = 1               # s; the 503's Retry-After
 MAX_DURATION = 2              # s; image_download_max_duration of that scenario
 PROXIED_HOST = "images.example"   # never resolved: only the proxy sees this name

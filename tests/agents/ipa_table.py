@@ -1,8 +1,8 @@
 """Stock ironic-python-agent 13.0.0 against the same agent with rawfetch adopted, over
 every scenario of the agents tier, on the file path and (as root) a loop device; writes
-docs/agents-ironic.md. Regenerate with:
+docs/agents-ironic.md. Regenerate with (or both agents' tables: python3 -m tests.agents.table):
 
-    python3 -m tests.agents.ipa_table
+    python3 -m tests.agents.ipa_table [--only NAME ...] [--out FILE]
 
 Each run is the agent's own code in its venv (tests/agents/ipa_env.py); a stock run that
 would never end (a trickle) is killed after --timeout seconds and shown so.
@@ -13,22 +13,23 @@ import argparse
 import datetime
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 from tests.agents import ipa_env
-from tests.agents.ipa_scenarios import (BODY, OLD_DISK, PATH, SCENARIOS, SHA256, WIPE, Scenario,
+from tests.agents.ipa_scenarios import (BODY, OLD_DISK, SCENARIOS, SHA256, WIPE, Scenario,
                                         check, digest, head, image_requests)
 from tests.faultserver import FaultServer
+from tests.ironic_origin import image_origin
 
 OUT = ipa_env.WORKTREE / "docs" / "agents-ironic.md"
 COMMAND = "python3 -m tests.agents.ipa_table"
+BOTH = "python3 -m tests.agents.table"     # this table and docs/fuel.md's, in one command
 
 
 def run_one(python: Path, scenario: Scenario, rawfetch: bool, device: bool,
             timeout: float) -> Dict[str, Any]:
     """One scenario, one agent flavour, one path: what the caller saw and the verdict."""
-    with FaultServer() as srv, tempfile.TemporaryDirectory() as scratch:
-        srv.add(PATH, BODY, etag='"v1"')
+    with image_origin(BODY) as srv, tempfile.TemporaryDirectory() as scratch:
         case = scenario.setup(srv)
         work = Path(scratch) / "agent"
         if device:
@@ -89,9 +90,10 @@ def render(rows: List[Dict[str, Any]], timeout: float) -> str:
         "requests the server saw · seconds · what is on disk · whether the run meets "
         "the tier's contract (tests/agents/ipa_scenarios.py: the class, the bytes, the "
         "request bound). Runs still going "
-        "after %g s were killed." % (COMMAND, datetime.datetime.utcnow().strftime(
+        "after %g s were killed. `%s` regenerates this table and docs/fuel.md's "
+        "together." % (COMMAND, datetime.datetime.utcnow().strftime(
             "%Y-%m-%d %H:%M"), ", ".join("`%s=%s`" % kv for kv in ipa_env.QUICK_CONF.items()),
-            timeout),
+            timeout, BOTH),
         "",
         "Contract met: stock %d of %d, rawfetch %d of %d." % (
             met["stock"], len(rows), met["rawfetch"], len(rows)),
@@ -107,13 +109,17 @@ def render(rows: List[Dict[str, Any]], timeout: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timeout", type=float, default=20.0,
                         help="seconds before a run that does not end is killed")
     parser.add_argument("--only", nargs="*", help="scenario names (default: all)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     python = ipa_env.ipa_python(skip=False)
     paths = ["file", "loop device"] if ipa_env.can_loop() else ["file"]
     rows = []

@@ -15,6 +15,7 @@ import pytest
 from tests.agents import ipa_env
 from tests.agents.ipa_scenarios import BODY, BY_NAME, OLD_DISK, SCENARIOS, check
 from tests.faultserver import FaultServer
+from tests.ironic_origin import image_origin
 
 # the first test also builds the venv from PyPI (cold: pip's downloads), hence 300 s;
 # every agent run inside is bounded by ipa_env.RUN_TIMEOUT
@@ -28,8 +29,7 @@ def ipa_python() -> Path:
 
 @pytest.fixture
 def origin() -> Iterator[FaultServer]:
-    with FaultServer() as srv:
-        srv.add("/images/disk.raw", BODY, etag='"v1"')
+    with image_origin(BODY) as srv:
         yield srv
 
 

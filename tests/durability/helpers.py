@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
@@ -41,6 +42,17 @@ def run(url: str, out: str, *extra: str, prefix: Sequence[str] = ()) -> subproce
 def start(url: str, out: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command(url, out, *extra), env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def wait_for_bytes(path: str, at_least: int, timeout: float = 10.0) -> None:
+    """Until a running job's `path` (its .part) holds `at_least` bytes: a moment mid-transfer
+    to signal it or to start a second writer; AssertionError after `timeout` seconds."""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        if os.path.exists(path) and os.path.getsize(path) >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError("%s never reached %d bytes" % (path, at_least))
 
 
 def sha(data: bytes) -> str:

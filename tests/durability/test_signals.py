@@ -14,7 +14,7 @@ import pytest
 from tests.faultserver import FaultServer, make_body
 
 from .helpers import (KILLED, assert_nothing_false, digest, events, listing, run, sha,
-                      start)
+                      start, wait_for_bytes)
 
 pytestmark = pytest.mark.durability
 
@@ -34,15 +34,6 @@ def origin(body):
     with FaultServer() as srv:
         srv.add("/img", body, etag='"s1"')
         yield srv
-
-
-def wait_for_bytes(path: str, at_least: int, timeout: float = 10.0) -> None:
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        if os.path.exists(path) and os.path.getsize(path) >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError("%s never reached %d bytes" % (path, at_least))
 
 
 def verified(out: str) -> int:

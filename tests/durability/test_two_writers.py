@@ -11,7 +11,7 @@ import pytest
 
 from tests.faultserver import FaultServer, make_body
 
-from .helpers import digest, listing, run, sha, start
+from .helpers import digest, listing, run, sha, start, wait_for_bytes
 
 pytestmark = pytest.mark.durability
 
@@ -31,15 +31,6 @@ def origin(bodies):
         srv.add("/img", bodies[0], etag='"a"')
         srv.add("/mirror-img", bodies[1], etag='"b"')
         yield srv
-
-
-def wait_for_bytes(path: str, at_least: int, timeout: float = 10.0) -> None:
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        if os.path.exists(path) and os.path.getsize(path) >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError("%s never reached %d bytes" % (path, at_least))
 
 
 def wait_for_flock(pid: int, timeout: float = 10.0) -> None:
