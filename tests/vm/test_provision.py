@@ -1,0 +1,177 @@
+"""The spec's test plan, run for real: boot the bootstrap ramdisk, provision its disk.
+
+"Start slave VM and boot it to bootstrap ramdisk ... start deployment with image based
+provision while emulating various network connectivity issues ... iptables could be
+used; the deployment has to be successful" (fuel spec ibp-reconnect, Testing). Each
+scenario boots the recipe's ramdisk (tools/ramdisk) under qemu once, the guest runs
+`rawfetch --cmdline` onto its virtio disk (pre-filled with an old, bootable-looking OS)
+and powers off; the test then checks, from the host: the disk's bytes by digest, the
+RAWFETCH-EXIT line, and what the server saw (requests and their Range headers).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from tests.faultserver import actions as A, make_body
+from tests.vm.conftest import MiB, IMAGE_SIZE, Provision, expected_disk, sums_file
+from tests.vm.netns import GUEST_ADDR, Trigger
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(420)]
+
+IMAGE = make_body(IMAGE_SIZE, seed=1)
+NEW_IMAGE = make_body(IMAGE_SIZE, seed=2)
+FAULT_AT = 4 * MiB          # where a mid-transfer fault strikes
+TRIGGER_DEADLINE = 120.0    # s for the transfer to reach FAULT_AT (a TCG boot is ~12 s)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def provisioned(prov: Provision, *params: str, image: bytes = IMAGE) -> None:
+    """Boot; assert exit 0 and the disk = image over the old OS, byte for byte."""
+    result = prov.boot("rawfetch.url=" + prov.url("/img"), *params)
+    assert result.code == 0, result.explain()
+    assert prov.disk_sha() == expected_disk(image), result.explain()
+
+
+def resumed_from(ranges: list) -> list:
+    """The start offsets of the Range requests the server saw (resumes), in order."""
+    return [int(r.split("=")[1].split("-")[0]) for r in ranges if r]
+
+
+def test_clean(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provisioned(provision)
+    assert provision.ranges() == [None]
+
+
+def test_cut(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.fin(at=FAULT_AT), A.normal()], path="/img")
+    provisioned(provision)
+    assert resumed_from(provision.ranges()) == [FAULT_AT]
+
+
+def test_rst(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.rst(at=FAULT_AT), A.normal()], path="/img")
+    provisioned(provision)
+    starts = resumed_from(provision.ranges())
+    assert len(starts) == 1 and 0 < starts[0] <= FAULT_AT
+
+
+def test_stall(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.stall(at=FAULT_AT), A.normal()], path="/img")
+    provisioned(provision)
+    assert resumed_from(provision.ranges()) == [FAULT_AT]
+
+
+def test_trickle(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.trickle(at=FAULT_AT, gap=0.5, step=64), A.normal()], path="/img")
+    provisioned(provision, "rawfetch.speed-limit=65536", "rawfetch.speed-time=3")
+    starts = resumed_from(provision.ranges())
+    assert len(starts) == 1 and FAULT_AT <= starts[0] < FAULT_AT + 4096
+
+
+def test_range_ignored(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.rst(at=FAULT_AT), A.normal(ignore_range=True)], path="/img")
+    provisioned(provision)
+    assert len(provision.ranges()) == 2 and provision.ranges()[1] is not None
+
+
+def _iptables_fault(prov: Provision, fault: list, seconds: float) -> Trigger:
+    trigger = Trigger(prov.net, FAULT_AT, fault, seconds, TRIGGER_DEADLINE)
+    trigger.start()
+    return trigger
+
+
+def test_iptables_blackhole_5s(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    trigger = _iptables_fault(provision, [
+        ["INPUT", "-s", GUEST_ADDR, "-j", "DROP"], ["OUTPUT", "-d", GUEST_ADDR, "-j", "DROP"]],
+        5.0)
+    provisioned(provision)
+    trigger.join(10)
+    assert trigger.started_at is not None and trigger.ended_at is not None
+    assert trigger.ended_at - trigger.started_at >= 5.0
+    starts = resumed_from(provision.ranges())
+    assert starts and all(s >= FAULT_AT // 2 for s in starts), provision.ranges()
+
+
+def test_iptables_reject_tcp_reset_2s(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    trigger = _iptables_fault(provision, [
+        ["INPUT", "-p", "tcp", "-s", GUEST_ADDR, "-j", "REJECT", "--reject-with",
+         "tcp-reset"]], 2.0)
+    provisioned(provision)
+    trigger.join(10)
+    assert trigger.started_at is not None and trigger.ended_at is not None
+    starts = resumed_from(provision.ranges())
+    assert starts and all(s >= FAULT_AT // 2 for s in starts), provision.ranges()
+
+
+def test_iptables_random_loss_3pct(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    offloads = provision.net.offloads()
+    assert "generic-segmentation-offload: off" in offloads, offloads
+    for chain, way in (("INPUT", "-s"), ("OUTPUT", "-d")):
+        provision.net.iptables("-I", chain, way, GUEST_ADDR, "-m", "statistic", "--mode",
+                               "random", "--probability", "0.03", "-m", "comment",
+                               "--comment", "vm-loss", "-j", "DROP")
+    provisioned(provision)
+    dropped_in = provision.net.packets("INPUT", "vm-loss")
+    dropped_out = provision.net.packets("OUTPUT", "vm-loss")
+    # 16 MiB is ~11,600 full segments: 3 % of them is ~350 drops; both ways must lose some
+    assert dropped_out > 100 and dropped_in > 10, (dropped_in, dropped_out)
+
+
+def test_503_retry_after_storm(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    busy = A.status(503, {"Retry-After": "1"})
+    provision.server.script([busy, busy, busy, A.normal()], path="/img")
+    started = time.monotonic()
+    provisioned(provision)
+    assert provision.ranges() == [None] * 4
+    assert time.monotonic() - started >= 3.0     # the three Retry-After: 1 were honoured
+
+
+def test_image_replaced_midway(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.rst(at=FAULT_AT), A.replace(NEW_IMAGE, then=A.normal())],
+                            path="/img")
+    provisioned(provision, image=NEW_IMAGE)
+    ranges = provision.ranges()
+    assert ranges[0] is None and ranges[1] is not None     # the resume asked If-Range
+    ifr = [r.if_range for r in provision.server.requests if r.path == "/img"]
+    assert ifr[1] is not None
+
+
+def test_sha256sums_verify_written(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.add("/SHA256SUMS", sums_file([(sha(b"other"), "other.img"),
+                                                   (sha(IMAGE), "img")]))
+    provision.server.script([A.rst(at=FAULT_AT), A.normal()], path="/img")
+    provisioned(provision, "rawfetch.checksum-url=" + provision.url("/SHA256SUMS"),
+                "rawfetch.verify-written")
+    assert [r.path for r in provision.server.requests].count("/SHA256SUMS") == 1
+    assert len(resumed_from(provision.ranges())) == 1
+
+
+def test_sha256sums_names_another_hash(provision: Provision) -> None:
+    provision.server.add("/img", IMAGE)
+    provision.server.add("/SHA256SUMS", sums_file([(sha(NEW_IMAGE), "img")]))
+    result = provision.boot("rawfetch.url=" + provision.url("/img"),
+                            "rawfetch.checksum-url=" + provision.url("/SHA256SUMS"))
+    assert result.code == 90, result.explain()          # ChecksumMismatch
+    with open(provision.disk, "rb") as handle:
+        head = handle.read(MiB)
+    assert head == bytes(MiB)                            # not left bootable
+    assert provision.disk_sha() == expected_disk(IMAGE, head_zeroed=True)
+    assert provision.ranges() == [None]
