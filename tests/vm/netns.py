@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 PREFIX = "vm"
 NS_RE = re.compile(r"^vm(\d+)n$")
@@ -31,6 +31,9 @@ TRIGGER_POLL = 0.05               # s between reads of a trigger rule's packet c
 # GSO/TSO/GRO off: iptables then sees (and -m statistic drops) wire-sized packets,
 # not 64 KiB super-packets that one "3 % loss" decision would take whole.
 OFFLOADS_OFF = ("gso", "off", "tso", "off", "gro", "off", "tx", "off")
+# ...and that is not enough for TCP, which always builds GSO packets (Linux 4.13+) sized
+# by the route device's gso_max_segs: one segment per skb is what makes them wire-sized.
+ONE_SEGMENT = ("gso_max_segs", "1", "gso_max_size", "1500")
 
 
 def run(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -86,6 +89,7 @@ class GuestNet:
         self.ns("ip", "link", "set", "lo", "up")
         self.ns("ip", "tuntap", "add", "dev", TAP, "mode", "tap")
         self.ns("ethtool", "-K", TAP, *OFFLOADS_OFF)
+        self.ns("ip", "link", "set", "dev", TAP, *ONE_SEGMENT)
         self.ns("ip", "addr", "add", "%s/24" % HOST_ADDR, "dev", TAP)
         self.ns("ip", "link", "set", TAP, "up")
         return self
@@ -101,7 +105,9 @@ class GuestNet:
         return ["ip", "netns", "exec", self.name]
 
     def offloads(self) -> str:
-        return self.ns("ethtool", "-k", TAP).stdout.decode()
+        """ethtool -k and ip -d link of the tap: what the kernel will segment where."""
+        return (self.ns("ethtool", "-k", TAP).stdout.decode()
+                + self.ns("ip", "-d", "link", "show", TAP).stdout.decode())
 
     def flush_rules(self) -> None:
         for chain in ("INPUT", "OUTPUT"):
@@ -110,13 +116,16 @@ class GuestNet:
     def iptables(self, *rule: str) -> None:
         self.ns("iptables", "-w", *rule)
 
-    def packets(self, chain: str, comment: str) -> int:
-        """Packet counter of the rule in `chain` carrying `comment` (0 if gone)."""
+    def counters(self, chain: str, comment: str) -> Tuple[int, int]:
+        """(packets, bytes) of the rule in `chain` carrying `comment` ((0, 0) if gone)."""
         out = self.ns("iptables", "-w", "-L", chain, "-v", "-x", "-n").stdout.decode()
         for line in out.splitlines():
             if "/* %s */" % comment in line:
-                return int(line.split()[0])
-        return 0
+                return int(line.split()[0]), int(line.split()[1])
+        return 0, 0
+
+    def packets(self, chain: str, comment: str) -> int:
+        return self.counters(chain, comment)[0]
 
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
