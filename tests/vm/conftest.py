@@ -53,12 +53,10 @@ def vm_ready() -> None:
     cleanup_stale()
 
 
-@pytest.fixture(scope="session")
-def ramdisk(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def _build(out: str, *flags: str) -> Dict[str, str]:
     """The recipe's build from this checkout: initrd.img, vmlinuz, footprint table."""
-    out = str(tmp_path_factory.mktemp("ramdisk"))
     proc = subprocess.run([sys.executable, os.path.join(CHECKOUT, "tools", "ramdisk",
-                                                        "build.py"), "--out", out],
+                                                        "build.py"), "--out", out, *flags],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0 and "apt-get download" in text:
@@ -66,6 +64,17 @@ def ramdisk(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Dict[st
     assert proc.returncode == 0, text
     return {"initrd": os.path.join(out, "initrd.img"), "vmlinuz": os.path.join(out, "vmlinuz"),
             "footprint": text, "dir": out}
+
+
+@pytest.fixture(scope="session")
+def ramdisk(vm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    return _build(str(tmp_path_factory.mktemp("ramdisk")))
+
+
+@pytest.fixture(scope="session")
+def ramdisk_no_libcrypto(ramdisk: Dict[str, str],
+                         tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    return _build(str(tmp_path_factory.mktemp("ramdisk-nolibcrypto")), "--no-libcrypto")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 QEMU = "qemu-system-x86_64"
 MEMORY_MIB = 512
 EXIT_LINE = re.compile(r"^RAWFETCH-EXIT=(\d+)\s*$", re.M)
-PROBE_TIMEOUT = 30.0      # s; KVM here boots in ~2 s, a faulting KVM guest never does
+PROBE_TIMEOUT = 20.0      # s; KVM boots this ramdisk in ~2 s, a faulting KVM guest never does
 BOOT_TIMEOUT = 240.0      # s; a TCG boot (~12 s) plus the longest scenario's faults
 # The NIC and disk: no option ROM (no iPXE), no offloads negotiated so that the guest
 # sends wire-sized segments too (iptables on the host side then sees each packet).

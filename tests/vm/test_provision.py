@@ -43,6 +43,22 @@ def resumed_from(ranges: list) -> list:
     return [int(r.split("=")[1].split("-")[0]) for r in ranges if r]
 
 
+def cpio_names(initrd: str) -> list:
+    """The paths in a gzip'd newc archive (what the recipe put in the ramdisk)."""
+    import gzip
+    with open(initrd, "rb") as handle:
+        data = gzip.decompress(handle.read())
+    names, pos = [], 0
+    while data[pos:pos + 6] == b"070701":
+        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        name_end = pos + 110 + namesize
+        names.append(data[pos + 110:name_end - 1].decode())
+        pos = name_end + (-name_end % 4)
+        pos += size + (-size % 4)
+    assert names[-1] == "TRAILER!!!"
+    return names
+
+
 def test_clean(provision: Provision) -> None:
     provision.server.add("/img", IMAGE)
     provisioned(provision)
@@ -183,3 +199,19 @@ def test_sha256sums_names_another_hash(provision: Provision) -> None:
     assert head == bytes(MiB)                            # not left bootable
     assert provision.disk_sha() == expected_disk(IMAGE, head_zeroed=True)
     assert provision.ranges() == [None]
+
+
+def test_no_libcrypto_variant(provision: Provision, ramdisk_no_libcrypto: dict) -> None:
+    """The smaller ramdisk (no OpenSSL): http, sha256 by CPython's built-in _sha256."""
+    names = " ".join(cpio_names(ramdisk_no_libcrypto["initrd"]))
+    assert "libcrypto" not in names and "_hashlib" not in names and "/ssl.py" not in names
+    assert "libcrypto" in " ".join(cpio_names(provision.ramdisk["initrd"]))
+    provision.server.add("/img", IMAGE)
+    provision.server.add("/SHA256SUMS", sums_file([(sha(IMAGE), "img")]))
+    provision.server.script([A.rst(at=FAULT_AT), A.normal()], path="/img")
+    result = provision.boot("rawfetch.url=" + provision.url("/img"),
+                            "rawfetch.checksum-url=" + provision.url("/SHA256SUMS"),
+                            "rawfetch.verify-written", initrd=ramdisk_no_libcrypto["initrd"])
+    assert result.code == 0, result.explain()
+    assert provision.disk_sha() == expected_disk(IMAGE)
+    assert len(resumed_from(provision.ranges())) == 1
