@@ -113,17 +113,18 @@ def shared_libs(binaries: Sequence[str]) -> List[str]:
     return sorted(libs)
 
 
-def collect(python: str, no_libcrypto: bool, kernel: "kernel_mod.Kernel") -> Image:
+def userspace(python: str, no_libcrypto: bool) -> Image:
+    """What any rawfetch ramdisk carries, whoever builds it (this recipe, or the dracut
+    and initramfs-tools hooks through --manifest): the interpreter, its libraries, the
+    traced stdlib, rawfetch, the provisioning script and busybox."""
     image = Image()
-    image.add(BUSYBOX, BUSYBOX, "busybox + /init")
-    image.add("/init", os.path.join(HERE, "init"), "busybox + /init", 0o755)
-    image.add("/etc/rawfetch-init/udhcpc.script", os.path.join(HERE, "udhcpc.script"),
-              "busybox + /init", 0o755)
-    image.add_data("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n", 0o644,
-                   "busybox + /init")
+    image.add(RAWFETCH_DIR + "/busybox", BUSYBOX, "busybox + scripts")
+    for script in ("rawfetch-provision", "udhcpc.script"):
+        image.add(RAWFETCH_DIR + "/" + script, os.path.join(HERE, script),
+                  "busybox + scripts", 0o755)
     interpreter = os.path.realpath(python)
     image.add(interpreter, interpreter, "interpreter")
-    if os.path.basename(interpreter) != "python3":
+    if interpreter != "/usr/bin/python3":
         image.symlinks["/usr/bin/python3"] = interpreter
     names = trace_mod.trace(python)
     if no_libcrypto:
@@ -138,6 +139,17 @@ def collect(python: str, no_libcrypto: bool, kernel: "kernel_mod.Kernel") -> Ima
             if name.endswith(".py"):
                 path = os.path.join(root, name)
                 image.add(RAWFETCH_DIR + path[len(CHECKOUT):], path, "rawfetch")
+    return image
+
+
+def collect(python: str, no_libcrypto: bool, kernel: "kernel_mod.Kernel") -> Image:
+    """The recipe's own ramdisk: userspace() plus /init, busybox and the kernel modules."""
+    image = userspace(python, no_libcrypto)
+    image.files[BUSYBOX] = image.files.pop(RAWFETCH_DIR + "/busybox")
+    image.symlinks[RAWFETCH_DIR + "/busybox"] = BUSYBOX
+    image.add("/init", os.path.join(HERE, "init"), "busybox + scripts", 0o755)
+    image.add_data("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n", 0o644,
+                   "busybox + scripts")
     order = []
     for ko in kernel_mod.load_order(kernel):
         inside = "/lib/modules/%s/%s" % (kernel.release, ko[len(kernel.modules_dir) + 1:])
@@ -146,6 +158,16 @@ def collect(python: str, no_libcrypto: bool, kernel: "kernel_mod.Kernel") -> Ima
     image.add_data("/etc/rawfetch-init/modules", ("\n".join(order) + "\n").encode(), 0o644,
                    "kernel modules")
     return image
+
+
+def write_manifest(image: Image, path: str) -> None:
+    """INSIDE<TAB>HOST lines for the hooks (symlinks become copies of their target)."""
+    lines = ["%s\t%s" % (inside, source) for inside, (source, _m, _p) in image.files.items()
+             if source is not None]
+    lines += ["%s\t%s" % (inside, target) for inside, target in image.symlinks.items()]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("\n".join(sorted(lines)) + "\n")
 
 
 def _newc(name: str, mode: int, data: bytes, ino: int, rdev: Tuple[int, int] = (0, 0)
@@ -238,14 +260,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="leave out _ssl/_hashlib and OpenSSL: http only, built-in sha256")
     parser.add_argument("--cache-dir", default=kernel_mod.CACHE_DIR,
                         help="where Debian's kernel package is unpacked (keyed by version)")
+    parser.add_argument("--manifest", default="", metavar="FILE",
+                        help="only write the userspace file list (INSIDE<TAB>HOST) the "
+                        "dracut and initramfs-tools hooks install, build nothing")
     parser.add_argument("--hash-speed", action="store_true",
                         help="only measure sha256 with and without OpenSSL, build nothing")
     args = parser.parse_args(argv)
     if args.hash_speed:
         print(hash_speed(args.python or _default_python()))
         return
+    if args.manifest:
+        write_manifest(userspace(args.python or _default_python(), args.no_libcrypto),
+                       args.manifest)
+        return
     if not args.out:
-        parser.error("--out DIR is required (unless --hash-speed)")
+        parser.error("--out DIR is required (unless --hash-speed or --manifest)")
     initrd, vmlinuz, table = build(args.out, args.python, args.no_libcrypto, args.cache_dir)
     print("%s\n%s\n\n%s" % (initrd, vmlinuz, table))
 
