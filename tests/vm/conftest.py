@@ -78,6 +78,19 @@ def ramdisk_no_libcrypto(ramdisk: Dict[str, str],
 
 
 @pytest.fixture(scope="session")
+def ramdisk_dracut(ramdisk: Dict[str, str],
+                   tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """dracut's build with tools/ramdisk/dracut/95rawfetch (skips without dracut-core)."""
+    sys.path.insert(0, os.path.join(CHECKOUT, "tools", "ramdisk"))
+    import with_dracut
+    reason = with_dracut.missing()
+    if reason:
+        pytest.skip("the dracut scenario needs dracut: %s" % reason)
+    initrd, vmlinuz = with_dracut.build(str(tmp_path_factory.mktemp("dracut")))
+    return {"initrd": initrd, "vmlinuz": vmlinuz}
+
+
+@pytest.fixture(scope="session")
 def accel(ramdisk: Dict[str, str]) -> str:
     """'kvm' or 'tcg', probed once by booting the ramdisk (printed in the summary)."""
     chosen = guest.probe_accel(ramdisk["vmlinuz"], ramdisk["initrd"], ramdisk["dir"])

@@ -215,3 +215,18 @@ def test_no_libcrypto_variant(provision: Provision, ramdisk_no_libcrypto: dict) 
     assert result.code == 0, result.explain()
     assert provision.disk_sha() == expected_disk(IMAGE)
     assert len(resumed_from(provision.ranges())) == 1
+
+
+def test_dracut_module(provision: Provision, ramdisk_dracut: dict) -> None:
+    """The same provisioning from a dracut-built initrd (dracut's init, our 95rawfetch
+    cmdline hook), through a reset mid-transfer."""
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.rst(at=FAULT_AT), A.normal()], path="/img")
+    result = provision.boot("rawfetch.url=" + provision.url("/img"),
+                            initrd=ramdisk_dracut["initrd"])
+    assert result.code == 0, result.explain()
+    names = cpio_names(ramdisk_dracut["initrd"])
+    assert "usr/lib/dracut/hooks/cmdline/99-rawfetch-hook.sh" in names, names
+    assert "RAWFETCH-INIT: ramdisk up" not in result.console   # dracut's init, not ours
+    assert provision.disk_sha() == expected_disk(IMAGE)
+    assert len(resumed_from(provision.ranges())) == 1
