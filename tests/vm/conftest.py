@@ -77,17 +77,27 @@ def ramdisk_no_libcrypto(ramdisk: Dict[str, str],
     return _build(str(tmp_path_factory.mktemp("ramdisk-nolibcrypto")), "--no-libcrypto")
 
 
+def _built_by(builder: str, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """The builder's initrd with this checkout's hook (skips when it is not installed)."""
+    sys.path.insert(0, os.path.join(CHECKOUT, "tools", "ramdisk"))
+    import builders
+    reason = builders.missing(builder)
+    if reason:
+        pytest.skip("the %s scenario needs %s" % (builder, reason))
+    initrd, vmlinuz = builders.build(builder, str(tmp_path_factory.mktemp(builder)))
+    return {"initrd": initrd, "vmlinuz": vmlinuz}
+
+
 @pytest.fixture(scope="session")
 def ramdisk_dracut(ramdisk: Dict[str, str],
                    tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
-    """dracut's build with tools/ramdisk/dracut/95rawfetch (skips without dracut-core)."""
-    sys.path.insert(0, os.path.join(CHECKOUT, "tools", "ramdisk"))
-    import with_dracut
-    reason = with_dracut.missing()
-    if reason:
-        pytest.skip("the dracut scenario needs dracut: %s" % reason)
-    initrd, vmlinuz = with_dracut.build(str(tmp_path_factory.mktemp("dracut")))
-    return {"initrd": initrd, "vmlinuz": vmlinuz}
+    return _built_by("dracut", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def ramdisk_initramfs_tools(ramdisk: Dict[str, str],
+                            tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    return _built_by("initramfs-tools", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +152,8 @@ class Provision:
         return self.server.url(path)
 
     def boot(self, *params: str, initrd: str = "") -> guest.Boot:
-        ip = "ip=%s::%s:%s::eth0:off" % (GUEST_ADDR, HOST_ADDR, NETMASK)
+        # no device named: the first NIC (udev may rename eth0 under the builders' inits)
+        ip = "ip=%s::%s:%s:::off" % (GUEST_ADDR, HOST_ADDR, NETMASK)
         append = " ".join((ip, GUEST_OPTIONS) + params)
         console = os.path.join(self.workdir, "console.log")
         cmd = self.net.prefix() + guest.command(self.ramdisk["vmlinuz"], initrd or

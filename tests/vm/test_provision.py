@@ -230,3 +230,18 @@ def test_dracut_module(provision: Provision, ramdisk_dracut: dict) -> None:
     assert "RAWFETCH-INIT: ramdisk up" not in result.console   # dracut's init, not ours
     assert provision.disk_sha() == expected_disk(IMAGE)
     assert len(resumed_from(provision.ranges())) == 1
+
+
+def test_initramfs_tools_hook(provision: Provision, ramdisk_initramfs_tools: dict) -> None:
+    """The same from an initramfs-tools initrd (its init and udev, our init-premount
+    script), through a stall mid-transfer."""
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.stall(at=FAULT_AT), A.normal()], path="/img")
+    result = provision.boot("rawfetch.url=" + provision.url("/img"),
+                            initrd=ramdisk_initramfs_tools["initrd"])
+    assert result.code == 0, result.explain()
+    names = cpio_names(ramdisk_initramfs_tools["initrd"])
+    assert "scripts/init-premount/rawfetch" in names, names
+    assert "RAWFETCH-INIT: ramdisk up" not in result.console
+    assert provision.disk_sha() == expected_disk(IMAGE)
+    assert resumed_from(provision.ranges()) == [FAULT_AT]
