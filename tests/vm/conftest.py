@@ -151,14 +151,19 @@ class Provision:
     def url(self, path: str) -> str:
         return self.server.url(path)
 
-    def boot(self, *params: str, initrd: str = "") -> guest.Boot:
+    def boot(self, *params: str, initrd: str = "", prompt: str = "",
+             answer: bytes = b"") -> guest.Boot:
+        """One boot to power-off; with `prompt`, the console is a pipe and `answer` is
+        typed when the prompt appears."""
         # no device named: the first NIC (udev may rename eth0 under the builders' inits)
         ip = "ip=%s::%s:%s:::off" % (GUEST_ADDR, HOST_ADDR, NETMASK)
         append = " ".join((ip, GUEST_OPTIONS) + params)
-        console = os.path.join(self.workdir, "console.log")
+        console = "" if prompt else os.path.join(self.workdir, "console.log")
         cmd = self.net.prefix() + guest.command(self.ramdisk["vmlinuz"], initrd or
                                                 self.ramdisk["initrd"], append, self.accel,
                                                 console, disk=self.disk, tap=TAP)
+        if prompt:
+            return guest.converse(cmd, prompt, answer)
         return guest.boot(cmd, console)
 
     def disk_sha(self) -> str:

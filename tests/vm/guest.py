@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -47,8 +48,10 @@ def qemu_missing() -> Optional[str]:
 
 def command(kernel: str, initrd: str, append: str, accel: str, console: str,
             disk: Optional[str] = None, tap: Optional[str] = None) -> List[str]:
+    """qemu's argv; console "" puts the serial console on qemu's stdin/stdout."""
+    serial = "file:" + console if console else "stdio"
     cmd = [QEMU, "-accel", accel, "-m", str(MEMORY_MIB), "-smp", "1", "-no-reboot",
-           "-display", "none", "-monitor", "none", "-serial", "file:" + console,
+           "-display", "none", "-monitor", "none", "-serial", serial,
            "-kernel", kernel, "-initrd", initrd, "-append", BASE_APPEND + " " + append,
            "-nodefaults"]
     if disk:
@@ -77,6 +80,33 @@ def boot(cmd: Sequence[str], console: str, timeout: float = BOOT_TIMEOUT) -> Boo
     text += out.decode(errors="replace")
     match = EXIT_LINE.search(text)
     return Boot(int(match.group(1)) if match else None, text, elapsed, proc.returncode)
+
+
+def converse(cmd: Sequence[str], prompt: str, answer: bytes,
+             timeout: float = BOOT_TIMEOUT) -> Boot:
+    """Run qemu with the console on a pipe; when `prompt` appears, type `answer`."""
+    start = time.monotonic()
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    chunks: List[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(
+        lambda: os.read(proc.stdout.fileno(), 4096), b"")), daemon=True)  # type: ignore
+    reader.start()
+    answered = False
+    while proc.poll() is None and time.monotonic() - start < timeout:
+        if not answered and prompt.encode() in b"".join(chunks):
+            proc.stdin.write(answer)        # type: ignore[union-attr]
+            proc.stdin.flush()              # type: ignore[union-attr]
+            answered = True
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    reader.join(5)
+    text = b"".join(chunks).decode(errors="replace")
+    match = EXIT_LINE.search(text)
+    return Boot(int(match.group(1)) if match else None, text, time.monotonic() - start,
+                proc.returncode)
 
 
 def probe_accel(kernel: str, initrd: str, workdir: str) -> str:

@@ -15,7 +15,7 @@ import hashlib
 import pytest
 
 from tests.faultserver import actions as A, make_body
-from tests.vm.conftest import MiB, IMAGE_SIZE, Provision, expected_disk, sums_file
+from tests.vm.conftest import MiB, IMAGE_SIZE, Provision, expected_disk, old_os, sums_file
 from tests.vm.netns import GUEST_ADDR, Trigger
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(420)]
@@ -139,8 +139,9 @@ def test_iptables_random_loss_3pct(provision: Provision) -> None:
     assert "generic-segmentation-offload: off" in offloads, offloads
     assert "gso_max_segs 1 " in offloads, offloads
     for chain, way in (("INPUT", "-s"), ("OUTPUT", "-d")):
+        # vm-seen only counts what passed: the loss rule is inserted before it
         provision.net.iptables("-I", chain, way, GUEST_ADDR, "-m", "comment", "--comment",
-                               "vm-seen", "-j", "RETURN")   # only counts: the loss rule goes before it
+                               "vm-seen", "-j", "RETURN")
         provision.net.iptables("-I", chain, way, GUEST_ADDR, "-m", "statistic", "--mode",
                                "random", "--probability", str(LOSS), "-m", "comment",
                                "--comment", "vm-loss", "-j", "DROP")
@@ -202,6 +203,20 @@ def test_sha256sums_names_another_hash(provision: Provision) -> None:
     assert head == bytes(MiB)                            # not left bootable
     assert provision.disk_sha() == expected_disk(IMAGE, head_zeroed=True)
     assert provision.ranges() == [None]
+
+
+def test_shell_on_failure_when_asked(provision: Provision) -> None:
+    """rawfetch-init.shell=1: a failed provisioning leaves a shell on the console (the
+    operator looks around), and leaving it powers off; nothing was written."""
+    result = provision.boot("rawfetch.url=" + provision.url("/missing.img"),
+                            "rawfetch-init.shell=1", prompt="RAWFETCH-INIT: shell",
+                            answer=b"echo SHELL-$((6 * 7)) $(cat /proc/sys/kernel/ostype)\n"
+                                   b"exit\n")
+    assert result.code == 22, result.explain()            # HTTPStatusError (404)
+    assert "SHELL-42 Linux" in result.console, result.explain()
+    assert result.qemu_rc == 0 and "reboot: Power down" in result.console
+    assert provision.disk_sha() == hashlib.sha256(old_os()).hexdigest()
+    assert provision.ranges("/missing.img") == [None]
 
 
 def test_no_libcrypto_variant(provision: Provision, ramdisk_no_libcrypto: dict) -> None:

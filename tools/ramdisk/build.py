@@ -53,7 +53,7 @@ for label, make in (("OpenSSL (_hashlib)", hashlib.sha256), ("built-in _sha256",
     print("| %s | %.0f |" % (label, len(data) / best / 1e6))
 """.replace("_timed(make, data)", "(lambda t0: (make(data).digest(), time.perf_counter() - t0)[1])"
             "(time.perf_counter())")
-PATHS = "import sysconfig; print(sysconfig.get_paths()['stdlib']); print(sysconfig.get_config_var('DESTSHARED') or '-')"
+STDLIB_DIR = "import sysconfig; print(sysconfig.get_paths()['stdlib'])"
 
 
 class Image:
@@ -89,7 +89,7 @@ def run_python(python: str, code: str, *args: str) -> str:
 def stdlib_files(python: str, names: Iterable[str]) -> List[str]:
     """Host paths of the traced modules (built-in and frozen ones have none), plus the
     os.py landmark the interpreter looks for to find its prefix."""
-    stdlib, _dynload = run_python(python, PATHS).split("\n")[:2]
+    stdlib = run_python(python, STDLIB_DIR).strip()
     found = [os.path.join(stdlib, "os.py")]
     for line in run_python(python, FIND_SPECS, *sorted(names)).splitlines():
         name, origin = line.split(" ", 1)
