@@ -6,6 +6,7 @@ then costs one boot. Boots run one at a time (TCG takes a whole core).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -147,6 +148,24 @@ class Provision:
         self.disk = os.path.join(self.workdir, "disk.raw")
         with open(self.disk, "wb") as handle:
             handle.write(old_os())
+
+    @contextlib.contextmanager
+    def dhcp_server(self, first: str, last: str) -> Iterator[str]:
+        """busybox udhcpd on the tap inside the namespace, leasing first..last."""
+        conf = os.path.join(self.workdir, "udhcpd.conf")
+        with open(conf, "w") as handle:
+            handle.write("interface %s\nstart %s\nend %s\nlease_file %s\npidfile %s\n"
+                         "option subnet %s\noption router %s\n"
+                         % (TAP, first, last, os.path.join(self.workdir, "leases"),
+                            os.path.join(self.workdir, "udhcpd.pid"), NETMASK, HOST_ADDR))
+        open(os.path.join(self.workdir, "leases"), "w").close()
+        proc = subprocess.Popen(self.net.prefix() + ["/bin/busybox", "udhcpd", "-f", conf],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            yield conf
+        finally:
+            proc.kill()
+            proc.wait()
 
     def url(self, path: str) -> str:
         return self.server.url(path)

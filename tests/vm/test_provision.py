@@ -219,6 +219,19 @@ def test_shell_on_failure_when_asked(provision: Provision) -> None:
     assert provision.ranges("/missing.img") == [None]
 
 
+def test_ip_dhcp(provision: Provision) -> None:
+    """ip=dhcp: the ramdisk leases its address (busybox udhcpc) from a DHCP server in the
+    namespace, then provisions through a reset."""
+    provision.server.add("/img", IMAGE)
+    provision.server.script([A.rst(at=FAULT_AT), A.normal()], path="/img")
+    with provision.dhcp_server("10.77.0.50", "10.77.0.50"):
+        result = provision.boot("rawfetch.url=" + provision.url("/img"), "ip=dhcp")
+    assert result.code == 0, result.explain()
+    assert "up: inet 10.77.0.50/24" in result.console, result.explain()
+    assert provision.disk_sha() == expected_disk(IMAGE)
+    assert len(resumed_from(provision.ranges())) == 1
+
+
 def test_no_libcrypto_variant(provision: Provision, ramdisk_no_libcrypto: dict) -> None:
     """The smaller ramdisk (no OpenSSL): http, sha256 by CPython's built-in _sha256."""
     names = " ".join(cpio_names(ramdisk_no_libcrypto["initrd"]))
