@@ -92,19 +92,53 @@ def _runs(plain: object, tls: object, workdir: str) -> List[Tuple[List[str], Seq
     return runs
 
 
+def _piped(cmd: Sequence[str], cwd: str) -> Tuple[int, str]:
+    proc = subprocess.run(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=guest_env(CHECKOUT), timeout=RUN_TIMEOUT, cwd=cwd)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def _on_pty(cmd: Sequence[str], cwd: str) -> Tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal (progress line and all)."""
+    import pty
+    import threading
+    master, slave = pty.openpty()
+    chunks: List[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:     # EIO: the child side closed; cleanup, not an I/O failure
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(list(cmd), stdout=slave, stderr=slave, env=guest_env(CHECKOUT),
+                              timeout=RUN_TIMEOUT, cwd=cwd)
+    finally:
+        os.close(slave)
+        reader.join(RUN_TIMEOUT)
+        os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
 def trace(python: str, workdir: str = "") -> Set[str]:
     """Every module name the traced runs imported under `python`."""
     names: Set[str] = set()
     with tempfile.TemporaryDirectory(dir=workdir or None) as tmp, _servers(tmp) as (plain, tls,
                                                                                 _files):
-        for argv, codes in _runs(plain, tls, tmp):
-            proc = subprocess.run([python, *PYTHON_FLAGS, "-X", "importtime", "-m", "rawfetch",
-                                   *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  env=guest_env(CHECKOUT), timeout=RUN_TIMEOUT, cwd=tmp)
-            stderr = proc.stderr.decode(errors="replace")
-            if proc.returncode not in codes:
+        for index, (argv, codes) in enumerate(_runs(plain, tls, tmp)):
+            cmd = [python, *PYTHON_FLAGS, "-X", "importtime", "-m", "rawfetch", *argv]
+            # the first run (--cmdline, as /init runs it) has a terminal, as on a console
+            returncode, stderr = _on_pty(cmd, tmp) if index == 0 else _piped(cmd, tmp)
+            if returncode not in codes:
                 raise RuntimeError("traced run %s exited %d, expected %s:\n%s"
-                                   % (argv, proc.returncode, codes, stderr[-2000:]))
+                                   % (argv, returncode, codes, stderr[-2000:]))
             names.update(imported_names(stderr))
     return {name for name in names if name != "rawfetch" and not name.startswith("rawfetch.")}
 
