@@ -146,8 +146,8 @@ class PartFile(Sink):
             return os.fstat(self.fd).st_size
 
     def commit(self, size: int) -> None:
-        """fsync, check the size on disk, rename onto PATH, fsync the directory; remove
-        the sidecar and temporaries killed writers left; unlock."""
+        """fsync, check the size on disk, let the sidecar claim it all, rename onto PATH,
+        fsync the directory; remove the sidecar and temporaries killed writers left; unlock."""
         try:
             with mapped("write", path=self.path):
                 os.fsync(self.fd)
@@ -157,6 +157,11 @@ class PartFile(Sink):
                 if on_disk != size:
                     raise LocalWriteError("%s holds %d bytes, expected %d"
                                           % (self.part, on_disk, size))
+                if self.resumable and self.recorded is not None and on_disk != self.verified:
+                    # The last checkpoint claims every byte: killed before the rename, a
+                    # rerun asks for bytes=SIZE- and takes the 416 as complete.
+                    sidecar.write(self.sidecar, self.url, self.recorded, on_disk)
+                    self.verified = on_disk
                 os.replace(self.part, self.path)
                 for leftover in [self.sidecar] + sidecar.stale_temporaries(self.sidecar):
                     sidecar.remove(leftover)

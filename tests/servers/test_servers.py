@@ -34,6 +34,7 @@ RUN_TIMEOUT = 30.0                # s: one client run; the options below end it 
 COMMON = ["-q", "--retries", "4", "--retry-delay", "0.05", "--retry-max-delay", "0.1",
           "--idle-timeout", "1", "--connect-timeout", "2", "--max-time", "25"]
 STALL = 10.0                      # s: a stall outlasting --idle-timeout
+TRICKLE_RATE = 64 << 10           # B/s after CUT: checkpoints land, the run never ends first
 # lighttpd's stat cache (stat-cache-engine "simple", the default) goes on serving the
 # replaced file -- old validator, old bytes, whole -- for about a second after a rename.
 STALE_AFTER_RENAME = {"lighttpd"}
@@ -226,25 +227,35 @@ def test_replaced_between_runs_after_kill_9(c: Cell) -> None:
 
 
 def killed_run(c: Cell, path: str) -> int:
-    """The command stalled by the relay after CUT bytes, then kill -9: the bytes held
-    in .part (with a sidecar written by the run itself)."""
-    c.relay.script([Fault("stall", CUT, seconds=STALL)])
+    """The command trickled by the relay after CUT bytes, killed -9 once its sidecar
+    verifies at least CUT (a checkpoint every 2 s, README "File mode: guarantees and
+    limits"): returns the verified length, which is what a rerun resumes from."""
+    c.relay.script([Fault("trickle", CUT, rate=TRICKLE_RATE)])
     proc = subprocess.Popen([sys.executable, "-m", "rawfetch", c.url(path), "-o", c.out,
                              "-q", "--idle-timeout", "20"], stdin=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env(), start_new_session=True)
     part = c.out + ".part"
     end = time.monotonic() + RUN_TIMEOUT
     try:
-        while time.monotonic() < end and not (
-                os.path.exists(part) and os.path.getsize(part) >= CUT):
+        while time.monotonic() < end and verified(part) < CUT:
             time.sleep(0.02)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(RUN_TIMEOUT)
-    assert os.path.getsize(part) == CUT and os.path.exists(part + ".json")
+    held = verified(part)
+    assert CUT <= held <= os.path.getsize(part) < SIZE
     with open(part + ".json") as handle:
         assert json.load(handle)["total"] == SIZE
-    return CUT
+    return held
+
+
+def verified(part: str) -> int:
+    """What the sidecar says was fsynced (0 before the first checkpoint)."""
+    try:
+        with open(part + ".json") as handle:
+            return json.load(handle)["verified"]
+    except (OSError, ValueError, KeyError):  # not written yet, or mid-replace
+        return 0
 
 
 def test_already_complete_fetches_nothing_again(c: Cell) -> None:
@@ -252,10 +263,17 @@ def test_already_complete_fetches_nothing_again(c: Cell) -> None:
     bytes=SIZE- and takes the 416 (with or without Content-Range) as complete."""
     data = body(9)
     path = c.put(data)
-    killed_run(c, path)
+    held = killed_run(c, path)
     validator = c.validator(0)
-    with open(c.out + ".part", "ab") as handle:
-        handle.write(data[CUT:])
+    # Complete the .part and let its sidecar claim every byte: the state a run leaves
+    # when killed between its final checkpoint and its rename (output.PartFile.commit).
+    with open(c.out + ".part", "r+b") as handle:
+        handle.seek(held)
+        handle.write(data[held:])
+    with open(c.out + ".part.json") as handle:
+        state = json.load(handle)
+    with open(c.out + ".part.json", "w") as handle:
+        json.dump(dict(state, verified=SIZE), handle)
     c.relay.script([PASS])
     code, err = run(c.url(path), c.out)
     assert code == 0, err
@@ -373,9 +391,9 @@ def test_over_4_gib_resumes_past_2_32(c: Cell) -> None:
     with urllib.request.urlopen(probe) as answer:
         fields = {k.lower(): v for k, v in answer.headers.items()}
     with open(c.out + ".part.json", "w") as handle:   # as the earlier run recorded it
-        json.dump({"format": 1, "url": c.url(path), "total": BIG, "etag": fields.get("etag"),
-                   "last_modified": fields.get("last-modified"), "date": fields.get("date")},
-                  handle)
+        json.dump({"format": 2, "url": c.url(path), "total": BIG, "etag": fields.get("etag"),
+                   "last_modified": fields.get("last-modified"), "date": fields.get("date"),
+                   "verified": HELD_BIG}, handle)
     c.relay.script([Fault("fin", 300000), PASS])
     try:
         code, err = run(c.url(path), c.out)
