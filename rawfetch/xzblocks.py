@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections import deque
 from typing import Any, Deque, Iterator, List, Optional, Tuple
@@ -114,12 +115,64 @@ def decode_block(stream: bytes, memlimit: int, expected: int) -> bytes:
     return out
 
 
+class BlockJob:
+    """One block handed to the pool: wait() gives its output or raises its error."""
+
+    def __init__(self, args: Tuple[Any, ...]) -> None:
+        self.args: Optional[Tuple[Any, ...]] = args
+        self.finished = threading.Event()
+        self.cancelled = False
+        self.output = b""
+        self.error: Optional[BaseException] = None
+
+    def wait(self) -> bytes:
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+        return self.output
+
+
+class BlockPool:
+    """`threads` daemon threads taking jobs in order (concurrent.jobs costs ~40 ms of
+    import on these machines for nothing this needs)."""
+
+    def __init__(self, threads: int) -> None:
+        import queue
+        self._jobs: Any = queue.SimpleQueue()
+        self._threads = threads
+        for _ in range(threads):
+            threading.Thread(target=self._run, name="rawfetch-xz", daemon=True).start()
+
+    def submit(self, *args: Any) -> BlockJob:
+        job = BlockJob(args)
+        self._jobs.put(job)
+        return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if not job.cancelled and job.args is not None:
+                try:
+                    job.output = decode_block(*job.args)
+                except BaseException as exc:   # handed to the thread that waits for it
+                    job.error = exc
+            job.args = None
+            job.finished.set()
+
+    def close(self) -> None:
+        """Threads end after the jobs already queued (cancelled ones are skipped)."""
+        for _ in range(self._threads):
+            self._jobs.put(None)
+
+
 class ParallelXzDecoder(XzDecoder):
     """XzDecoder whose multi-block streams decode on `threads` pool threads (see module)."""
 
     def __init__(self, memlimit: int = DEFAULTS["xz_memlimit"], threads: int = 0) -> None:
         self.threads = threads or available_cores()
-        self._pool: Any = None
+        self._pool: Optional[BlockPool] = None
         super().__init__(memlimit)
 
     def reset(self) -> None:
@@ -136,7 +189,7 @@ class ParallelXzDecoder(XzDecoder):
         self._header = b""           # this stream's header (wrapped around every block)
         self._check_size = 0
         self._records: List[Tuple[int, int]] = []
-        self._pending: Deque[Tuple[Any, int]] = deque()   # (future, cost), in block order
+        self._pending: Deque[Tuple[BlockJob, int]] = deque()   # (job, cost), in order
         self._in_flight = 0          # bytes the pending blocks hold (compressed + output)
         self._block: Optional[BlockHeader] = None
         self._replay = b""           # bytes to feed the one-thread decoder first
@@ -157,7 +210,11 @@ class ParallelXzDecoder(XzDecoder):
             view = view[take:]
             if len(self._buf) < self._need:
                 return view
-            yield from self._unit_done()
+            try:
+                yield from self._unit_done()
+            except BaseException:   # an error, or the consumer dropped the output
+                self._stop_pool()
+                raise
             if self._phase == "end":
                 self.parallel_streams += 1
                 return self._stream_end(bytes(view))
@@ -242,22 +299,21 @@ class ParallelXzDecoder(XzDecoder):
         while self._pending and (len(self._pending) >= self.threads * BLOCKS_PER_THREAD
                                  or self._in_flight + cost > self.memlimit):
             yield from self._drain_one()
-        future = self._executor().submit(decode_block, wrapped, self.memlimit,
-                                         block.uncompressed)
+        job = self._executor().submit(wrapped, self.memlimit, block.uncompressed)
         del wrapped
-        self._pending.append((future, cost))
+        self._pending.append((job, cost))
         self._in_flight += cost
         self._records.append(record)
         self._expect("block start", 1)
-        while self._pending and self._pending[0][0].done():   # early output frees memory
+        while self._pending and self._pending[0][0].finished.is_set():   # early output frees memory
             yield from self._drain_one()
 
     def _drain_one(self) -> Iterator[Any]:
         """The oldest pending block's output, in pieces of <= DECOMPRESS_OUTPUT_STEP."""
         import lzma
-        future, cost = self._pending.popleft()
+        job, cost = self._pending.popleft()
         try:
-            out = future.result()
+            out = job.wait()
         except lzma.LZMAError as exc:
             self._stop_pool()
             raise self._codec_error(exc) from None
@@ -288,21 +344,20 @@ class ParallelXzDecoder(XzDecoder):
                                                           self.streams + 1, what),
                            self.total_in, within=True)
 
-    def _executor(self) -> Any:
+    def _executor(self) -> BlockPool:
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rawfetch-xz")
+            self._pool = BlockPool(self.threads)
         return self._pool
 
     def _stop_pool(self) -> None:
         """Drop queued blocks; running ones finish on their own (a block takes < 1 s)."""
-        pending: Deque[Tuple[Any, int]] = getattr(self, "_pending", deque())
-        for future, _cost in pending:
-            future.cancel()
+        pending: Deque[Tuple[BlockJob, int]] = getattr(self, "_pending", deque())
+        for job, _cost in pending:
+            job.cancelled = True
         pending.clear()
         self._in_flight = 0
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.close()
             self._pool = None
 
     def finish(self) -> List[bytes]:

@@ -12,6 +12,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from typing import List, Optional, Tuple
 
@@ -144,6 +146,25 @@ def test_block_over_the_memory_budget() -> None:
     mixed = xz_blocks(IMAGE, [BLOCK, BLOCK, 2 << 20])
     error = assert_refused(mixed, threads=2, memlimit=3 << 20)
     assert "--decode-threads 1" in str(error)
+
+
+def pool_threads() -> int:
+    return sum(t.name == "rawfetch-xz" for t in threading.enumerate())
+
+
+def test_pool_threads_end_after_an_error_or_an_abandoned_feed() -> None:
+    before = pool_threads()
+    bad = bytearray(MULTI)
+    bad[block_offsets(MULTI)[8][0] + 40] ^= 0x55
+    assert_refused(bytes(bad))
+    decoder = make_decoder("xz", 1 << 28, 3)
+    pieces = decoder.feed(MULTI)
+    next(pieces)
+    pieces.close()          # the consumer failed: the output is dropped mid-stream
+    deadline = time.monotonic() + 20
+    while pool_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool_threads() == before
 
 
 def test_reset_starts_over() -> None:
