@@ -315,8 +315,12 @@ class ParallelXzDecoder(XzDecoder):
         try:
             out = job.wait()
         except lzma.LZMAError as exc:
+            number = len(self._records) - len(self._pending)   # the block that failed
             self._stop_pool()
-            raise self._codec_error(exc) from None
+            if "memory usage limit" in str(exc).lower():
+                raise self._codec_error(exc) from None
+            raise self._error("corrupt data in block %d of stream %d (%s)" % (
+                number, self.streams + 1, exc), self.total_in, within=True) from None
         self._in_flight -= cost
         whole = memoryview(out)
         del out
