@@ -105,14 +105,29 @@ class BlockHeader:
         return self.compressed is not None and self.uncompressed is not None
 
 
-def decode_block(stream: bytes, memlimit: int, expected: int) -> bytes:
-    """Pool thread: one wrapped block -> its output, verified by liblzma (GIL released)."""
+def decode_block(stream: bytearray, memlimit: int, expected: int) -> List[bytes]:
+    """Pool thread: one wrapped block -> its output in pieces of <= DECOMPRESS_OUTPUT_STEP
+    (no join of a whole block: half the peak), verified by liblzma (GIL released)."""
     import lzma
     codec = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=memlimit)
-    out = codec.decompress(stream)
-    if not codec.eof or codec.unused_data or len(out) != expected:
-        raise lzma.LZMAError("block does not end where its header says")
-    return out
+    view = memoryview(stream)
+    pieces: List[bytes] = []
+    produced = 0
+    for start in range(0, len(view), DECOMPRESS_OUTPUT_STEP):   # lzma keeps what is
+        data: Any = view[start:start + DECOMPRESS_OUTPUT_STEP]  # left of one slice only
+        while not codec.eof:
+            out = codec.decompress(data, DECOMPRESS_OUTPUT_STEP)
+            produced += len(out)
+            if produced > expected:
+                raise lzma.LZMAError("the block is longer than its header says")
+            if out:
+                pieces.append(out)
+            if codec.needs_input:
+                break
+            data = b""
+    if not codec.eof or codec.unused_data or produced != expected:
+        raise lzma.LZMAError("the block does not end where its header says")
+    return pieces
 
 
 class BlockJob:
@@ -122,10 +137,10 @@ class BlockJob:
         self.args: Optional[Tuple[Any, ...]] = args
         self.finished = threading.Event()
         self.cancelled = False
-        self.output = b""
+        self.output: List[bytes] = []
         self.error: Optional[BaseException] = None
 
-    def wait(self) -> bytes:
+    def wait(self) -> List[bytes]:
         self.finished.wait()
         if self.error is not None:
             raise self.error
@@ -246,20 +261,23 @@ class ParallelXzDecoder(XzDecoder):
                 or struct.unpack("<I", raw[8:12])[0] != zlib.crc32(flags)):
             return self._go_serial()   # liblzma names what is wrong, as it always did
         self._header, self._check_size = raw, CHECK_SIZES[check]
-        self._expect("block start", 1)
+        self._expect("block start", STREAM_HEADER + 1, keep=True)
 
     def _block_start(self) -> None:
-        size_byte = self._buf[0]
+        """_buf holds the stream header (each block is wrapped in it, built in place) and
+        the next unit's first byte."""
+        size_byte = self._buf[STREAM_HEADER]
         if size_byte == 0:   # the index indicator (xz spec 4.1)
             if not self._records:
                 return self._go_serial()   # an empty stream: nothing to gain
-            self._expect("index", len(index_and_footer(self._records, b"\0\0")), keep=True)
+            size = len(index_and_footer(self._records, b"\0\0"))
+            self._expect("index", STREAM_HEADER + size, keep=True)
             return
-        self._expect("block header", (size_byte + 1) * 4, keep=True)
+        self._expect("block header", STREAM_HEADER + (size_byte + 1) * 4, keep=True)
 
     def _block_header(self) -> None:
         try:
-            block = BlockHeader(bytes(self._buf))
+            block = BlockHeader(bytes(self._buf[STREAM_HEADER:]))
         except ValueError as exc:
             if not self._records:
                 return self._go_serial()
@@ -273,7 +291,8 @@ class ParallelXzDecoder(XzDecoder):
         self._block = block
         assert block.compressed is not None
         padded = block.compressed + (-block.compressed % 4)
-        self._expect("block", block.size + padded + self._check_size, keep=True)
+        self._expect("block", STREAM_HEADER + block.size + padded + self._check_size,
+                     keep=True)
 
     def _cost(self, block: BlockHeader) -> int:
         return (block.compressed or 0) + (block.uncompressed or 0)
@@ -282,7 +301,7 @@ class ParallelXzDecoder(XzDecoder):
         """This stream goes to the one-thread decoder, fed what was held back so far."""
         import lzma
         self._serial = True
-        held = self._header + bytes(self._buf)
+        held = bytes(self._buf)   # the stream's bytes so far (its header included)
         self._buf = bytearray()
         self._codec = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=self.memlimit)
         self._replay = held
@@ -292,9 +311,9 @@ class ParallelXzDecoder(XzDecoder):
         assert block is not None and block.uncompressed is not None
         unpadded = block.size + (block.compressed or 0) + self._check_size
         record = (unpadded, block.uncompressed)
-        wrapped = self._header + bytes(self._buf) + index_and_footer([record],
-                                                                      self._header[6:8])
-        self._buf = bytearray()
+        wrapped = self._buf   # header + block, in place: completed as a stream of its own
+        wrapped += index_and_footer([record], self._header[6:8])
+        self._buf = bytearray(self._header)
         cost = self._cost(block)
         while self._pending and (len(self._pending) >= self.threads * BLOCKS_PER_THREAD
                                  or self._in_flight + cost > self.memlimit):
@@ -304,8 +323,8 @@ class ParallelXzDecoder(XzDecoder):
         self._pending.append((job, cost))
         self._in_flight += cost
         self._records.append(record)
-        self._expect("block start", 1)
-        while self._pending and self._pending[0][0].finished.is_set():   # early output frees memory
+        self._expect("block start", STREAM_HEADER + 1, keep=True)
+        while self._pending and self._pending[0][0].finished.is_set():   # frees memory early
             yield from self._drain_one()
 
     def _drain_one(self) -> Iterator[Any]:
@@ -313,7 +332,7 @@ class ParallelXzDecoder(XzDecoder):
         import lzma
         job, cost = self._pending.popleft()
         try:
-            out = job.wait()
+            pieces = job.wait()
         except lzma.LZMAError as exc:
             number = len(self._records) - len(self._pending)   # the block that failed
             self._stop_pool()
@@ -322,20 +341,16 @@ class ParallelXzDecoder(XzDecoder):
             raise self._error("corrupt data in block %d of stream %d (%s)" % (
                 number, self.streams + 1, exc), self.total_in, within=True) from None
         self._in_flight -= cost
-        whole = memoryview(out)
-        del out
-        for start in range(0, len(whole), DECOMPRESS_OUTPUT_STEP):
-            yield self._emit_view(whole[start:start + DECOMPRESS_OUTPUT_STEP])
-
-    def _emit_view(self, piece: memoryview) -> memoryview:
-        self.total_out += len(piece)
-        return piece
+        job.output = []
+        pieces.reverse()
+        while pieces:   # each piece freed once written
+            yield self._emit(pieces.pop())
 
     def _index_done(self) -> Iterator[Any]:
         while self._pending:   # every block is verified before the index is judged
             yield from self._drain_one()
         # the index the decoded blocks imply, and the footer: the real ones must be equal
-        if bytes(self._buf) != index_and_footer(self._records, self._header[6:8]):
+        if self._buf[STREAM_HEADER:] != index_and_footer(self._records, self._header[6:8]):
             raise self._error("the index or stream footer of stream %d does not match "
                               "its %d blocks" % (self.streams + 1, len(self._records)),
                               self.total_in, within=True)

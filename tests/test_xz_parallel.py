@@ -152,8 +152,15 @@ def pool_threads() -> int:
     return sum(t.name == "rawfetch-xz" for t in threading.enumerate())
 
 
+def wait_for_no_pool_threads() -> int:
+    deadline = time.monotonic() + 20   # a pool thread ends after the block it decodes
+    while pool_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pool_threads()
+
+
 def test_pool_threads_end_after_an_error_or_an_abandoned_feed() -> None:
-    before = pool_threads()
+    assert wait_for_no_pool_threads() == 0   # earlier tests' pools
     bad = bytearray(MULTI)
     bad[block_offsets(MULTI)[8][0] + 40] ^= 0x55
     assert_refused(bytes(bad))
@@ -161,10 +168,7 @@ def test_pool_threads_end_after_an_error_or_an_abandoned_feed() -> None:
     pieces = decoder.feed(MULTI)
     next(pieces)
     pieces.close()          # the consumer failed: the output is dropped mid-stream
-    deadline = time.monotonic() + 20
-    while pool_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert pool_threads() == before
+    assert wait_for_no_pool_threads() == 0
 
 
 def test_reset_starts_over() -> None:
