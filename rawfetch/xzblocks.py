@@ -34,7 +34,7 @@ CHECK_SIZES = {0x00: 0, 0x01: 4, 0x04: 8, 0x0A: 32}
 POOL_STEP = DECOMPRESS_OUTPUT_STEP   # output per lzma call on a pool thread (4 MiB
                                      # measured no faster, within this machine's noise)
 BLOCKS_PER_THREAD = 2   # blocks in flight per thread: one decoding, one arriving/waiting
-                        # (3 measured no faster, 30 MiB more RSS)   # blocks in flight per thread: one decoding, one arriving/waiting
+                        # (3 measured no faster, 30 MiB more RSS)
 
 
 def available_cores() -> int:
