@@ -211,6 +211,37 @@ def test_download_with_a_cut_restarts_and_resumes_byte_exact(tmp_path: object) -
         assert result.attempts >= 2   # the cut did happen
 
 
+def test_in_place_from_two_mirrors_holds_the_head_back(tmp_path: object) -> None:
+    """A disk-like target written in place: the first mirror cuts then fails, the second
+    (same ETag) serves the rest. While it runs the first MiB is the old one or zeros,
+    never image bytes; the wipe comes before the head is written; the target then holds
+    the image (checksum over the compressed bytes)."""
+    target = os.path.join(str(tmp_path), "disk")
+    with open(target, "wb") as f:
+        f.write(b"\xa5" * (len(IMAGE) + 4096))
+    heads = set()
+    events: List[str] = []
+
+    def look(stream: object) -> None:
+        with open(target, "rb") as f:
+            heads.add(f.read(1 << 20))
+
+    with FaultServer() as first, FaultServer() as second:
+        for srv in (first, second):
+            srv.add("/img.xz", MULTI, etag='"x1"')
+        first.script([A.rst(at=(1 << 20) + 13), A.status(503)], path="/img.xz")
+        mirror = second.url("/img.xz")
+        result = download(first.url("/img.xz"), target, urls=[mirror],
+                          in_place=True, decompress="xz", decode_threads=2,
+                          checksum="sha256:" + sha(MULTI), retry_delay=0.001,
+                          progress=look, on_event=lambda e: events.append(e["event"]))
+    with open(target, "rb") as f:
+        assert sha(f.read(len(IMAGE))) == sha(IMAGE)
+    assert heads <= {b"\xa5" * (1 << 20), bytes(1 << 20)} and heads
+    assert events.index("wipe") < events.index("head_written")
+    assert mirror in {segment.url for segment in result.segments}
+
+
 def test_cli_rejects_a_bad_thread_count() -> None:
     run = subprocess.run([sys.executable, "-m", "rawfetch", "http://127.0.0.1:9/x",
                           "-o", "-", "--decode-threads", "x"], capture_output=True,
