@@ -77,6 +77,15 @@ def test_one_thread_and_no_sizes_keep_the_one_thread_path() -> None:
     assert decoder.parallel_streams == 1   # one block with sizes: still the pool's
 
 
+def test_auto_detects_xz_and_uses_the_pool() -> None:
+    decoder = make_decoder("auto", 1 << 28, 2)
+    got = b"".join(bytes(p) for start in range(0, len(MULTI), 4093)
+                   for p in decoder.feed(MULTI[start:start + 4093]))
+    got += b"".join(decoder.finish())
+    assert sha(got) == sha(IMAGE) and decoder.kind == "xz"
+    assert decoder.inner.parallel_streams == 1
+
+
 def test_stream_without_sizes_goes_to_one_thread() -> None:
     got, error, decoder = decode(xz_blocks(IMAGE, BLOCK, sizes=False))
     assert error is None and sha(got) == sha(IMAGE) and decoder.parallel_streams == 0
