@@ -151,24 +151,36 @@ class BlockJob:
 
 
 class BlockPool:
-    """`threads` daemon threads taking jobs in order (concurrent.jobs costs ~40 ms of
-    import on these machines for nothing this needs)."""
+    """`threads` daemon threads taking jobs in order. Only threading and collections:
+    concurrent.futures costs ~40 ms of import here, and neither it nor `queue` is in the
+    traced stdlib of the bootstrap ramdisk (tools/ramdisk)."""
 
     def __init__(self, threads: int) -> None:
-        import queue
-        self._jobs: Any = queue.SimpleQueue()
+        self._jobs: Deque[Optional[BlockJob]] = deque()
+        self._ready = threading.Condition()
         self._threads = threads
         for _ in range(threads):
             threading.Thread(target=self._run, name="rawfetch-xz", daemon=True).start()
 
     def submit(self, *args: Any) -> BlockJob:
         job = BlockJob(args)
-        self._jobs.put(job)
+        self._put(job)
         return job
+
+    def _put(self, job: Optional[BlockJob]) -> None:
+        with self._ready:
+            self._jobs.append(job)
+            self._ready.notify()
+
+    def _take(self) -> Optional[BlockJob]:
+        with self._ready:
+            while not self._jobs:
+                self._ready.wait()
+            return self._jobs.popleft()
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._take()
             if job is None:
                 return
             if not job.cancelled and job.args is not None:
@@ -182,7 +194,7 @@ class BlockPool:
     def close(self) -> None:
         """Threads end after the jobs already queued (cancelled ones are skipped)."""
         for _ in range(self._threads):
-            self._jobs.put(None)
+            self._put(None)
 
 
 class ParallelXzDecoder(XzDecoder):
