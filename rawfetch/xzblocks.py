@@ -18,7 +18,6 @@ A later block without sizes, or larger than the budget, is a DecompressError nam
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import zlib
 from collections import deque
@@ -78,9 +77,14 @@ def index_and_footer(records: List[Tuple[int, int]], flags: bytes) -> bytes:
     for unpadded, uncompressed in records:
         index += encode_vli(unpadded) + encode_vli(uncompressed)
     index += b"\x00" * (-len(index) % 4)
-    index += struct.pack("<I", zlib.crc32(index))
-    backward = struct.pack("<I", len(index) // 4 - 1) + flags
-    return bytes(index) + struct.pack("<I", zlib.crc32(backward)) + backward + FOOTER_MAGIC
+    index += _le32(zlib.crc32(index))
+    backward = _le32(len(index) // 4 - 1) + flags
+    return bytes(index) + _le32(zlib.crc32(backward)) + backward + FOOTER_MAGIC
+
+
+def _le32(value: int) -> bytes:
+    """A 32-bit little-endian field (xz spec 1.1; int methods: no struct in the ramdisk)."""
+    return value.to_bytes(4, "little")
 
 
 class BlockHeader:
@@ -88,7 +92,7 @@ class BlockHeader:
 
     def __init__(self, raw: bytes) -> None:
         self.size = len(raw)
-        if struct.unpack("<I", raw[-4:])[0] != zlib.crc32(raw[:-4]):
+        if int.from_bytes(raw[-4:], "little") != zlib.crc32(raw[:-4]):
             raise ValueError("block header CRC32 mismatch")
         flags = raw[1]
         if flags & 0x3C:
@@ -273,7 +277,7 @@ class ParallelXzDecoder(XzDecoder):
         flags = raw[6:8]
         check = flags[1] & 0x0F
         if (flags[0] or flags[1] & 0xF0 or check not in CHECK_SIZES
-                or struct.unpack("<I", raw[8:12])[0] != zlib.crc32(flags)):
+                or int.from_bytes(raw[8:12], "little") != zlib.crc32(flags)):
             return self._go_serial()   # liblzma names what is wrong, as it always did
         self._header, self._check_size = raw, CHECK_SIZES[check]
         self._expect("block start", STREAM_HEADER + 1, keep=True)
