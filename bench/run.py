@@ -29,7 +29,7 @@ from common import HERE, REPO, human, parse_size  # noqa: E402
 from harness import Harness, log  # noqa: E402
 from report import today, versions  # noqa: E402
 from scenarios import (footprint, pipeline, plain, prototypes, recovery, rss,  # noqa: E402
-                       sha256, storm, tls)
+                       sha256, storm, tls, xzparallel)
 
 # Every scenario, in the order a full run takes them. Explicit: a name maps to a function.
 SCENARIOS: Dict[str, Callable[[Harness], None]] = {
@@ -37,6 +37,7 @@ SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "tls": tls.run,
     "sha256": sha256.run,
     "pipeline": pipeline.run,
+    "xzparallel": xzparallel.run,
     "rss": rss.run,
     "startup": footprint.run_startup,
     "import": footprint.run_import,

@@ -201,6 +201,9 @@ OPTIONS: Tuple[Opt, ...] = (
     Opt(("--xz-memlimit",), "pipeline", "most memory one xz stream may need (K/M/G = "
         "powers of 1024); a stream needing more is exit 92", "SIZE", size, "xz_memlimit",
         shown_default="256M"),
+    Opt(("--decode-threads",), "pipeline", "threads decoding the blocks of a multi-block xz "
+        "stream (xz -T0 writes them) in parallel; 1 = one thread, as before", "N",
+        count, "decode_threads", shown_default="available cores"),
     Opt(("--checksum-url",), "pipeline", "verify against the image's entry in this "
         "checksum file (GNU, BSD tagged or one bare hash), fetched first with the same "
         "budget", "URL", keyword="checksum_url"),

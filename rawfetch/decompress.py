@@ -302,8 +302,10 @@ class AutoDecoder:
     """decompress='auto': the codec chosen by the magic of the first bytes received; any
     other body passes through unchanged. Holds back at most SNIFF_BYTES - 1 bytes."""
 
-    def __init__(self, xz_memlimit: int = DEFAULTS["xz_memlimit"]) -> None:
+    def __init__(self, xz_memlimit: int = DEFAULTS["xz_memlimit"],
+                 decode_threads: int = DEFAULTS["decode_threads"]) -> None:
         self.xz_memlimit = xz_memlimit
+        self.decode_threads = decode_threads
         self.reset()
 
     def reset(self) -> None:
@@ -331,7 +333,7 @@ class AutoDecoder:
             if kind is None:
                 self._head = head
                 return
-            self.inner = make_decoder(kind, self.xz_memlimit)
+            self.inner = make_decoder(kind, self.xz_memlimit, self.decode_threads)
             held, self._head = self._head, b""
             if held:   # bytes of earlier calls come first
                 yield from self.inner.feed(held)
@@ -345,11 +347,16 @@ class AutoDecoder:
         return self.inner.finish()
 
 
-def make_decoder(kind: str, xz_memlimit: int = DEFAULTS["xz_memlimit"]) -> Decoder:
-    """A fresh decoder for `kind`: auto, gzip, xz, bzip2 or none."""
+def make_decoder(kind: str, xz_memlimit: int = DEFAULTS["xz_memlimit"],
+                 decode_threads: int = DEFAULTS["decode_threads"]) -> Decoder:
+    """A fresh decoder for `kind`: auto, gzip, xz, bzip2 or none. xz decodes multi-block
+    streams on `decode_threads` threads (0: the available cores; 1: one thread)."""
     if kind == "auto":
-        return AutoDecoder(xz_memlimit)
+        return AutoDecoder(xz_memlimit, decode_threads)
     if kind == "xz":
+        from .xzblocks import ParallelXzDecoder, available_cores
+        if (decode_threads or available_cores()) > 1:
+            return ParallelXzDecoder(xz_memlimit, decode_threads)
         return XzDecoder(xz_memlimit)
     codec = {"gzip": GzipDecoder, "bzip2": Bzip2Decoder, "none": Passthrough}.get(kind)
     if codec is None:
@@ -363,9 +370,10 @@ class DecompressReader:
     size = None  # the decompressed size is unknown until the end
 
     def __init__(self, stream: Any, kind: str = "auto",
-                 xz_memlimit: int = DEFAULTS["xz_memlimit"], chunk_size: int = 1 << 20) -> None:
+                 xz_memlimit: int = DEFAULTS["xz_memlimit"], chunk_size: int = 1 << 20,
+                 decode_threads: int = DEFAULTS["decode_threads"]) -> None:
         self.stream = stream
-        self.decoder = make_decoder(kind, xz_memlimit)
+        self.decoder = make_decoder(kind, xz_memlimit, decode_threads)
         self._pieces: Iterator[Any] = iter(())   # pulled one at a time: a bomb stays bounded
         self._rest: Any = None                   # the unread end of the last piece
         self._chunk_size = chunk_size
@@ -439,4 +447,5 @@ def reader_for(stream: Any, options: Any) -> Any:
     options.decompress asks for one (the checksum still covers the compressed bytes)."""
     if options.decompress == "none":
         return stream
-    return DecompressReader(stream, options.decompress, options.xz_memlimit)
+    return DecompressReader(stream, options.decompress, options.xz_memlimit,
+                            decode_threads=options.decode_threads)

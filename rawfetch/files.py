@@ -56,7 +56,7 @@ class _Pipeline:
     def __init__(self, sink: Any, opts: Options, held: int) -> None:
         self.sink = sink
         self.decoder: Any = None if opts.decompress == "none" else make_decoder(
-            opts.decompress, opts.xz_memlimit)
+            opts.decompress, opts.xz_memlimit, opts.decode_threads)
         self.fed = held
         self.written = held
         self.worker: Optional[Worker] = None   # hashes, decodes and writes off-thread

@@ -33,6 +33,7 @@ DEFAULTS: Dict[str, Any] = {
     # issue 12: image formats (validated by _check_formats below)
     "decompress": "none",       # auto|gzip|xz|bzip2|none, on the way (checksum = compressed)
     "xz_memlimit": 256 << 20,   # bytes an xz stream may need (xz -9 needs 65 MiB to decode)
+    "decode_threads": 0,        # threads decoding a multi-block xz stream; 0 = available cores
     "checksum_url": None,       # URL of a SHA256SUMS-style file holding the image's checksum
     "checksum_name": None,      # its entry to use (default: the image URL's last segment)
     "on_event": None,           # callable(dict) receiving every step as an event
@@ -231,6 +232,10 @@ def _check_formats(values: Dict[str, Any]) -> None:
     if limit < 1:
         raise InvalidRequest("option xz_memlimit must be at least 1 byte")
     values["xz_memlimit"] = limit
+    threads = values["decode_threads"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise InvalidRequest("option decode_threads must be an int >= 0 (0 = the available "
+                             "cores), not %r" % (threads,))
     for name in ("checksum_url", "checksum_name"):
         if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
             raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))

@@ -33,6 +33,7 @@ XOR_FF = bytes(255 - i for i in range(256))
 # anywhere (a gap, a shift, an uncut tail) shows in the comparison.
 STALE = BODY.translate(XOR_FF) + b"\xa5" * 4099
 READ_SIZES = (1, 7, 4095, 65537, 1 << 20)   # open().readinto() sizes, cycled
+XZ_BLOCK = 384 << 10                        # xz-blocks row: 11 blocks, faults cut inside them
 HTTPURL_CHUNK = 98317                       # compat.HttpUrl chunk_size: odd, not a power of 2
 COMMAND_TIMEOUT = 50.0   # hang guard only (below the cell's pytest timeout), not a speed bound
 FLAG_NAMES = {"cafile": "--cacert", "no_proxy": "--noproxy"}
@@ -67,6 +68,9 @@ class DataPath(NamedTuple):
     def served(self) -> bytes:
         if self.gunzip:
             return GZ
+        if self.codec == "xz-blocks" and self.codec not in PACKED:
+            from tests.xzmake import xz_blocks   # sizes in every header: the thread pool
+            PACKED[self.codec] = xz_blocks(BODY, XZ_BLOCK)
         if self.codec and self.codec not in PACKED:
             import lzma
             PACKED[self.codec] = lzma.compress(BODY, preset=0)
@@ -209,6 +213,8 @@ PATHS = [
     DataPath("xz", drive_file, codec="xz"),
     DataPath("bzip2-stdout", drive_stdout, codec="bzip2", stream=True),
     DataPath("xz-open", drive_open, codec="xz", stream=True),
+    # issue 25: a multi-block stream decoded on 3 pool threads, checksum over the packed bytes
+    DataPath("xz-blocks", drive_file, codec="xz-blocks", checksum=True),
     # `auto` on an uncompressed body: views of the receive ring pass through the decoder
     DataPath("auto-plain", drive_file, decompress="auto"),
     # paced before every receive; well above the matrix's low-speed limit

@@ -140,7 +140,9 @@ def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
     if path.gunzip:
         options["gunzip"] = True
     if path.codec or path.decompress:
-        options["decompress"] = path.codec or path.decompress
+        options["decompress"] = (path.codec or path.decompress).split("-")[0]
+    if path.codec == "xz-blocks":
+        options["decode_threads"] = 3   # the pool, even on a one-core runner
     if path.limit_rate:
         options["limit_rate"] = path.limit_rate
     if path.proxy:
