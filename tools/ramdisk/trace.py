@@ -4,7 +4,7 @@ Why tracing: a ramdisk that carries the whole stdlib is ~40 MiB of Python nobody
 and a hand-written list rots the day a lazy import moves. So the recipe runs the real
 `rawfetch` command under the interpreter it will ship, with `-X importtime`, through
 the paths a provisioning run takes (the --cmdline path, a plain download onto a device
-with --verify-written and a SHA256SUMS, resumes after a reset, gz/xz/bz2 decompression,
+with --verify-written and a SHA256SUMS, resumes after a reset, gz/xz/bz2 decompression (multi-block xz on the decode pool too),
 https with certificate checks, a host name that needs IDNA, and the error exits), and
 collects every module the interpreter reports. The servers are the in-repo fault server
 on loopback, run by the building interpreter (the traced one needs nothing but itself).
@@ -50,9 +50,11 @@ def _servers(workdir: str) -> Iterator[Tuple[object, object, Dict[str, bytes]]]:
     """A plain and a TLS fault server on loopback with the traced payloads."""
     sys.path.insert(0, CHECKOUT)
     from tests.faultserver import FaultServer, actions as A, make_body
+    from tests.xzmake import xz_blocks
     payload = make_body(TRACE_SIZE)
     files = {"/img": payload, "/img.gz": gzip.compress(payload, 1),
-             "/img.xz": lzma.compress(payload, preset=0), "/img.bz2": bz2.compress(payload, 1)}
+             "/img.xz": lzma.compress(payload, preset=0), "/img.bz2": bz2.compress(payload, 1),
+             "/blocks.xz": xz_blocks(payload, 1 << 20)}   # what xz -T0 writes: the pool path
     import hashlib
     sums = "%s  img\n" % hashlib.sha256(payload).hexdigest()
     with FaultServer() as plain, FaultServer(tls="ok") as tls:
@@ -82,6 +84,8 @@ def _runs(plain: object, tls: object, workdir: str) -> List[Tuple[List[str], Seq
           "--progress", "--log-json", "-"], (0,)),
         (["http://localhost:%d/img.xz" % port, "-o", out, "--decompress", "auto"], (0,)),
         (["http://localhost:%d/img.bz2" % port, "-o", out, "--decompress", "auto"], (0,)),
+        (["http://localhost:%d/blocks.xz" % port, "-o", out, "--decompress", "xz",
+          "--decode-threads", "2"], (0,)),
         ([tls.url("/img"), "-o", out, "--cacert", tls.ca_path,  # type: ignore
           "--checksum-url", tls.url("/SHA256SUMS")], (0,)),  # type: ignore
         ([tls.url("/img"), "-o", out, "--retries", "0"], (60,)),  # type: ignore
