@@ -297,7 +297,7 @@ def _full(held: Held, reply: Reply) -> Decision:
         if not same:
             return _changed(held, "this mirror's object is not provably the same (length "
                                   "or strong ETag differ)", fresh)
-        return Decision(SKIP, "", fresh)
+        return _skip(held, fresh)
     change = old.change_from(fresh)
     if change:
         return _changed(held, "the server sent another version: " + change, fresh)
@@ -307,6 +307,15 @@ def _full(held: Held, reply: Reply) -> Decision:
     if not (held.checksum or old.proves_same(fresh)):
         return _changed(held, "200 instead of 206 and no strong validator proves it is the "
                               "same object (RFC 9110 s8.8.1)", fresh)
+    return _skip(held, fresh)
+
+
+def _skip(held: Held, fresh: Identity) -> Decision:
+    """A 200 of the proven-same object: discard the held prefix of its body -- or, when
+    every byte is already held, read none of it (a server may ignore Range, RFC 9110
+    s14.2: Python's http.server answers bytes=N- of a complete file with the whole 200)."""
+    if fresh.total is not None and fresh.total == held.offset:
+        return Decision(COMPLETE, "", fresh)
     return Decision(SKIP, "", fresh)
 
 

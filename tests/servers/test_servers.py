@@ -283,7 +283,7 @@ def test_already_complete_fetches_nothing_again(c: Cell) -> None:
     if "range" in c.daemon.features:
         assert answer.status == 416
         assert answer.get("content-range") in (None, "bytes */%d" % SIZE)
-    else:   # http.server ignores Range: its 200 is read and discarded, nothing written
+    else:   # http.server ignores Range: its 200 is complete at once, body unread
         assert answer.status == 200
 
 
