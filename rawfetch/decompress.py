@@ -47,6 +47,10 @@ class StreamDecoder:
     def __init__(self) -> None:
         self.reset()
 
+    def close(self) -> None:
+        """Release what decoding holds beyond memory (the xz pool's threads): called on
+        every way out of a download, so a failed one leaves no thread behind."""
+
     def reset(self) -> None:
         """Forget everything: the next feed() is the start of the compressed input."""
         self.total_in = 0
@@ -269,6 +273,9 @@ class Passthrough:
     def __init__(self) -> None:
         self.reset()
 
+    def close(self) -> None:
+        """Nothing held."""
+
     def reset(self) -> None:
         self.total_in = 0
         self.total_out = 0
@@ -309,8 +316,13 @@ class AutoDecoder:
         self.reset()
 
     def reset(self) -> None:
+        self.close()
         self.inner: Optional[Decoder] = None
         self._head = b""
+
+    def close(self) -> None:
+        if getattr(self, "inner", None) is not None:
+            self.inner.close()
 
     @property
     def kind(self) -> str:
@@ -429,7 +441,10 @@ class DecompressReader:
         return read_via(self.readinto, size)
 
     def close(self) -> None:
-        self.stream.close()
+        try:
+            self.decoder.close()
+        finally:
+            self.stream.close()
 
     def __enter__(self) -> "DecompressReader":
         return self

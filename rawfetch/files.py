@@ -132,6 +132,8 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     finally:
         if pipeline.worker is not None:
             pipeline.worker.close()
+        if pipeline.decoder is not None:
+            pipeline.decoder.close()   # a failed xz download leaves no pool thread behind
         if splicer is not None:
             splicer.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,

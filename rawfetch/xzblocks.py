@@ -402,3 +402,6 @@ class ParallelXzDecoder(XzDecoder):
         if self._codec is not None:
             self._stop_pool()
         return super().finish()
+
+    def close(self) -> None:
+        self._stop_pool()

@@ -220,6 +220,22 @@ def test_download_with_a_cut_restarts_and_resumes_byte_exact(tmp_path: object) -
         assert result.attempts >= 2   # the cut did happen
 
 
+def test_a_failed_download_leaves_no_pool_thread(tmp_path: object) -> None:
+    """max_time over a stall after two blocks went to the pool: DeadlineExceeded, no file,
+    and the pool's threads end (a long-running agent retrying must not gather threads)."""
+    from rawfetch.errors import DeadlineExceeded
+    assert wait_for_no_pool_threads() == 0
+    with FaultServer() as srv:
+        srv.add("/img.xz", MULTI, etag='"x1"')
+        srv.script([A.stall(at=block_offsets_any(MULTI)[3])], path="/img.xz")
+        out = os.path.join(str(tmp_path), "img")
+        with pytest.raises(DeadlineExceeded):
+            download(srv.url("/img.xz"), out, decompress="xz", decode_threads=3,
+                     max_time=1.0, retries=0)
+        assert not os.path.exists(out)
+    assert wait_for_no_pool_threads() == 0
+
+
 def test_in_place_from_two_mirrors_holds_the_head_back(tmp_path: object) -> None:
     """A disk-like target written in place: the first mirror cuts then fails, the second
     (same ETag) serves the rest. While it runs the first MiB is the old one or zeros,
