@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from tests.realnet.netns import pid_alive
+
 PREFIX = "vm"
 NS_RE = re.compile(r"^vm(\d+)n$")
 TAP = "vmtap0"
@@ -45,16 +47,6 @@ def run(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def delete(name: str) -> None:
     """Kill what runs inside (a qemu left by a killed run), then remove the namespace."""
     pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
@@ -71,7 +63,7 @@ def cleanup_stale() -> List[str]:
     for line in listing.splitlines():
         name = line.split()[0] if line.strip() else ""
         match = NS_RE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             delete(name)
             stale.append(name)
     return stale
