@@ -6,14 +6,16 @@ leaves only PATH.
 
 strace traces the command's main thread only (no -f): on these data paths (plain HTTP,
 no checksum: splice into the file) that thread makes every file call, so the count N is
-deterministic from run to run.
+the same from run to run -- except for the timed checkpoint (output.CHECKPOINT_SECONDS):
+a run slowed past it by a loaded machine makes one fsync and one rename more. A run that
+ends before its Nth call (exit 0) must then be byte-exact, and is not counted as killed.
 """
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import pytest
 
@@ -40,14 +42,15 @@ def origin(body):
         yield srv
 
 
-def count_calls(argv: List[str], syscall: str, tmp: str) -> int:
-    """How many times the command's main thread makes `syscall` in an undisturbed run."""
+def count_calls(argv: List[str], syscall: str, tmp: str) -> Tuple[int, int]:
+    """How many times the command's main thread makes `syscall` in an undisturbed run,
+    and that run's exit code."""
     trace = os.path.join(tmp, "trace-%s" % syscall)
-    subprocess.run([need("strace"), "-qq", "-o", trace, "-e", "trace=" + syscall] + argv,
-                   env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=60, check=False)
+    done = subprocess.run([need("strace"), "-qq", "-o", trace, "-e", "trace=" + syscall]
+                          + argv, env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=60, check=False)
     with open(trace) as handle:
-        return sum(1 for line in handle if re.match(syscall + r"\(", line))
+        return sum(1 for line in handle if re.match(syscall + r"\(", line)), done.returncode
 
 
 def kill_at(argv: Sequence[str], syscall: str, when: int) -> int:
@@ -71,7 +74,7 @@ def crash_everywhere(origin, body, tmp_path, prepare, argv_extra=(), script=None
         prepare(out)
         origin.script(script or [A.normal()])
         argv = command(url, out, *argv_extra)
-        calls = count_calls(argv, syscall, str(tmp_path))
+        calls, undisturbed = count_calls(argv, syscall, str(tmp_path))
         for when in range(1, calls + 1):
             case = tmp_path / ("%s-%d" % (syscall, when))
             case.mkdir()
@@ -79,14 +82,18 @@ def crash_everywhere(origin, body, tmp_path, prepare, argv_extra=(), script=None
             prepare(out)
             origin.script(script or [A.normal()])
             code = kill_at(command(url, out, *argv_extra), syscall, when)
-            assert code in KILLED, "%s #%d: not killed (exit %s)" % (syscall, when, code)
+            killed = code in KILLED
+            # Not killed: this run made fewer calls (no timed checkpoint); it must have
+            # ended as the undisturbed run did, and is checked the same way below.
+            assert killed or (when > 1 and code == undisturbed), \
+                "%s #%d: not killed (exit %s)" % (syscall, when, code)
             assert_nothing_false(out, body)
             origin.script([A.normal()])
             again = run(url, out, *argv_extra)
             assert again.returncode == 0, (syscall, when, again.stderr)
             assert digest(out) == sha(body), (syscall, when)
             assert listing(str(case)) == ["out.img"], (syscall, when)
-            checked += 1
+            checked += killed
     return checked
 
 
@@ -128,15 +135,17 @@ def test_in_place_killed_at_every_file_call(origin, body, tmp_path):
         work = tmp_path / ("count-" + syscall)
         work.mkdir()
         (work / "disk.img").write_bytes(old)
-        calls = count_calls(command(url, str(work / "disk.img"), "--in-place"), syscall,
-                            str(tmp_path))
+        calls, undisturbed = count_calls(command(url, str(work / "disk.img"), "--in-place"),
+                                         syscall, str(tmp_path))
         for when in range(1, calls + 1):
             case = tmp_path / ("%s-%d" % (syscall, when))
             case.mkdir()
             out = case / "disk.img"
             out.write_bytes(old)
             code = kill_at(command(url, str(out), "--in-place"), syscall, when)
-            assert code in KILLED, "%s #%d: not killed (exit %s)" % (syscall, when, code)
+            killed = code in KILLED   # else fewer calls this time: see the module's docstring
+            assert killed or (when > 1 and code == undisturbed), \
+                "%s #%d: not killed (exit %s)" % (syscall, when, code)
             now = out.read_bytes()
             if now[:1 << 20] == body[:1 << 20]:
                 assert sha(now) == sha(body), "%s #%d: valid head over a wrong tail" % (
@@ -145,5 +154,5 @@ def test_in_place_killed_at_every_file_call(origin, body, tmp_path):
             assert again.returncode == 0, again.stderr
             assert digest(str(out)) == sha(body)
             assert listing(str(case)) == ["disk.img"]
-            checked += 1
+            checked += killed
     assert checked >= 5
