@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from tests.realnet.netns import pid_alive
+from tests.realnet.netns import pid_alive, run   # run: every ip/iptables/ethtool call, bounded
 
 PREFIX = "vm"
 NS_RE = re.compile(r"^vm(\d+)n$")
@@ -27,7 +27,6 @@ TAP = "vmtap0"
 HOST_ADDR = "10.77.0.1"           # the server, on the tap inside the namespace
 GUEST_ADDR = "10.77.0.2"
 NETMASK = "255.255.255.0"
-CMD_TIMEOUT = 15.0                # s; bound on every ip/iptables/ethtool call
 CLONE_NEWNET = 0x40000000         # <sched.h>
 TRIGGER_POLL = 0.05               # s between reads of a trigger rule's packet counter
 # GSO/TSO/GRO off: iptables then sees (and -m statistic drops) wire-sized packets,
@@ -36,15 +35,6 @@ OFFLOADS_OFF = ("gso", "off", "tso", "off", "gro", "off", "tx", "off")
 # ...and that is not enough for TCP, which always builds GSO packets (Linux 4.13+) sized
 # by the route device's gso_max_segs: one segment per skb is what makes them wire-sized.
 ONE_SEGMENT = ("gso_max_segs", "1", "gso_max_size", "1500")
-
-
-def run(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=CMD_TIMEOUT)
-    if check and proc.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode,
-                                                   proc.stderr.decode(errors="replace")))
-    return proc
 
 
 def delete(name: str) -> None:
