@@ -6,12 +6,12 @@ Budget, so one `retries` count and one `max_time` bound the whole job.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any, Callable, Optional
 
 from .errors import FetchError, HTTPStatusError
 from .options import Options
 from .policy import RetryPolicy
+from . import timing
 from .timing import Deadline, RateLimiter
 
 
@@ -23,7 +23,7 @@ class Budget:
         self.policy = RetryPolicy.from_options(options)
         self.deadline = deadline or Deadline(options.max_time)
         self.limiter = RateLimiter(options.limit_rate) if options.limit_rate else None
-        self.started = time.monotonic()
+        self.started = timing.now()
         self.count = 0          # attempts started
         self._splay = options.splay
         self._splay_seed = options.splay_seed
@@ -43,12 +43,12 @@ class Budget:
         emit("splay", seconds=round(delay, 3), seeded=self._splay_seed is not None)
         left = self.deadline.remaining()
         if left is not None and delay >= left:
-            time.sleep(max(left, 0.0))
+            timing.sleep(max(left, 0.0))
             self.deadline.check()
-        time.sleep(delay)
+        timing.sleep(delay)
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return timing.now() - self.started
 
     @property
     def exhausted(self) -> bool:
@@ -68,4 +68,4 @@ class Budget:
             error.message += " (no time left for another attempt within max_time)"
             raise error
         emit("backoff", seconds=round(delay, 3), attempt=self.count)
-        time.sleep(delay)
+        timing.sleep(delay)

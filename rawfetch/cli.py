@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, errors as E
+from . import __version__, errors as E, timing
 from .cliopts import OPTIONS, build_parser
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
@@ -134,12 +133,12 @@ class Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.started = time.monotonic()
+        self.started = timing.now()
         self.next_draw = 0.0
         self.first_offset: Optional[int] = None
 
     def __call__(self, stream: Any, force: bool = False) -> None:
-        now = time.monotonic()
+        now = timing.now()
         if not self.enabled or (now < self.next_draw and not force):
             return
         self.next_draw = now + PROGRESS_INTERVAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple, Union
 
+from . import timing
 from .connection import Connection, open_connection
 from .credentials import with_origin_auth
 from .net import certificate_refusal
@@ -232,14 +233,13 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
     if value.isascii() and value.isdigit():
         return float(int(value[:12]))
     from email.utils import parsedate_to_datetime  # rare path: keeps import light
-    import time
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - timing.wall())
 
 
 def request(method: str, url: str, *, options: Optional[Options] = None,

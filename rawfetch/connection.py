@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import select
 import socket
-from time import monotonic
 from typing import Any, Optional
 
+from . import timing
 from .errors import FetchError, IdleTimeout, mapped
 from .events import emit, wants_events
 from .http11 import USER_AGENT
@@ -38,7 +38,7 @@ class Connection:
         self.limiter = limiter
         self.idle_timeout = options.idle_timeout
         self.deadline = deadline
-        now = monotonic()
+        now = timing.now()
         self.last_activity = now
         self.speed = SpeedMonitor(options.speed_limit, options.speed_time, now)
         self._schedule()
@@ -84,7 +84,7 @@ class Connection:
                     self._wait(select.POLLOUT)
                     continue
                 view = view[sent:]
-                self.last_activity = monotonic()
+                self.last_activity = timing.now()
         self.phase = "recv"
 
     def recv_into(self, view: memoryview) -> int:
@@ -143,7 +143,7 @@ class Connection:
     def _arrived(self, size: int) -> None:
         """Account received bytes: activity for idle_timeout, totals for the speed rule.
         Never raises: the bytes are the caller's (see the rule at the top)."""
-        self.last_activity = monotonic()
+        self.last_activity = timing.now()
         self.speed.total += size
         if self.limiter is not None:
             self.limiter.took(size)
@@ -152,12 +152,12 @@ class Connection:
         """--limit-rate: wait for the bucket before receiving. Our own sleep is not the
         server's silence, so idle_timeout counts from its end."""
         granted = self.limiter.grant(want, self.deadline)
-        self.last_activity = max(self.last_activity, monotonic())
+        self.last_activity = max(self.last_activity, timing.now())
         return granted
 
     def _check_due(self) -> None:
         """The periodic speed/deadline check, if due; called before a receive only."""
-        now = monotonic()
+        now = timing.now()
         if now >= self._next_check:
             self._periodic(now)
 
@@ -176,7 +176,7 @@ class Connection:
         """Block until the socket is ready, or raise the bound that ran out first."""
         self._poller.modify(self.sock.fileno(), events)
         while True:
-            now = monotonic()
+            now = timing.now()
             if now >= self._next_check:
                 self._periodic(now)
             idle_left = self.last_activity + self.idle_timeout - now
@@ -185,7 +185,7 @@ class Connection:
                                   % (self.idle_timeout, _PHASES.get(self.phase, self.phase)),
                                   url=self.url)
             wait = min(idle_left, self._next_check - now)
-            if self._poller.poll(int(wait * 1000) + 1):
+            if timing.poll(self._poller, wait):
                 return
 
     def close(self) -> None:
@@ -221,7 +221,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
     conn = Connection(sock, options, deadline, str(url), limiter)
     try:
         if url.scheme == "https":
-            started = monotonic()
+            started = timing.now()
             if proxy is not None:
                 open_tunnel(conn, url, proxy, USER_AGENT)
             conn.start_tls(url.host, options.cafile, options.insecure, context)
@@ -239,13 +239,13 @@ def _dial(url: URL, proxy: Optional[Proxy], options: Options, deadline: Deadline
     """A connected socket to the origin, or to the proxy when there is one."""
     hop = url if proxy is None else proxy.url
     pins = parse_resolve(options.resolve)
-    started = monotonic()
+    started = timing.now()
     addresses = resolve(hop.host, hop.port, options.dns_timeout, deadline,
                         options.resolver, pins)
     if report:
         emit(options.on_event, "resolve", url=str(url), host=hop.host,
              addresses=[a[1][0] for a in addresses], ms=_ms(started))
-    started = monotonic()
+    started = timing.now()
     sock, address = connect(addresses, options.connect_timeout, deadline)
     if report:
         emit(options.on_event, "connect", url=str(url), address=address[1][0],
@@ -254,4 +254,4 @@ def _dial(url: URL, proxy: Optional[Proxy], options: Options, deadline: Deadline
 
 
 def _ms(started: float) -> float:
-    return round((monotonic() - started) * 1000, 3)
+    return round((timing.now() - started) * 1000, 3)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from typing import Any, Callable, List, Optional, Tuple
 
+from . import timing
 from .errors import (InvalidRequest, LocalWriteError, ReadBackMismatch, UnsupportedImageFormat,
                      mapped)
 from .output import Sink, write_all
@@ -327,10 +327,10 @@ class SafeDisk(Sink):
 
     def _read_back(self, size: int) -> float:
         assert self.digest is not None
-        started = time.monotonic()
+        started = timing.now()
         with mapped("write", path=self.path + " (reading it back)"):
             read = read_back(self.path, size)
-        seconds = round(time.monotonic() - started, 3)
+        seconds = round(timing.now() - started, 3)
         differs = first_difference(self.digest, read)
         self._event("readback", bytes=size, seconds=seconds, ok=differs is None)
         if differs is not None:

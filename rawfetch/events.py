@@ -4,9 +4,9 @@ logging is imported on the first event, not at `import rawfetch`.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Optional
 
+from . import timing
 from .credentials import redact_url
 
 _logger: Any = None
@@ -19,7 +19,7 @@ LOG_LEVELS = {"progress": 10}
 def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) -> dict:
     """Send one event to the callback (if any) and to logging.getLogger("rawfetch")."""
     global _logger
-    event = {"event": name, "time": round(time.time(), 6)}
+    event = {"event": name, "time": round(timing.wall(), 6)}
     event.update((key, _shown(value)) for key, value in fields.items())
     if on_event is not None:
         on_event(event)

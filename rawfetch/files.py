@@ -11,9 +11,9 @@ decompresses on the way.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
+from . import timing
 from .digest import FileHasher, Worker, new_hasher
 from .budget import Budget
 from .decompress import make_decoder
@@ -137,7 +137,7 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
         if splicer is not None:
             splicer.close()
     result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
-                            stream.restarts, held, round(time.monotonic() - stream.started, 3),
+                            stream.restarts, held, round(timing.now() - stream.started, 3),
                             stream.digest, stream.history, tuple(stream.segments))
     if wants_events(opts):
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,

@@ -12,9 +12,9 @@ import select
 import socket
 import threading
 from collections import OrderedDict
-from time import monotonic
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from . import timing
 from .errors import (ClientCertificateError, ConnectError, ConnectTimeout, DNSError,
                      DNSTimeout, FetchError, FetchTimeout, InvalidRequest, ProtocolError,
                      ReceiveError, SendError, TLSHandshakeError, translate)
@@ -37,7 +37,7 @@ class AddressMemory:
     def failed(self, sockaddr: Tuple[Any, ...]) -> None:
         with self._lock:
             self._failed.pop(sockaddr[:2], None)
-            self._failed[sockaddr[:2]] = monotonic()
+            self._failed[sockaddr[:2]] = timing.now()
             while len(self._failed) > FAILED_ADDRESS_MEMORY:
                 self._failed.popitem(last=False)
 
@@ -53,7 +53,7 @@ class AddressMemory:
         lists = list(by_family.values())
         mixed = [lst[i] for i in range(max(map(len, lists), default=0))
                  for lst in lists if i < len(lst)]
-        now = monotonic()
+        now = timing.now()
         with self._lock:
             def stale(address: Address) -> float:
                 when = self._failed.get(address[1][:2])
@@ -137,7 +137,7 @@ def resolve(host: str, port: int, dns_timeout: float, deadline: Deadline,
             finished.set()
 
     threading.Thread(target=work, name="rawfetch-dns", daemon=True).start()
-    if not finished.wait(deadline.bound(dns_timeout)):
+    if not timing.wait(finished, deadline.bound(dns_timeout)):
         deadline.check()
         raise DNSTimeout("resolving %s took longer than dns_timeout=%gs" % (host, dns_timeout))
     if "error" in outcome:
@@ -165,10 +165,10 @@ def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline
     failures: List[str] = []
     timed_out = 0
     poller = select.poll()
-    next_start = monotonic()
+    next_start = timing.now()
     try:
         while queue or pending:
-            now = monotonic()
+            now = timing.now()
             deadline.check(now)
             if queue and (not pending or now >= next_start):
                 _start(queue.pop(0), pending, poller, now + connect_timeout, failures, memory)
@@ -185,7 +185,7 @@ def connect(addresses: List[Address], connect_timeout: float, deadline: Deadline
             if winner is not None:
                 return winner
             if failures and queue and not pending:
-                next_start = monotonic()
+                next_start = timing.now()
     finally:
         for fd in list(pending):
             _drop(fd, pending, poller, memory)  # slower than the winner: try it last
@@ -234,7 +234,7 @@ def _start(address: Address, pending: Dict[int, _Attempt], poller: Any, expires:
 
 def _poll_connect(poller: Any, pending: Dict[int, _Attempt], wait: float, failures: List[str],
                   memory: AddressMemory) -> Optional[Tuple[socket.socket, Address]]:
-    for fd, _events in poller.poll(int(wait * 1000) + 1):
+    for fd, _events in timing.poll(poller, wait):
         attempt = pending.get(fd)
         if attempt is None:
             continue

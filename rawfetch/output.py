@@ -9,9 +9,9 @@ import errno
 import os
 import stat
 import threading
-import time
 from typing import Any, Callable, Optional, Tuple
 
+from . import timing
 from . import sidecar
 from .credentials import redact_url
 from .errors import LocalWriteError, mapped
@@ -93,7 +93,7 @@ class PartFile(Sink):
             os.lseek(self.fd, held, os.SEEK_SET)
         self.verified = held
         self.recorded = loaded.identity if loaded is not None and held else None
-        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        self._next_checkpoint = timing.now() + CHECKPOINT_SECONDS
         return held, self.recorded
 
     def record(self, identity: Identity) -> None:
@@ -123,14 +123,14 @@ class PartFile(Sink):
 
     def _advance(self, count: int) -> None:
         self._unsynced += count
-        if self._unsynced >= CHECKPOINT_BYTES or time.monotonic() >= self._next_checkpoint:
+        if self._unsynced >= CHECKPOINT_BYTES or timing.now() >= self._next_checkpoint:
             self.checkpoint()
 
     def checkpoint(self) -> None:
         """fsync the .part, then let the sidecar claim what the fsync covered."""
         with self._guard:
             self._unsynced = 0
-            self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+            self._next_checkpoint = timing.now() + CHECKPOINT_SECONDS
             if not self.resumable or self.recorded is None:
                 return
             with mapped("write", path=self.part):

@@ -10,9 +10,9 @@ reaches the consumer (download()'s pipeline) through one explicit path:
 """
 from __future__ import annotations
 
-from time import time
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+from . import timing
 from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
 from .digest import fresh, new_hasher
@@ -232,7 +232,7 @@ class Stream:
         self.ledger.offset += size
         if not self._report:
             return
-        now = time()
+        now = timing.wall()
         if now >= self._next_progress:
             quiet = now - self._last_delivery > PROGRESS_EVENT_INTERVAL / 10
             if before > self._reported and quiet:

@@ -1,15 +1,95 @@
-"""Monotonic time bounds: the one max_time deadline and curl's low-speed rule."""
+"""The one clock and the time bounds built on it: max_time, curl's low-speed rule, the
+rate limit.
+
+Every read of the time and every wait in rawfetch goes through the module functions
+below (now, wall, sleep, poll, wait). They ask the current Clock, the real one unless a
+test installed another with use_clock(): the suite runs rawfetch on a virtual clock that
+jumps to the next deadline when every thread is blocked (tests/vclock.py), so a 30 s
+stall is asserted in milliseconds.
+"""
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
-from time import monotonic, sleep
-from typing import Deque, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 from .errors import DeadlineExceeded, LowSpeed
 
 SPEED_SAMPLES = 10  # samples per speed_time window: enough resolution, constant memory
 RATE_BURST = 1.0    # s; --limit-rate allows bursts of about one second's worth (curl's feel)
 RATE_STEPS = 20     # a paced receive takes at least 1/20 s worth: bounded syscalls per second
+
+
+class Clock:
+    """The real clock. A substitute (a virtual clock) overrides every method."""
+
+    def now(self) -> float:
+        """Monotonic seconds: every deadline, timeout and elapsed time."""
+        return time.monotonic()
+
+    def wall(self) -> float:
+        """Seconds since the epoch: event stamps and HTTP dates only."""
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def poll(self, poller: Any, timeout: Optional[float]) -> List[Tuple[int, int]]:
+        """select.poll().poll() with `timeout` in seconds (None = until ready)."""
+        if timeout is None:
+            return poller.poll()
+        return poller.poll(int(max(timeout, 0.0) * 1000) + 1)
+
+    def wait(self, event: threading.Event, timeout: Optional[float]) -> bool:
+        """Wait for a helper thread's `event` (e.g. the DNS lookup) at most `timeout` s."""
+        return event.wait(timeout)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Around a helper thread's work that another thread waits for: a virtual clock
+        must not jump while it runs."""
+        yield
+
+
+_clock = Clock()
+
+
+def clock() -> Clock:
+    return _clock
+
+
+def use_clock(new: Clock) -> Clock:
+    """Install `new` as the clock of every later call; returns the previous one."""
+    global _clock
+    previous, _clock = _clock, new
+    return previous
+
+
+def now() -> float:
+    return _clock.now()
+
+
+def wall() -> float:
+    return _clock.wall()
+
+
+def sleep(seconds: float) -> None:
+    _clock.sleep(seconds)
+
+
+def poll(poller: Any, timeout: Optional[float]) -> List[Tuple[int, int]]:
+    return _clock.poll(poller, timeout)
+
+
+def wait(event: threading.Event, timeout: Optional[float]) -> bool:
+    return _clock.wait(event, timeout)
+
+
+def busy() -> Any:
+    return _clock.busy()
 
 
 class Deadline:
@@ -20,15 +100,15 @@ class Deadline:
 
     def __init__(self, max_time: Optional[float] = None) -> None:
         self.max_time = max_time
-        self.at = None if max_time is None else monotonic() + max_time
+        self.at = None if max_time is None else _clock.now() + max_time
 
     def remaining(self, now: Optional[float] = None) -> Optional[float]:
         if self.at is None:
             return None
-        return self.at - (monotonic() if now is None else now)
+        return self.at - (_clock.now() if now is None else now)
 
     def check(self, now: Optional[float] = None) -> None:
-        if self.at is not None and (monotonic() if now is None else now) >= self.at:
+        if self.at is not None and (_clock.now() if now is None else now) >= self.at:
             raise DeadlineExceeded("max_time of %gs exceeded" % self.max_time)
 
     def bound(self, timeout: Optional[float], now: Optional[float] = None) -> Optional[float]:
@@ -93,17 +173,17 @@ class RateLimiter:
     def grant(self, want: int, deadline: Deadline) -> int:
         """Sleep until a receive may take bytes (within max_time); return how many it may
         take, 1 <= n <= want."""
-        now = monotonic()
-        self._refill(now)
+        current = _clock.now()
+        self._refill(current)
         need = min(float(want), max(self.rate / RATE_STEPS, 1.0))
         if self.tokens < need:
             delay = (need - self.tokens) / self.rate
-            left = deadline.remaining(now)
+            left = deadline.remaining(current)
             if left is not None and delay >= left:
                 sleep(max(left, 0.0))
                 deadline.check()
             sleep(delay)
-            self._refill(monotonic())
+            self._refill(_clock.now())
         return max(1, min(want, int(self.tokens)))
 
     def took(self, size: int) -> None:

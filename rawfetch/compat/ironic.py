@@ -17,9 +17,9 @@ agent's business and are ignored. What changes for an operator is in docs/ironic
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from .. import timing
 from ..checksumfile import ALGO_BY_HEX_LENGTH
 from ..errors import ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest, mapped
 from ..files import DownloadResult, download
@@ -416,7 +416,7 @@ class ImageDownload:
     @property
     def elapsed(self) -> float:
         """Seconds since start_time (the agent's time_obj, else construction)."""
-        return time.time() - self.start_time
+        return timing.wall() - self.start_time
 
     def verify_image(self, image_location: str) -> None:
         """Read the first bytes_transferred bytes of image_location back (a file or a
@@ -470,7 +470,7 @@ class ImageDownload:
 
 def _start_time(time_obj: Optional[float]) -> float:
     if time_obj is None:
-        return time.time()
+        return timing.wall()
     if isinstance(time_obj, bool) or not isinstance(time_obj, (int, float)):
         raise InvalidRequest("time_obj must be a time.time() value, not %r" % (time_obj,))
     return float(time_obj)
@@ -487,7 +487,7 @@ def _remaining_duration(options: Options, start_time: float) -> Options:
     is left of it bounds the job."""
     if options.max_time is None:
         return options
-    left = options.max_time - (time.time() - start_time)
+    left = options.max_time - (timing.wall() - start_time)
     if left <= 0:
         raise DeadlineExceeded("image_download_max_duration of %gs ran out before this "
                                "download started" % options.max_time)
