@@ -249,6 +249,15 @@ class OutputBusy(FetchError):
     phase = "lock"
 
 
+class MetalinkError(FetchError):
+    """A Metalink 4 document (RFC 5854) rawfetch will not use: not well-formed XML, a DTD
+    or entity (refused, never expanded), over a size limit, a hash of the wrong length,
+    pieces that do not add up to the size, no http(s) URL, or no single file matching the
+    name asked for (rawfetch's own code; curl dropped Metalink in 7.78)."""
+    exit_code = 98
+    phase = "metalink"
+
+
 # ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy
 # unreachable, 56 CONNECT refused or cut short, 35 client certificate refused)
 
