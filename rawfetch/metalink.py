@@ -26,12 +26,15 @@ from .url import MAX_URL_LENGTH, parse_url
 
 NAMESPACE = "urn:ietf:params:xml:ns:metalink"     # RFC 5854 section 1.2
 METALINK3_NAMESPACE = "http://www.metalinker.org/"  # the pre-RFC format: named, refused
-# Room for MAX_PIECES sha-512 piece hashes (~150 bytes of XML each: 38 MiB) plus
-# MAX_URLS mirrors; a larger document does not describe one image. Read 64 KiB at a time.
-MAX_DOCUMENT_BYTES = 48 << 20
-READ_CHUNK = 1 << 16
-# 1 TiB in 4 MiB pieces (256 GiB in 1 MiB ones); the digests stay <= 16 MiB in memory.
-MAX_PIECES = 1 << 18
+# Room for MAX_PIECES sha-512 piece hashes (~150 bytes of XML each: 19 MiB) plus
+# MAX_URLS mirrors; a larger document does not describe one image. Peak memory stays
+# under ~3x this: expat holds an unfinished token (a comment, a tag) whole.
+MAX_DOCUMENT_BYTES = 24 << 20
+# Bytes fed to expat at a time: expat < 2.6 rescans an unfinished token at every feed
+# (CVE-2023-52425), so a hostile 24 MiB token costs 24 rescans, not 384.
+READ_CHUNK = 1 << 20
+# 512 GiB in 4 MiB pieces (128 GiB in 1 MiB ones); the digests stay <= 8 MiB in memory.
+MAX_PIECES = 1 << 17
 MAX_URLS = 1024        # mirrors of all files together; each may cost a connection attempt
 MAX_FILES = 1024       # <file> elements; a release tree has tens
 MAX_DEPTH = 32         # nesting; RFC 5854 needs 4 (metalink/file/pieces/hash)
@@ -168,6 +171,9 @@ def parse(source: Source) -> Metalink:
         return reader.close()
     if isinstance(source, (str, os.PathLike)):
         return _parse_path(os.fspath(source), reader)
+    if not callable(getattr(source, "read", None)):
+        raise MetalinkError("a Metalink comes as bytes, a path or a binary file, not %s"
+                            % type(source).__name__)
     return _parse_stream(source, reader, getattr(source, "name", "the Metalink"))
 
 
