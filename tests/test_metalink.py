@@ -17,6 +17,7 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 
 from rawfetch import metalink as M
+from rawfetch.metalink_make import MAKE_READ_BLOCK, describe, to_xml
 from rawfetch.errors import FetchError, MetalinkError
 from tests.faultserver import FaultServer, make_body
 
@@ -66,7 +67,7 @@ def test_make_then_load_gives_back_the_image_digests_and_mirrors(tmp_path, size,
     assert (pieces.type, pieces.length) == ("sha-256", piece)
     assert pieces.digests == piece_digests(image, piece)
     assert [(m.url, m.priority) for m in item.mirrors] == [(urls[0], 1), (urls[1], 2)]
-    assert M.to_xml([item], generator="rawfetch/%s" % __import__("rawfetch").__version__
+    assert to_xml([item], generator="rawfetch/%s" % __import__("rawfetch").__version__
                     ).encode() == made.stdout   # parse and print are inverse
 
 
@@ -81,7 +82,7 @@ def test_load_reads_bytes_paths_and_binary_files_alike(tmp_path):
 
 def test_an_empty_image_has_no_pieces_and_the_empty_digest(tmp_path):
     (tmp_path / "empty").write_bytes(b"")
-    item = M.load(M.to_xml([M.describe(str(tmp_path / "empty"), [URL])]).encode())
+    item = M.load(to_xml([describe(str(tmp_path / "empty"), [URL])]).encode())
     assert (item.size, item.pieces) == (0, ())
     assert item.checksum() == "sha256:" + hashlib.sha256(b"").hexdigest()
 
@@ -93,12 +94,12 @@ def test_make_hashes_a_large_image_in_constant_memory(tmp_path):
             out.write(make_body(MiB, seed))
     tracemalloc.start()
     try:
-        item = M.describe(str(image), [URL], piece_size=MiB)
+        item = describe(str(image), [URL], piece_size=MiB)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert item.best_pieces().digest(47) == hashlib.sha256(make_body(MiB, 47)).digest()
-    assert peak < M.MAKE_READ_BLOCK + MiB   # one read buffer, never the 48 MiB image
+    assert peak < MAKE_READ_BLOCK + MiB   # one read buffer, never the 48 MiB image
 
 
 @pytest.mark.parametrize("args, words", [
