@@ -1,5 +1,5 @@
-"""Metalink 4 (RFC 5854) in and out: read a .meta4's mirrors, size, whole-file hashes and
-piece hashes into frozen dataclasses, and publish one for an image.
+"""Metalink 4 (RFC 5854) in: read a .meta4's mirrors, size, whole-file hashes and piece
+hashes into frozen dataclasses, for the download to use and verify.
 
 Reading is safe on hostile input: expat directly, a DOCTYPE (and so every DTD, entity
 declaration and external entity) refused the moment it starts, never expanded; the
@@ -176,17 +176,26 @@ def parse(source: Source) -> Metalink:
 
 def _parse_path(path: str, reader: "_Reader") -> Metalink:
     try:
-        with open(path, "rb") as handle:
-            return _parse_stream(handle, reader, path)
+        handle = open(path, "rb")
     except OSError as exc:  # not a transfer: an unreadable Metalink is a refused one (98)
         raise MetalinkError("cannot read the Metalink %s: %s"
                             % (path, exc.strerror or exc)) from None
+    with handle:
+        return _parse_stream(handle, reader, path)
+
+
+def _read(handle: IO[bytes], size: int, what: object) -> bytes:
+    try:
+        return handle.read(size)
+    except OSError as exc:  # not a transfer: an unreadable Metalink is a refused one (98)
+        raise MetalinkError("cannot read the Metalink %s: %s"
+                            % (what, exc.strerror or exc)) from None
 
 
 def _parse_stream(handle: IO[bytes], reader: "_Reader", what: object) -> Metalink:
     read = 0
     while True:
-        chunk = handle.read(min(READ_CHUNK, MAX_DOCUMENT_BYTES + 1 - read))
+        chunk = _read(handle, min(READ_CHUNK, MAX_DOCUMENT_BYTES + 1 - read), what)
         if not chunk:
             return reader.close()
         read += len(chunk)

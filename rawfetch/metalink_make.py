@@ -110,7 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     from . import __version__
-    sys.stdout.write(to_xml([item], generator="rawfetch/%s" % __version__))
+    xml = to_xml([item], generator="rawfetch/%s" % __version__)
+    sys.stdout.buffer.write(xml.encode("utf-8"))   # as declared, whatever the locale says
+    sys.stdout.flush()
     return 0
 
 

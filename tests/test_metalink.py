@@ -38,8 +38,9 @@ def one_file(inner: str, name: str = "img") -> bytes:
     return doc('<file name="%s">%s</file>' % (name, inner))
 
 
-def run_module(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run_module(*args: str, env_extra: Optional[dict] = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "rawfetch.metalink", *args], env=env,
                           capture_output=True, timeout=120, **kwargs)
 
@@ -373,6 +374,22 @@ def test_a_bad_document_is_a_metalink_error_naming_the_fault(case):
 def test_a_source_of_the_wrong_type_is_a_metalink_error():
     with pytest.raises(MetalinkError, match="bytes, a path or a binary file"):
         M.load(12)  # type: ignore[arg-type]
+
+
+def test_an_unreadable_source_is_a_metalink_error(tmp_path):
+    with pytest.raises(MetalinkError, match="cannot read the Metalink .*directory"):
+        M.load(tmp_path)
+    with open(tmp_path / "write-only", "wb") as handle:   # its read() raises an OSError
+        with pytest.raises(MetalinkError, match="cannot read the Metalink"):
+            M.load(handle)
+
+
+def test_make_writes_utf8_whatever_the_locale(tmp_path):
+    (tmp_path / "img").write_bytes(b"x")
+    made = run_module("make", str(tmp_path / "img"), "--url", URL, "--name", "d\u00efsk.img",
+                      env_extra={"LC_ALL": "C", "PYTHONIOENCODING": "ascii"})
+    assert made.returncode == 0, made.stderr
+    assert M.load(made.stdout).name == "d\u00efsk.img"
 
 
 def test_check_command_exits_98_in_one_line(tmp_path):
