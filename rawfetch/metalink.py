@@ -280,35 +280,33 @@ class _Reader:
     def _external(self, *_: Any) -> int:
         raise _Refused("an external entity is refused")
 
-    # ---- structure
+    # ---- structure: only these exact paths from the root are read (_FILE, _PIECES...)
     def _start(self, tag: str, attrs: Dict[str, str]) -> None:
-        parent = self._stack[-1] if self._stack else None
         self._stack.append(tag)
-        if len(self._stack) > MAX_DEPTH:
+        path = tuple(self._stack)
+        if len(path) > MAX_DEPTH:
             raise _Refused("elements nested over %d deep" % MAX_DEPTH)
-        if parent is None:
+        if len(path) == 1:
             _check_root(tag)
         elif self._collect is not None:
-            raise _Refused("element <%s> inside <%s>" % (_local(tag), _local(parent)))
-        elif parent == _ns("metalink") and tag == _ns("file"):
+            raise _Refused("element <%s> inside <%s>" % (_local(tag), _local(path[-2])))
+        elif path == _FILE:
             self._open_file(attrs)
-        elif parent == _ns("file") and tag in (_ns("size"), _ns("hash"), _ns("url")):
-            self._begin_text(attrs)
-        elif parent == _ns("file") and tag == _ns("pieces"):
+        elif path == _PIECES:
             self._open_pieces(attrs)
-        elif parent == _ns("pieces") and tag == _ns("hash"):
+        elif path[:-1] == _FILE and tag in _FILE_TEXT or path == _PIECE_HASH:
             self._begin_text(attrs)
 
     def _end(self, tag: str) -> None:
+        path = tuple(self._stack)
         self._stack.pop()
-        parent = self._stack[-1] if self._stack else None
         if self._collect is not None:
             text = "".join(self._collect).strip()
             self._collect = None
-            self._element_text(parent, tag, text)
-        elif tag == _ns("pieces") and parent == _ns("file"):
+            self._element_text(path, text)
+        elif path == _PIECES:
             self._close_pieces()
-        elif tag == _ns("file") and parent == _ns("metalink"):
+        elif path == _FILE:
             self._close_file()
 
     def _begin_text(self, attrs: Dict[str, str]) -> None:
@@ -322,10 +320,10 @@ class _Reader:
             raise _Refused("<%s> holds over %d characters" % (_local(self._stack[-1]), MAX_TEXT))
         self._collect.append(data)
 
-    def _element_text(self, parent: Optional[str], tag: str, text: str) -> None:
-        state = self._file
-        assert state is not None
-        if parent == _ns("pieces"):
+    def _element_text(self, path: Tuple[str, ...], text: str) -> None:
+        state, tag = self._file, path[-1]
+        assert state is not None   # _start collects text only inside an open <file>
+        if path == _PIECE_HASH:
             self._piece_hash(text)
         elif tag == _ns("size"):
             if state.size is not None:
@@ -406,6 +404,12 @@ class _Reader:
 
 def _ns(local: str) -> str:
     return NAMESPACE + " " + local
+
+
+_FILE = (_ns("metalink"), _ns("file"))
+_PIECES = _FILE + (_ns("pieces"),)
+_PIECE_HASH = _PIECES + (_ns("hash"),)
+_FILE_TEXT = (_ns("size"), _ns("hash"), _ns("url"))   # <file>'s children read as text
 
 
 def _local(tag: str) -> str:

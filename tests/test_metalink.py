@@ -169,6 +169,12 @@ def test_several_files_need_a_name_that_matches_one(name, words):
         M.load(RICH, name)
 
 
+def test_a_file_inside_a_file_is_skipped_not_read_into_its_parent():
+    item = M.load(one_file('<file name="b"><size>7</size><hash type="sha-256">%s</hash>'
+                           '</file><url>%s</url>' % (SHA, URL), name="a"))
+    assert (item.name, item.size, item.hashes) == ("a", None, ())
+
+
 def test_two_files_of_one_name_are_ambiguous():
     twice = doc('<file name="x"><url>%s</url></file>' % URL * 2)
     with pytest.raises(MetalinkError, match="2 files named 'x'"):
@@ -362,6 +368,11 @@ BAD_DOCUMENTS = {
     "too-many-urls": (one_file("<url>%s</url>" % URL * (M.MAX_URLS + 1)), "more than 1024 URLs"),
     "too-long-url": (one_file("<url>http://m/%s</url>" % ("a" * M.MAX_TEXT)), "holds over"),
     "child-in-url": (one_file("<url>http://m/<b/></url>"), "element <b> inside <url>"),
+    # metalink elements out of place are skipped, never read into another file
+    "file-in-extension": (doc('<x:e xmlns:x="urn:x"><file name="a"><size>1</size><url>%s</url>'
+                              '</file></x:e>' % URL), "describes no file"),
+    "pieces-in-extension": (doc('<x:e xmlns:x="urn:x"><pieces type="sha-256" length="1"><hash>'
+                                'zz</hash></pieces></x:e>'), "describes no file"),
 }
 
 
