@@ -15,6 +15,7 @@ Publishing (the make command) is in metalink_make.py; the command runs from here
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
@@ -41,6 +42,10 @@ MAX_TEXT = MAX_URL_LENGTH  # characters of one element's text: the longest URL a
 MAX_NAME = 4096        # a file name's characters: Linux's PATH_MAX
 MAX_SIZE = (1 << 63) - 1   # off_t: no file system holds more (RFC 5854 4.2.14 sets none)
 PRIORITY_RANGE = (1, 999999)   # RFC 5854 4.2.16.1: lower is preferred
+# The encodings expat decodes natively (XML 1.0 4.3.3 requires only UTF-8 and UTF-16);
+# the declaration is looked for in the first DECLARATION_BYTES.
+EXPAT_ENCODINGS = ("utf-8", "utf-16", "utf-16le", "utf-16be", "iso-8859-1", "us-ascii")
+DECLARATION_BYTES = 256
 
 # RFC 5854 4.2.4: type names from IANA's "Hash Function Textual Names", hex-encoded.
 # name -> (hashlib name, hex digits); strongest first. Other names are skipped, not used.
@@ -253,8 +258,16 @@ class _Reader:
         self._file: Optional[_FileState] = None
         self._pieces: Optional[_PiecesState] = None
         self._urls = 0
+        self._head: Optional[bytes] = b""
 
     def feed(self, data: bytes, final: bool = False) -> None:
+        if self._head is not None:   # until the XML declaration has been seen whole
+            self._head += data
+            if b"?>" not in self._head[:DECLARATION_BYTES] and \
+                    len(self._head) < DECLARATION_BYTES and not final:
+                return
+            data, self._head = self._head, None
+            _check_encoding(data[:DECLARATION_BYTES])
         try:
             self._parser.Parse(data, final)
         except _Refused as exc:
@@ -262,6 +275,8 @@ class _Reader:
                                 % (self._parser.CurrentLineNumber, exc)) from None
         except expat.ExpatError as exc:
             raise MetalinkError("not well-formed XML: %s" % exc) from None
+        except (LookupError, UnicodeError, ValueError) as exc:  # pyexpat's codec path:
+            raise MetalinkError("the XML's encoding cannot be read: %s" % exc) from None
 
     def close(self) -> Metalink:
         self.feed(b"", final=True)
@@ -414,6 +429,20 @@ _FILE_TEXT = (_ns("size"), _ns("hash"), _ns("url"))   # <file>'s children read a
 
 def _local(tag: str) -> str:
     return tag.rpartition(" ")[2]
+
+
+def _check_encoding(head: bytes) -> None:
+    """Only the encodings expat decodes itself: any other name would make pyexpat run a
+    Python codec of the document's choosing on its bytes (rot13, idna, utf-7...). The
+    declaration is read as expat will read it: UTF-16 by its BOM or its NULs (XML 1.0 F.1)."""
+    utf16 = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be", b"<\x00": "utf-16-le",
+             b"\x00<": "utf-16-be"}.get(head[:2])
+    text = head.decode(utf16 or "latin-1", "replace").lstrip("\ufeff\u00ef\u00bb\u00bf")
+    found = re.match(r"<\?xml[^>]*?\sencoding\s*=\s*[\"']([^\"']*)", text)
+    name = found.group(1).lower() if found else "utf-8"
+    if name not in EXPAT_ENCODINGS:
+        raise MetalinkError("the XML declares encoding %r: only %s are read"
+                            % (name[:40], ", ".join(EXPAT_ENCODINGS)))
 
 
 def _check_root(tag: str) -> None:

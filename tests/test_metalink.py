@@ -169,6 +169,14 @@ def test_several_files_need_a_name_that_matches_one(name, words):
         M.load(RICH, name)
 
 
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16", "utf-16-be", "iso-8859-1"])
+def test_documents_in_the_encodings_expat_decodes_are_read(codec):
+    text = one_file("<url>%s</url>" % URL, name="d\u00efsk.img").decode()
+    declared = {"utf-16-be": "UTF-16"}.get(codec, codec)
+    data = text.replace("UTF-8", declared).encode(codec)
+    assert M.load(data).name == "d\u00efsk.img"
+
+
 def test_a_file_inside_a_file_is_skipped_not_read_into_its_parent():
     item = M.load(one_file('<file name="b"><size>7</size><hash type="sha-256">%s</hash>'
                            '</file><url>%s</url>' % (SHA, URL), name="a"))
@@ -363,6 +371,13 @@ BAD_DOCUMENTS = {
     "empty": (b"", "not well-formed"),
     "truncated": (one_file("<url>%s</url>" % URL)[:-12], "not well-formed"),
     "no-file": (doc(""), "describes no file"),
+    # encodings: only expat's own, never a Python codec named by the document
+    "encoding-rot13": (one_file("<url>%s</url>" % URL).replace(b"UTF-8", b"rot13"),
+                       "declares encoding 'rot13'"),
+    "encoding-utf7-in-utf16": (one_file("<url>%s</url>" % URL).decode().replace(
+        "UTF-8", "utf-7").encode("utf-16"), "declares encoding 'utf-7'"),
+    "encoding-lies": (one_file("<url>%s</url>" % URL).replace(b"UTF-8", b"UTF-16"),
+                      "encoding specified in XML declaration is incorrect"),
     # structure caps
     "too-deep": (doc("<a>" * M.MAX_DEPTH + "</a>" * M.MAX_DEPTH), "nested over"),
     "too-many-urls": (one_file("<url>%s</url>" % URL * (M.MAX_URLS + 1)), "more than 1024 URLs"),
@@ -502,3 +517,31 @@ def test_aria2c_with_a_lying_first_mirror_never_reports_a_wrong_file(served, tmp
     print("aria2c exit %d, file %s, second mirror asked %d times" % (
         done.returncode, "right" if good else "wrong or absent",
         len(served.servers[1].requests)))
+
+
+ROUNDS = int(os.environ.get("METALINK_MUTATIONS", "3000"))
+
+
+def test_mutated_documents_give_a_file_or_a_metalink_error_and_nothing_else():
+    """ROUNDS seeded mutations of a full document (bytes flipped, cut, duplicated): load()
+    returns a File or raises MetalinkError; no other exception, whatever the damage."""
+    import random
+    chance = random.Random(24)
+    outcomes = {"file": 0, "refused": 0}
+    for _ in range(ROUNDS):
+        data = bytearray(RICH)
+        for _ in range(chance.randint(1, 4)):
+            at = chance.randrange(len(data))
+            kind = chance.randrange(3)
+            if kind == 0:
+                data[at] = chance.randrange(256)
+            elif kind == 1:
+                del data[at:at + chance.randint(1, 40)]
+            else:
+                data[at:at] = data[at:at + chance.randint(1, 40)]
+        try:
+            M.load(bytes(data), "a.img")
+            outcomes["file"] += 1
+        except MetalinkError:
+            outcomes["refused"] += 1
+    assert outcomes["file"] > 0 and outcomes["refused"] > 0, outcomes
