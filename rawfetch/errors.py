@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from .redact import redact_url
+
 
 class FetchError(Exception):
     """Base of every error rawfetch raises."""
@@ -30,8 +32,7 @@ class FetchError(Exception):
     def __str__(self) -> str:
         if not self.url:
             return self.message
-        from .credentials import redact_url  # a URL's password never reaches a message
-        return "%s (%s)" % (self.message, redact_url(self.url))
+        return "%s (%s)" % (self.message, redact_url(self.url))  # never with a password
 
 
 class InvalidRequest(FetchError):

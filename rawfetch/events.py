@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from . import timing
-from .credentials import redact_url
+from .redact import redact_url
 
 _logger: Any = None
 # `progress` comes four times a second while bytes arrive: at INFO it floods an agent's log
