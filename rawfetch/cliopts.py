@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .options import DEFAULTS
+from .options import DECOMPRESS_KINDS, DEFAULTS, MIRROR_ORDERS
 
 README_BEGIN = "<!-- options:begin -->"
 README_END = "<!-- options:end -->"
@@ -116,8 +116,8 @@ OPTIONS: Tuple[Opt, ...] = (
         "(API: urls=[...])", "MIRROR_URL", nargs="*", shown_default="none", slot="source"),
     Opt(("--mirror-order",), "source", "order the mirrors are tried in: as given, "
         "shuffled per run, or rotated by a hash of --splay-seed (else the host name) so a "
-        "rack spreads over them", "ordered|random|hash", keyword="mirror_order",
-        choices=("ordered", "random", "hash")),
+        "rack spreads over them", "|".join(MIRROR_ORDERS), keyword="mirror_order",
+        choices=MIRROR_ORDERS),
     Opt(("--cmdline",), "source", "also read rawfetch.url=, rawfetch.mirror=, "
         "rawfetch.OPTION=VALUE from the kernel command line (FILE, else /proc/cmdline); "
         "options given here win", "FILE", nargs="?", shown_default="off"),
@@ -196,8 +196,8 @@ OPTIONS: Tuple[Opt, ...] = (
         action="store_true"),
     Opt(("--decompress",), "pipeline", "decompress on the fly: auto picks by the first "
         "bytes' magic and passes anything else through; checksums apply to the bytes as "
-        "downloaded", "auto|gzip|xz|bzip2|none", keyword="decompress",
-        choices=("auto", "gzip", "xz", "bzip2", "none")),
+        "downloaded", "|".join(DECOMPRESS_KINDS), keyword="decompress",
+        choices=DECOMPRESS_KINDS),
     Opt(("--xz-memlimit",), "pipeline", "most memory one xz stream may need (K/M/G = "
         "powers of 1024); a stream needing more is exit 92", "SIZE", size, "xz_memlimit",
         shown_default="256M"),
