@@ -165,11 +165,11 @@ class GzipDecoder(StreamDecoder):
     error_class = GunzipError
 
     def _new_codec(self) -> Any:
-        import zlib
+        import zlib  # lazy: each codec is loaded on first use
         return zlib.decompressobj(16 + zlib.MAX_WBITS)   # gzip wrapper only
 
     def _decode(self, view: memoryview) -> Iterator[Any]:
-        import zlib
+        import zlib  # lazy: each codec is loaded on first use
         codec = self._codec
         while True:
             try:
@@ -230,11 +230,11 @@ class XzDecoder(_BufferingDecoder):
         super().__init__()
 
     def _new_codec(self) -> Any:
-        import lzma
+        import lzma  # lazy: each codec is loaded on first use
         return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=self.memlimit)
 
     def _codec_errors(self) -> Tuple[type, ...]:
-        import lzma
+        import lzma  # lazy: each codec is loaded on first use
         return (lzma.LZMAError,)
 
     def _codec_error(self, exc: BaseException) -> DecompressError:
@@ -253,7 +253,7 @@ class Bzip2Decoder(_BufferingDecoder):
     kind = "bzip2"
 
     def _new_codec(self) -> Any:
-        import bz2
+        import bz2  # lazy: each codec is loaded on first use
         return bz2.BZ2Decompressor()
 
     def _codec_errors(self) -> Tuple[type, ...]:
@@ -361,7 +361,7 @@ def make_decoder(kind: str, xz_memlimit: int = DEFAULTS["xz_memlimit"],
     if kind == "auto":
         return AutoDecoder(xz_memlimit, decode_threads)
     if kind == "xz":
-        from .xzblocks import ParallelXzDecoder, available_cores
+        from .xzblocks import ParallelXzDecoder, available_cores  # a known circle: test_layout
         if (decode_threads or available_cores()) > 1:
             return ParallelXzDecoder(xz_memlimit, decode_threads)
         return XzDecoder(xz_memlimit)
@@ -433,7 +433,7 @@ class DecompressReader:
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             return b"".join(self)
-        from .client import read_via
+        from .client import read_via  # lazy: decoding needs no network stack
         return read_via(self.readinto, size)
 
     def close(self) -> None:

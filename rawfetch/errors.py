@@ -376,7 +376,7 @@ def _at(offset: int | None) -> str:
 
 def _dns_retryable(exc: BaseException) -> bool:
     """Only EAI_AGAIN (temporary failure, e.g. SERVFAIL) is worth retrying; NXDOMAIN is final."""
-    import socket
+    import socket  # lazy: `import rawfetch` stays free of socket until a lookup fails
     code = exc.args[0] if isinstance(exc, socket.gaierror) and exc.args else None
     return code in (getattr(socket, "EAI_AGAIN", -3), getattr(socket, "EAI_SYSTEM", -11))
 

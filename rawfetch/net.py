@@ -8,6 +8,7 @@ errors.translate, the one mapping place.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import threading
@@ -264,7 +265,6 @@ def _drop(fd: int, pending: Dict[int, _Attempt], poller: Any,
 
 
 def _errname(code: int) -> str:
-    import os
     return "%s (%s)" % (os.strerror(code), errno.errorcode.get(code, code))
 
 
@@ -302,7 +302,7 @@ def tls_context(options: Any) -> Any:
 
 def _new_context(cafile: Optional[str], capath: Optional[str], insecure: bool,
                  cert: Optional[str], key: Optional[str], tls_min: str) -> Any:
-    import ssl
+    import ssl  # lazy: loaded on the first https use, not at `import rawfetch`
     try:
         context = ssl.create_default_context(cafile=cafile, capath=capath)
     except (OSError, ssl.SSLError) as exc:  # the caller's input, refused up front
@@ -318,7 +318,7 @@ def _new_context(cafile: Optional[str], capath: Optional[str], insecure: bool,
 
 
 def _load_client_certificate(context: Any, cert: str, key: Optional[str]) -> None:
-    import ssl
+    import ssl  # lazy, as in _new_context (already loaded by then)
     try:
         # an encrypted key gets an empty passphrase and fails: OpenSSL would otherwise
         # prompt on the terminal of an unattended agent
