@@ -165,6 +165,8 @@ def build_connect(host: str, port: int, user_agent: str,
                   proxy_authorization: Optional[str] = None) -> bytes:
     """`CONNECT host:port` to a proxy (RFC 9110 s9.3.6), with the checks every request
     gets; its only credential is the proxy's own, never the origin's."""
+    if not host:   # RFC 9110 s9.3.6: the authority-form names a host
+        raise InvalidRequest("CONNECT needs a host")
     authority = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
     _check_target(authority, "CONNECT authority")
     fields = [("Host", authority), ("User-Agent", user_agent),
