@@ -157,9 +157,9 @@ def _show(cycle: Tuple[str, ...]) -> str:
     return " -> ".join(name[len(PACKAGE) + 1:] or PACKAGE for name in cycle)
 
 
-def class_sizes() -> Iterator[Tuple[str, int]]:
+def class_sizes(root: str = ROOT) -> Iterator[Tuple[str, int]]:
     """(module.Class, lines from `class` to its last line) for every class in rawfetch/."""
-    for module, path in sorted(source_files().items()):
+    for module, path in sorted(source_files(root).items()):
         for node in ast.walk(_parse(path)):
             if isinstance(node, ast.ClassDef):
                 yield "%s.%s" % (module, node.name), node.end_lineno - node.lineno + 1
@@ -262,18 +262,22 @@ def test_each_enumeration_is_written_once():
     assert set(homes) <= found    # the check sees the definitions themselves
 
 
-def main() -> int:
-    graph = import_graph()
+def main(argv: List[str]) -> int:
+    """`python3 tests/test_layout.py [CHECKOUT]`: the graph of this tree, or another's."""
+    root = argv[0] if argv else ROOT
+    graph = import_graph(root)
     found = cycles(graph)
     print("%d modules, %d import edges, %d circle(s)"
           % (len(graph), sum(map(len, graph.values())), len(found)))
     for cycle in found:
         print("  circle:", _show(cycle))
-    for name, size in class_sizes():
+    for component in strongly_connected(graph):
+        print("  modules importing one another:", ", ".join(component))
+    for name, size in class_sizes(root):
         if size > MAX_CLASS_LINES:
             print("  class over %d lines: %s (%d)" % (MAX_CLASS_LINES, name, size))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
