@@ -14,6 +14,7 @@ from .http11 import (USER_AGENT, BodyReader, Headers, HeadParser, body_reader,
                      build_request)
 from .options import Options, make_options
 from .proxy import proxy_refused, select_proxy, with_proxy_auth
+from .redact import SECRET_HEADERS
 from .timing import Deadline, RateLimiter
 from .url import URL, join_url, parse_url
 
@@ -24,8 +25,9 @@ REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 # Final statuses that never carry the file (RFC 9110 s15.3.5, s15.3.6, s15.4.5): an error,
 # never an empty file. A 3xx reaching raise_for_status is a redirect left unfollowed.
 NO_FILE_STATUSES = frozenset((204, 205, 304))
-CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))  # CVE-2018-18074
-ORIGIN_BOUND_HEADERS = CREDENTIAL_HEADERS | {"host"}  # a custom Host names the first origin (curl)
+# Dropped when a redirect changes the origin: the credentials (requests CVE-2018-18074),
+# and a custom Host, which names the first origin (curl).
+ORIGIN_BOUND_HEADERS = SECRET_HEADERS | {"host"}
 
 Buffer = Union[bytearray, memoryview]
 
@@ -52,10 +54,6 @@ class Response:
     def content_length(self) -> Optional[int]:
         """Body length from Content-Length (None for chunked or close-delimited bodies)."""
         return self._reader.length
-
-    @property
-    def bytes_read(self) -> int:
-        return self._reader.received - sum(len(piece) for piece in self._pending)
 
     @property
     def complete(self) -> bool:

@@ -12,7 +12,8 @@ import argparse
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .options import DEFAULTS
+from .errors import FetchError, InvalidRequest
+from .options import DECOMPRESS_KINDS, DEFAULTS, MIRROR_ORDERS, parse_size
 
 README_BEGIN = "<!-- options:begin -->"
 README_END = "<!-- options:end -->"
@@ -40,8 +41,6 @@ def count(text: str) -> int:
 
 def size(text: str) -> int:
     """Bytes with curl's suffixes: K, M, G (powers of 1024), fractions allowed ("1.5M")."""
-    from .errors import InvalidRequest
-    from .options import parse_size
     try:
         return parse_size(text)
     except InvalidRequest as exc:
@@ -116,8 +115,8 @@ OPTIONS: Tuple[Opt, ...] = (
         "(API: urls=[...])", "MIRROR_URL", nargs="*", shown_default="none", slot="source"),
     Opt(("--mirror-order",), "source", "order the mirrors are tried in: as given, "
         "shuffled per run, or rotated by a hash of --splay-seed (else the host name) so a "
-        "rack spreads over them", "ordered|random|hash", keyword="mirror_order",
-        choices=("ordered", "random", "hash")),
+        "rack spreads over them", "|".join(MIRROR_ORDERS), keyword="mirror_order",
+        choices=MIRROR_ORDERS),
     Opt(("--cmdline",), "source", "also read rawfetch.url=, rawfetch.mirror=, "
         "rawfetch.OPTION=VALUE from the kernel command line (FILE, else /proc/cmdline); "
         "options given here win", "FILE", nargs="?", shown_default="off"),
@@ -196,8 +195,8 @@ OPTIONS: Tuple[Opt, ...] = (
         action="store_true"),
     Opt(("--decompress",), "pipeline", "decompress on the fly: auto picks by the first "
         "bytes' magic and passes anything else through; checksums apply to the bytes as "
-        "downloaded", "auto|gzip|xz|bzip2|none", keyword="decompress",
-        choices=("auto", "gzip", "xz", "bzip2", "none")),
+        "downloaded", "|".join(DECOMPRESS_KINDS), keyword="decompress",
+        choices=DECOMPRESS_KINDS),
     Opt(("--xz-memlimit",), "pipeline", "most memory one xz stream may need (K/M/G = "
         "powers of 1024); a stream needing more is exit 92", "SIZE", size, "xz_memlimit",
         shown_default="256M"),
@@ -265,7 +264,6 @@ def build_parser(prog: str = "rawfetch", defaults: bool = True,
                  version: Optional[str] = None) -> argparse.ArgumentParser:
     """argparse from OPTIONS, grouped. defaults=False leaves unset options out of the
     namespace, so a caller can tell what was given (the kernel command line merge)."""
-    from .errors import FetchError
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, usage=USAGE,
         description="Download URL to PATH byte-exact, or fail clearly within the bounds "
@@ -306,7 +304,7 @@ def exit_code_summary(base: type) -> str:
         cls = pending.pop(0)
         codes.setdefault(cls.exit_code, cls.__name__)
         pending.extend(cls.__subclasses__())
-    import textwrap
+    import textwrap  # lazy: only --help shows the summary
     return textwrap.fill("exit codes (curl's where curl has one; README 'Exit codes'): "
                          + ", ".join("%d %s" % kv for kv in sorted(codes.items())), 79)
 

@@ -10,12 +10,11 @@ a whole parameter or around its value is dropped, and nothing can be escaped. A 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from .cliopts import OPTIONS, Opt, build_parser, default_of
 from .errors import FetchError
-
-if TYPE_CHECKING:
-    from .cliopts import Opt
 
 PREFIX = "rawfetch."
 DEFAULT_FILE = "/proc/cmdline"
@@ -77,7 +76,6 @@ def _next_arg(text: str, pos: int) -> Tuple[str, Optional[str], int]:
 def to_argv(text: str) -> List[str]:
     """rawfetch's parameters from a kernel command line, as command-line arguments:
     options first ("--name=value", "--flag"), then "--", the URL and the mirrors."""
-    from .cliopts import OPTIONS
     by_name = {opt.long_name: opt for opt in OPTIONS
                if opt.long_name and opt.long_name not in NOT_FROM_KERNEL}
     options: List[str] = []
@@ -105,7 +103,7 @@ def to_argv(text: str) -> List[str]:
     return options + (["--"] + url + mirrors if url else [])
 
 
-def _option_argv(param: str, opt: "Opt", value: Optional[str]) -> List[str]:
+def _option_argv(param: str, opt: Opt, value: Optional[str]) -> List[str]:
     if opt.action == "store_true":
         word = value.lower() if value is not None else None
         if word is None or word in FLAG_ON:
@@ -128,7 +126,6 @@ def _option_argv(param: str, opt: "Opt", value: Optional[str]) -> List[str]:
 
 def read_cmdline(path: str) -> str:
     """The file's text; bytes that are not UTF-8 survive as surrogates (os.fsdecode)."""
-    import os
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CMDLINE_BYTES + 1)
@@ -146,7 +143,6 @@ def merge(argv: Sequence[str], text: str) -> argparse.Namespace:
     (source = URL and mirrors, output = -o/-O, checksum = the three checksum flags) given
     on the command line replaces the kernel's slot whole, and a repeatable option given
     there replaces all of its kernel values."""
-    from .cliopts import OPTIONS, build_parser, default_of
     slot_of = {opt.dest: opt.slot or opt.dest for opt in OPTIONS}
     real = vars(build_parser(defaults=False).parse_args(list(argv)))
     kernel_parser = build_parser(prog="rawfetch (kernel command line)", defaults=False)

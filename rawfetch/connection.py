@@ -18,8 +18,8 @@ from . import timing
 from .errors import FetchError, IdleTimeout, mapped
 from .events import emit, wants_events
 from .http11 import USER_AGENT
-from .net import (certificate_refusal, client_context, connect, parse_resolve, resolve,
-                  stop_watching, tls_context)
+from .net import (certificate_refusal, connect, parse_resolve, resolve, stop_watching,
+                  tls_context)
 from .options import Options
 from .proxy import Proxy, open_tunnel, proxy_failure
 from .timing import Deadline, RateLimiter, SpeedMonitor
@@ -48,10 +48,8 @@ class Connection:
         self._poller.register(sock.fileno(), select.POLLIN)
         self.phase = "recv"
 
-    def start_tls(self, host: str, cafile: Optional[str], insecure: bool,
-                  context: Any = None) -> None:
+    def start_tls(self, host: str, context: Any) -> None:
         """Wrap and handshake without blocking, under idle_timeout and max_time."""
-        context = context or tls_context(cafile, insecure)
         import ssl
         self._want = _WANT + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._tls = True
@@ -211,7 +209,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
     With a proxy, resolve and connect reach the proxy and https first opens a CONNECT
     tunnel; TLS then checks the origin's certificate for the origin's name."""
     report = wants_events(options)
-    context = client_context(options) if url.scheme == "https" else None  # bad files: no connect
+    context = tls_context(options) if url.scheme == "https" else None  # bad files: no connect
     try:
         sock = _dial(url, proxy, options, deadline, report)
     except FetchError as exc:
@@ -224,7 +222,7 @@ def open_connection(url: URL, options: Options, deadline: Deadline,
             started = timing.now()
             if proxy is not None:
                 open_tunnel(conn, url, proxy, USER_AGENT)
-            conn.start_tls(url.host, options.cafile, options.insecure, context)
+            conn.start_tls(url.host, context)
             if report:
                 emit(options.on_event, "tls", url=str(url), version=conn.sock.version(),
                      cipher=conn.sock.cipher()[0], ms=_ms(started))

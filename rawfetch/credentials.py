@@ -1,9 +1,9 @@
-"""Origin credentials (-u, URL userinfo, netrc, -H @FILE) and the redaction of secrets.
+"""Origin credentials (-u, URL userinfo, netrc, -H @FILE), and which values are secrets.
 
-Why together: the rule for where a secret may go (its own origin only; a proxy only its
-own Proxy-Authorization) and the rule for where it must never show (stderr, events,
---log-json, logging, the .part.json sidecar, a usage error echoing argv) are about the
-same values, and stay in step when they live side by side.
+The rule for where a secret may go (its own origin only; a proxy only its own
+Proxy-Authorization) lives here; how a secret is masked where it must never show lives
+in redact.py, below everything. secrets_of() joins the two: it knows every form a
+credential takes on the wire (the Basic token included), so each can be masked.
 
 Precedence for the origin's Authorization (curl's): an explicit `Authorization` header,
 then `user` (-u USER:PASS), then the URL's userinfo, then netrc (`netrc_file`, or with
@@ -13,75 +13,27 @@ from __future__ import annotations
 
 import binascii
 import os
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .errors import InvalidRequest
-from .http11 import SECRET_HEADERS
+from .redact import MIN_SECRET_MASKED, SECRET_HEADERS, userinfo_of
+# re-exported: cli.py and output.py still import these from here
+from .redact import redact_argv, redact_text, redact_url  # noqa: F401
 from .url import URL
 
-MASK = "***"
 NETRC_MAX_BYTES = 1 << 20        # a netrc is a few lines; bounds work on a hostile file
 HEADER_FILE_MAX_BYTES = 1 << 20  # -H @FILE: a handful of headers, never megabytes
-MIN_SECRET_MASKED = 4            # shorter secrets are only masked where their place is
-                                 # known (URL userinfo, header values): "pw" inside free
-                                 # text would garble unrelated words
-_URL_END = frozenset("/?#\"'<>()[]{} \t\r\n,;|")  # where an authority ends inside free text
-_SECRET_FLAGS = ("-u", "--user", "--proxy-user", "-U")
-
-
-# ---------------------------------------------------------------- redaction
-
-def redact_url(text: str) -> str:
-    """Mask the userinfo of every URL inside `text`: scheme://user:***@host/...
-
-    A userinfo without a colon is masked whole (it is often a token, e.g. a PAT)."""
-    if "@" not in text or "://" not in text:
-        return text
-    out: List[str] = []
-    pos = 0
-    while True:
-        found = text.find("://", pos)
-        if found < 0:
-            break
-        start = found + 3
-        end = start
-        while end < len(text) and text[end] not in _URL_END:
-            end += 1
-        userinfo, at, _host = text[start:end].rpartition("@")
-        out.append(text[pos:start])
-        if at:
-            user, colon, _password = userinfo.partition(":")
-            out.append((user + ":" + MASK if colon else MASK) + "@")
-            start += len(userinfo) + 1
-        out.append(text[start:end])
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def redact_header(name: str, value: str) -> str:
-    """The value as it may be shown: credential headers are masked."""
-    return MASK if name.lower() in SECRET_HEADERS else value
-
-
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """URLs' userinfo masked, then every known secret (long enough to be distinctive)."""
-    text = redact_url(text)
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_MASKED and secret in text:
-            text = text.replace(secret, MASK)
-    return text
 
 
 def secrets_of(options: Any, urls: Sequence[str] = ()) -> Set[str]:
-    """Every secret the caller gave: passwords (-u, --proxy-user, URL and proxy userinfo),
-    credential header values, and the Basic tokens built from them."""
+    """Every secret the caller gave, for redact_text: passwords (-u, --proxy-user, URL and
+    proxy userinfo), credential header values, and the Basic tokens built from them."""
     found: Set[str] = set()
     pairs = [options.user, options.proxy_user]
     for text in list(urls) + [options.proxy or ""]:
-        userinfo = _userinfo_of(text)
+        userinfo = userinfo_of(text)
         if userinfo is not None:
-            pairs.append(_unquote(userinfo))
+            pairs.append(percent_decoded(userinfo))
             found.add(userinfo)
     for pair in pairs:
         if pair:
@@ -92,68 +44,6 @@ def secrets_of(options: Any, urls: Sequence[str] = ()) -> Set[str]:
             found.add(value)
             found.update(part for part in value.split() if len(part) >= MIN_SECRET_MASKED)
     return found
-
-
-def redact_options(options: Any) -> Dict[str, Any]:
-    """Every option value as it may be shown (passwords and credential headers masked)."""
-    from .options import DEFAULTS
-    shown = {name: getattr(options, name) for name in DEFAULTS}
-    for name in ("user", "proxy_user"):
-        if shown[name]:
-            shown[name] = _mask_pair(shown[name])
-    if shown["proxy"]:
-        shown["proxy"] = redact_url(shown["proxy"] if "://" in shown["proxy"]
-                                    else "http://" + shown["proxy"])
-    shown["headers"] = tuple((k, redact_header(k, v)) for k, v in shown["headers"])
-    return shown
-
-
-def _userinfo_of(text: str) -> Optional[str]:
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        rest = text
-    authority = rest
-    for stop in "/?#":
-        authority = authority.partition(stop)[0]
-    userinfo, at, _ = authority.rpartition("@")
-    return userinfo if at and userinfo else None
-
-
-def redact_argv(message: str, argv: Sequence[str]) -> str:
-    """A usage error may echo argv: mask passwords after -u/--user/--proxy-user, credential
-    header values after -H, and URL userinfo, wherever the message repeats them."""
-    tokens = list(argv)
-    masked: List[Tuple[str, str]] = []
-    for index, token in enumerate(tokens):
-        previous = tokens[index - 1] if index else ""
-        shown = _mask_token(token, previous)
-        if shown != token:
-            masked.append((token, shown))
-    for token, shown in sorted(masked, key=lambda pair: len(pair[0]), reverse=True):
-        message = message.replace(token, shown)
-    head, marker, extras = message.partition("unrecognized arguments: ")
-    if marker:  # a typo dumps the rest of the line here: show option names only
-        extras = " ".join(t if t.startswith("-") else MASK for t in extras.split(" "))
-    return redact_url(head + marker + extras)
-
-
-def _mask_token(token: str, previous: str) -> str:
-    for flag in _SECRET_FLAGS:
-        if previous == flag:
-            return _mask_pair(token)
-        for glue in ("=", "") if not flag.startswith("--") else ("=",):
-            if token.startswith(flag + glue) and len(token) > len(flag + glue):
-                return flag + glue + _mask_pair(token[len(flag + glue):])
-    if previous in ("-H", "--header"):
-        name, colon, _value = token.partition(":")
-        if colon and name.strip().lower() in SECRET_HEADERS:
-            return name + ": " + MASK
-    return redact_url(token)
-
-
-def _mask_pair(pair: str) -> str:
-    user, colon, _password = pair.partition(":")
-    return user + ":" + MASK if colon else pair
 
 
 # ---------------------------------------------------------------- origin credentials
@@ -175,7 +65,8 @@ def split_user(text: str, what: str = "user") -> Tuple[str, str]:
     return user, password
 
 
-def _unquote(text: str) -> str:
+def percent_decoded(text: str) -> str:
+    """A URL userinfo part as the user typed it (%40 -> @)."""
     if "%" not in text:
         return text
     from urllib.parse import unquote  # only for percent-encoded userinfo
@@ -190,8 +81,8 @@ def origin_authorization(url: URL, options: Any) -> Optional[str]:
     if url.userinfo is not None:
         user, colon, password = url.userinfo.partition(":")
         if colon:
-            return basic(_unquote(user), _unquote(password))
-        login = _unquote(user)
+            return basic(percent_decoded(user), percent_decoded(password))
+        login = percent_decoded(user)
     entry = netrc_entry(url.host, options, login)
     if entry is not None and entry.login is not None:
         return basic(entry.login, entry.password or "")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from .redact import redact_url
+
 
 class FetchError(Exception):
     """Base of every error rawfetch raises."""
@@ -30,8 +32,7 @@ class FetchError(Exception):
     def __str__(self) -> str:
         if not self.url:
             return self.message
-        from .credentials import redact_url  # a URL's password never reaches a message
-        return "%s (%s)" % (self.message, redact_url(self.url))
+        return "%s (%s)" % (self.message, redact_url(self.url))  # never with a password
 
 
 class InvalidRequest(FetchError):
@@ -384,7 +385,7 @@ def _at(offset: int | None) -> str:
 
 def _dns_retryable(exc: BaseException) -> bool:
     """Only EAI_AGAIN (temporary failure, e.g. SERVFAIL) is worth retrying; NXDOMAIN is final."""
-    import socket
+    import socket  # lazy: `import rawfetch` stays free of socket until a lookup fails
     code = exc.args[0] if isinstance(exc, socket.gaierror) and exc.args else None
     return code in (getattr(socket, "EAI_AGAIN", -3), getattr(socket, "EAI_SYSTEM", -11))
 

@@ -4,10 +4,11 @@ logging is imported on the first event, not at `import rawfetch`.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Optional
 
 from . import timing
-from .credentials import redact_url
+from .redact import redact_url
 
 _logger: Any = None
 # `progress` comes four times a second while bytes arrive: at INFO it floods an agent's log
@@ -24,7 +25,7 @@ def emit(on_event: Optional[Callable[[dict], Any]], name: str, **fields: Any) ->
     if on_event is not None:
         on_event(event)
     if _logger is None:
-        import logging
+        import logging  # lazy: loaded on the first event, not at `import rawfetch`
         _logger = logging.getLogger("rawfetch")
     level = LOG_LEVELS.get(name, 20)
     if _logger.isEnabledFor(level):
@@ -46,6 +47,5 @@ def wants_events(options: Any) -> bool:
     """Cheap check before building an event: a callback, or logging at INFO for us."""
     if options.on_event is not None:
         return True
-    import sys
     logging = sys.modules.get("logging")
     return logging is not None and logging.getLogger("rawfetch").isEnabledFor(20)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from .errors import IncompleteBody, InvalidRequest, ProtocolError
+from .redact import MASK, SECRET_HEADERS
 
 MAX_LINE = 16384           # one head line; h11's default cap for a whole incomplete head
 MAX_HEAD = 65536           # one response head; CPython http.client's per-line cap (_MAXLINE)
@@ -24,8 +25,8 @@ MAX_LENGTH_DIGITS = 19     # Content-Length < 10**19 fits curl's 64-bit curl_off
 MAX_CHUNK_SIZE_DIGITS = 16  # 64-bit chunk size; longer is an overflow attempt (wget CVE-2017-13089)
 MAX_CHUNK_LINE = 4096      # chunk-size line including extensions (curl caps extensions too)
 MAX_TRAILER_BYTES = 16384  # all trailer lines together (curl CVE-2023-38039: unbounded headers)
-MERGE_BELOW = 4096         # chunk data pieces smaller than this are copied together: 1-byte chunks
-                           # must not cost one memoryview per body byte (35x the recv buffer)
+MERGE_BELOW = 4096         # chunk data pieces smaller than this are copied together: 1-byte
+                           # chunks must not cost a memoryview object per body byte
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -104,7 +105,7 @@ def _check_token(value: str, what: str) -> None:
 
 
 def _check_value(value: str, what: str, secret: bool = False) -> bytes:
-    shown = "'***'" if secret else repr(value)   # a credential is never echoed
+    shown = repr(MASK) if secret else repr(value)   # a credential is never echoed
     try:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
@@ -115,8 +116,18 @@ def _check_value(value: str, what: str, secret: bool = False) -> bytes:
     return raw.strip(b" \t")
 
 
-# credential headers: values never echoed in messages (credentials.py masks them elsewhere)
-SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie"))
+def _check_target(target: str, what: str) -> None:
+    """A request target (or CONNECT authority) is visible ASCII only (RFC 9112 s3.2)."""
+    if not target or not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
+        raise InvalidRequest("%s %r contains spaces or controls" % (what, target))
+
+
+def _serialize(method: str, target: str, fields: List[Tuple[str, bytes]]) -> bytes:
+    """The request head on the wire: request line, field lines, blank line (RFC 9112 s2.1).
+    Every part was checked by the caller: nothing here can inject a CR or LF."""
+    lines = [b"%s %s HTTP/1.1" % (method.encode("ascii"), target.encode("ascii"))]
+    lines += [b"%s: %s" % (name.encode("ascii"), raw) for name, raw in fields]
+    return b"\r\n".join(lines + [b"", b""])
 
 
 _FORBIDDEN_REQUEST_HEADERS = frozenset(("content-length", "transfer-encoding", "connection",
@@ -132,8 +143,7 @@ def build_request(method: str, target: str, host: str,
     (one request per connection: every attempt starts clean).
     """
     _check_token(method, "method")
-    if not target.isascii() or any(c <= " " or c == "\x7f" for c in target) or not target:
-        raise InvalidRequest("request target %r contains spaces or controls" % target)
+    _check_target(target, "request target")
     agent_raw = _check_value(user_agent, "User-Agent")
     host_raw = _check_value(host, "Host")
     if not host_raw or b" " in host_raw or b"\t" in host_raw:
@@ -147,10 +157,24 @@ def build_request(method: str, target: str, host: str,
         if name.lower() in _FORBIDDEN_REQUEST_HEADERS:
             raise InvalidRequest("header %s is managed by rawfetch and cannot be set" % name)
         fields[name.lower()] = (name, raw)
-    lines = [b"%s %s HTTP/1.1" % (method.encode("ascii"), target.encode("ascii"))]
-    lines += [b"%s: %s" % (name.encode("ascii"), raw) for name, raw in fields.values()]
-    lines += [b"Accept-Encoding: identity", b"Connection: close", b"", b""]
-    return b"\r\n".join(lines)
+    managed = [("Accept-Encoding", b"identity"), ("Connection", b"close")]
+    return _serialize(method, target, list(fields.values()) + managed)
+
+
+def build_connect(host: str, port: int, user_agent: str,
+                  proxy_authorization: Optional[str] = None) -> bytes:
+    """`CONNECT host:port` to a proxy (RFC 9110 s9.3.6), with the checks every request
+    gets; its only credential is the proxy's own, never the origin's."""
+    if not host:   # RFC 9110 s9.3.6: the authority-form names a host
+        raise InvalidRequest("CONNECT needs a host")
+    authority = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+    _check_target(authority, "CONNECT authority")
+    fields = [("Host", authority), ("User-Agent", user_agent),
+              ("Proxy-Connection", "Keep-Alive")]
+    if proxy_authorization is not None:
+        fields.append(("Proxy-Authorization", proxy_authorization))
+    return _serialize("CONNECT", authority, [
+        (name, _check_value(value, "header %s" % name, True)) for name, value in fields])
 
 
 # ---------------------------------------------------------------- response head

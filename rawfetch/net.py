@@ -8,6 +8,7 @@ errors.translate, the one mapping place.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import threading
@@ -264,7 +265,6 @@ def _drop(fd: int, pending: Dict[int, _Attempt], poller: Any,
 
 
 def _errname(code: int) -> str:
-    import os
     return "%s (%s)" % (os.strerror(code), errno.errorcode.get(code, code))
 
 
@@ -279,38 +279,46 @@ TLS_HANDSHAKE = 22                # record content type (RFC 8446 s5.1)
 CERTIFICATE_REQUEST = 13          # handshake message type (RFC 8446 s4.3.2)
 
 
-def tls_context(cafile: Optional[str], insecure: bool, cert: Optional[str] = None,
-                key: Optional[str] = None, capath: Optional[str] = None,
-                tls_min: Optional[str] = None, watch: bool = False) -> Any:
-    """A cached client context: CERT_REQUIRED + check_hostname + TLS >= 1.2 (or 1.3)
-    unless insecure; cafile/capath replace the system CAs; cert/key (PEM; the key may be
-    inside the cert file) answer a server that asks for a client certificate.
-    watch: the context notes a server's CertificateRequest (see certificate_refusal).
+def tls_context(options: Any) -> Any:
+    """The one client TLS context builder, for an origin reached directly or through a
+    proxy's CONNECT tunnel: CERT_REQUIRED + check_hostname + TLS >= options.tls_min
+    unless options.insecure; cafile/capath replace the system CAs; cert/key (PEM; the key
+    may be inside the cert file) answer a server that asks for a client certificate.
+
+    Cached per distinct settings. The context notes a server's CertificateRequest (see
+    certificate_refusal) until stop_watching swaps in its twin without the callback.
     ssl is imported here, on first https use, not at `import rawfetch`."""
-    cache_key = (cafile, insecure, cert, key, capath, tls_min, watch)
-    context = _TLS_CONTEXTS.get(cache_key)
+    settings = (options.cafile, options.capath, options.insecure, options.cert,
+                options.key, options.tls_min)
+    context = _TLS_CONTEXTS.get(settings)
     if context is None:
-        import ssl
-        try:
-            context = ssl.create_default_context(cafile=cafile, capath=capath)
-        except (OSError, ssl.SSLError) as exc:  # the caller's input, refused up front
-            raise InvalidRequest("cannot load CA file %r: %s" % (cafile or capath, exc)) from None
-        context.minimum_version = (ssl.TLSVersion.TLSv1_3 if tls_min == "1.3"
-                                   else ssl.TLSVersion.TLSv1_2)
-        if cert is not None:
-            _load_client_certificate(context, cert, key)
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if watch and hasattr(context, "_msg_callback"):
+        context = _new_context(*settings)
+        if hasattr(context, "_msg_callback"):
             context._msg_callback = _note_certificate_request
-            _UNWATCHED[id(context)] = tls_context(cafile, insecure, cert, key, capath, tls_min)
-        _TLS_CONTEXTS[cache_key] = context
+            _UNWATCHED[id(context)] = _new_context(*settings)
+        _TLS_CONTEXTS[settings] = context
+    return context
+
+
+def _new_context(cafile: Optional[str], capath: Optional[str], insecure: bool,
+                 cert: Optional[str], key: Optional[str], tls_min: str) -> Any:
+    import ssl  # lazy: loaded on the first https use, not at `import rawfetch`
+    try:
+        context = ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:  # the caller's input, refused up front
+        raise InvalidRequest("cannot load CA file %r: %s" % (cafile or capath, exc)) from None
+    # tls_min is one of options.TLS_VERSIONS: "1.2" -> TLSVersion.TLSv1_2
+    context.minimum_version = getattr(ssl.TLSVersion, "TLSv" + tls_min.replace(".", "_"))
+    if cert is not None:
+        _load_client_certificate(context, cert, key)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 
 def _load_client_certificate(context: Any, cert: str, key: Optional[str]) -> None:
-    import ssl
+    import ssl  # lazy, as in _new_context (already loaded by then)
     try:
         # an encrypted key gets an empty passphrase and fails: OpenSSL would otherwise
         # prompt on the terminal of an unattended agent
@@ -320,12 +328,6 @@ def _load_client_certificate(context: Any, cert: str, key: Optional[str]) -> Non
         raise InvalidRequest("cannot load client certificate %r%s: %s"
                              % (cert, "" if key is None else " with key %r" % key,
                                 detail)) from None
-
-
-def client_context(options: Any) -> Any:
-    """The TLS context the options ask for, watching for a CertificateRequest."""
-    return tls_context(options.cafile, options.insecure, options.cert, options.key,
-                       options.capath, options.tls_min, watch=True)
 
 
 def _note_certificate_request(sock: Any, direction: str, _version: Any, content_type: Any,
@@ -340,8 +342,8 @@ def _note_certificate_request(sock: Any, direction: str, _version: Any, content_
 
 
 def stop_watching(sock: Any) -> None:
-    """After the handshake: the twin context without the callback (it would otherwise
-    run for every TLS record of the body: measured 15-20 % of TLS throughput)."""
+    """After the handshake: the twin context without the callback, which would otherwise
+    run in Python for every TLS record of the body and slow every TLS download."""
     twin = _UNWATCHED.get(id(sock.context))
     if twin is not None:
         sock.context = twin

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
+from .redact import redact_options
 
 DEFAULTS: Dict[str, Any] = {
     "dns_timeout": 10.0,        # s; one lookup (getaddrinfo runs in a worker thread)
@@ -30,7 +31,7 @@ DEFAULTS: Dict[str, Any] = {
     "checksum": None,           # "ALGO:HEX", any hashlib algorithm (of the bytes downloaded)
     "gunzip": False,            # download(): decompress on the way (checksum = compressed)
     "in_place": False,          # download(): write an existing file directly, no .part
-    # issue 12: image formats (validated by _check_formats below)
+    # image formats (validated by _check_formats below)
     "decompress": "none",       # auto|gzip|xz|bzip2|none, on the way (checksum = compressed)
     "xz_memlimit": 256 << 20,   # bytes an xz stream may need (xz -9 needs 65 MiB to decode)
     "decode_threads": 0,        # threads decoding a multi-block xz stream; 0 = available cores
@@ -58,7 +59,11 @@ DEFAULTS: Dict[str, Any] = {
     "tls_min": "1.2",           # lowest TLS version: "1.2" or "1.3"
 }
 
+# The enumerations, defined here once: validation, the command's choices and the code
+# that acts on them (decoders, mirror arrangement, the TLS context) all use these.
+DECOMPRESS_KINDS = ("auto", "gzip", "xz", "bzip2", "none")
 MIRROR_ORDERS = ("ordered", "random", "hash")
+TLS_VERSIONS = ("1.2", "1.3")    # tls_min: the lowest version offered (RFC 8996 retired 1.0/1.1)
 
 _FLOATS = ("dns_timeout", "connect_timeout", "idle_timeout", "speed_time",
            "retry_delay", "retry_max_delay", "limit_rate", "splay")
@@ -67,7 +72,6 @@ _BOOLS = ("insecure", "allow_insecure_redirect", "retry_jitter", "gunzip", "in_p
           "preserve_on_error", "allow_any_format", "verify_written",
           "trust_env", "netrc")
 _OPTIONAL_STRS = ("proxy", "proxy_user", "user", "netrc_file", "cert", "key", "capath")
-TLS_VERSIONS = ("1.2", "1.3")
 
 
 class Options:
@@ -116,8 +120,8 @@ class Options:
         return Options(**values)
 
     def __repr__(self) -> str:
-        from .credentials import redact_options
-        changed = ["%s=%r" % (k, v) for k, v in redact_options(self).items()
+        values = {name: getattr(self, name) for name in DEFAULTS}
+        changed = ["%s=%r" % (k, v) for k, v in redact_options(values).items()
                    if v != DEFAULTS[k]]
         return "Options(%s)" % ", ".join(changed)
 
@@ -190,8 +194,7 @@ def make_options(options: Optional[Options], kwargs: Dict[str, Any]) -> Options:
     return options.replace(**kwargs) if kwargs else options
 
 
-# ---------------------------------------------------------------- issue 12: image formats
-DECOMPRESS_KINDS = ("auto", "gzip", "xz", "bzip2", "none")
+# ---------------------------------------------------------------- image formats
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -218,7 +221,7 @@ def parse_size(text: Any) -> int:
 
 
 def _check_formats(values: Dict[str, Any]) -> None:
-    """Validate the issue-12 keys in place; gunzip=True is the old spelling of gzip."""
+    """Validate the image-format keys in place; gunzip=True is the old spelling of gzip."""
     kind = values["decompress"]
     if kind not in DECOMPRESS_KINDS:
         raise InvalidRequest("option decompress must be one of %s, not %r"

@@ -15,11 +15,11 @@ import os
 import socket
 from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .credentials import basic, split_user, _unquote
+from .credentials import basic, percent_decoded, split_user
 from .errors import (ConnectError, DNSError, FetchError, HTTPStatusError, InvalidRequest,
                      ProtocolError, ProxyConnectError, ProxyResolveError, ProxyTunnelClosed,
                      ProxyTunnelError)
-from .http11 import HeadParser, _check_value
+from .http11 import HeadParser, build_connect
 from .url import URL, parse_url
 
 DEFAULT_PROXY_PORT = 1080   # curl's port for a proxy URL that names none
@@ -62,7 +62,7 @@ def parse_proxy(text: str, proxy_user: Optional[str] = None) -> Proxy:
     pair = proxy_user
     if pair is None and parsed.userinfo is not None:
         user, colon, password = parsed.userinfo.partition(":")
-        pair = "%s:%s" % (_unquote(user), _unquote(password))
+        pair = "%s:%s" % (percent_decoded(user), percent_decoded(password))
     auth = basic(*split_user(pair, "proxy_user")) if pair is not None else None
     return Proxy(parsed.host, port, auth)
 
@@ -210,22 +210,6 @@ def proxy_refused(proxy: Proxy, head: Any) -> HTTPStatusError:
                            status=head.status, reason=head.reason, retryable=False)
 
 
-def build_connect(url: URL, proxy: Proxy, user_agent: str) -> bytes:
-    """`CONNECT host:port` with the checks every request gets (no CR/LF/NUL anywhere)."""
-    host = "[%s]" % url.host if ":" in url.host else url.host
-    authority = "%s:%d" % (host, url.port)
-    if not authority.isascii() or any(c <= " " or c == "\x7f" for c in authority):
-        raise InvalidRequest("CONNECT authority %r contains spaces or controls" % authority)
-    fields = [("Host", authority), ("User-Agent", user_agent),
-              ("Proxy-Connection", "Keep-Alive")]
-    if proxy.authorization is not None:
-        fields.append(("Proxy-Authorization", proxy.authorization))
-    lines = [b"CONNECT %s HTTP/1.1" % authority.encode("ascii")]
-    lines += [b"%s: %s" % (name.encode("ascii"), _check_value(value, "header %s" % name, True))
-              for name, value in fields]
-    return b"\r\n".join(lines + [b"", b""])
-
-
 def open_tunnel(conn: Any, url: URL, proxy: Proxy, user_agent: str) -> None:
     """Ask the proxy for a tunnel to url's host:port; return once it is open.
 
@@ -235,7 +219,7 @@ def open_tunnel(conn: Any, url: URL, proxy: Proxy, user_agent: str) -> None:
     else is ProxyTunnelError (curl 56), retried only for 408, 429 and 5xx. A close before
     the head ends is ProxyTunnelClosed (curl 56 too, whether or not a byte came; not
     curl's 52 or 18, which it keeps for an origin's answer)."""
-    conn.send_all(build_connect(url, proxy, user_agent))
+    conn.send_all(build_connect(url.host, url.port, user_agent, proxy.authorization))
     conn.phase = "the proxy's CONNECT answer"
     parser = HeadParser()
     view = memoryview(bytearray(CONNECT_RECV_SIZE))

@@ -90,10 +90,10 @@ def test_handshake_stall_is_bounded_by_idle_timeout(make_server):
 def test_default_context_requires_certificates_and_hostnames():
     import ssl
     from rawfetch.net import tls_context
-    strict = tls_context(None, False)
+    strict = tls_context(rawfetch.Options())
     assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
     assert strict.minimum_version >= ssl.TLSVersion.TLSv1_2
-    loose = tls_context(None, True)
+    loose = tls_context(rawfetch.Options(insecure=True))
     assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
 
 

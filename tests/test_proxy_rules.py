@@ -10,9 +10,9 @@ from typing import Dict, Optional
 import pytest
 
 from rawfetch import errors as E
-from rawfetch.credentials import (MASK, NetrcEntry, lookup_netrc, netrc_entry,
-                                  origin_authorization, parse_netrc, read_header_file,
-                                  redact_argv, redact_text, redact_url, secrets_of)
+from rawfetch.credentials import (NetrcEntry, lookup_netrc, netrc_entry, origin_authorization,
+                                  parse_netrc, read_header_file, secrets_of)
+from rawfetch.redact import MASK, redact_argv, redact_text, redact_url
 from rawfetch.options import Options
 from rawfetch.proxy import DEFAULT_PROXY_PORT, NoProxy, parse_proxy, select_proxy
 from rawfetch.url import parse_url

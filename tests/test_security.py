@@ -406,7 +406,7 @@ def test_context_with_a_cafile_stays_strict(make_server):
     import ssl
     from rawfetch.net import tls_context
     srv = _tls(make_server, "ok")
-    context = tls_context(srv.ca_path, False)
+    context = tls_context(rawfetch.Options(cafile=srv.ca_path))
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert rawfetch.DEFAULTS["insecure"] is False

@@ -23,7 +23,7 @@ from .. import timing
 from ..checksumfile import ALGO_BY_HEX_LENGTH
 from ..errors import ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest, mapped
 from ..files import DownloadResult, download
-from ..options import DEFAULTS, Options
+from ..options import DEFAULTS, TLS_VERSIONS, Options
 from ..policy import parse_checksum
 from .ironic_contract import (AGENT_CONFIG, JOBS, REPLAY_NOTE, Job, agent_module,
                               raise_agent_error)
@@ -154,9 +154,9 @@ def _network_options(conf: Mapping[str, Any]) -> Dict[str, Any]:
         max_time=limit or None, insecure=_flag(conf, "insecure"))
     _flag(conf, "md5_enabled")
     version = conf["tls_min_version"]
-    if version not in ("1.2", "1.3"):
-        raise InvalidRequest("config tls_min_version must be '1.2' or '1.3', not %r"
-                             % (version,))
+    if version not in TLS_VERSIONS:
+        raise InvalidRequest("config tls_min_version must be %s, not %r"
+                             % (" or ".join(map(repr, TLS_VERSIONS)), version))
     options["tls_min"] = version
     cafile, certfile, keyfile = (_text(conf, key, "config")
                                  for key in ("cafile", "certfile", "keyfile"))
