@@ -13,7 +13,7 @@ setup(
                 "the bounds you set",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["rawfetch", "rawfetch.compat"],
+    packages=["rawfetch", "rawfetch.compat", "rawfetch.metalink"],
     python_requires=">=3.8",
     install_requires=[],
     # matplotlib is in `test` too, so the README's one test command also runs the

@@ -23,7 +23,7 @@ import zlib
 from collections import deque
 from typing import Any, Deque, Iterator, List, Optional, Tuple
 
-from .decompress import DECOMPRESS_OUTPUT_STEP, XzDecoder, _count
+from .decoders import DECOMPRESS_OUTPUT_STEP, XzDecoder, _count
 from .options import DEFAULTS
 
 STREAM_HEADER = 12      # magic 6 + flags 2 + CRC32 4 (xz spec 2.1.1)

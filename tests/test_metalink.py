@@ -17,7 +17,7 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 
 from rawfetch import metalink as M
-from rawfetch.metalink_make import MAKE_READ_BLOCK, describe, to_xml
+from rawfetch.metalink.make import MAKE_READ_BLOCK, describe, to_xml
 from rawfetch.errors import FetchError, MetalinkError
 from tests.faultserver import FaultServer, make_body
 

@@ -7,7 +7,7 @@ document, its piece list, URL list, text and nesting capped by the constants bel
 hash's hex length checked against its algorithm; the piece list checked against the size.
 Every refusal is a MetalinkError (exit 98) naming the line. Nothing here touches the
 network or the output: `load()` is the API the pipeline will call (docs/metalink.md).
-Publishing (the make command) is in metalink_make.py; the command runs from here:
+Publishing (the make command) is in metalink/make.py; the command runs from metalink/__main__.py:
 
     python3 -m rawfetch.metalink make IMAGE --url URL [--url URL2 ...] [--piece-size 4M]
     python3 -m rawfetch.metalink check IMAGE.meta4 [--name NAME]
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 from xml.parsers import expat
 
-from .errors import InvalidRequest, MetalinkError
-from .url import MAX_URL_LENGTH, parse_url
+from ..errors import InvalidRequest, MetalinkError
+from ..url import MAX_URL_LENGTH, parse_url
 
 NAMESPACE = "urn:ietf:params:xml:ns:metalink"     # RFC 5854 section 1.2
 METALINK3_NAMESPACE = "http://www.metalinker.org/"  # the pre-RFC format: named, refused
@@ -529,7 +528,3 @@ def make_mirror(url: str, priority: Optional[str], location: Optional[str],
             raise error("location %r is not an ISO 3166-1 alpha-2 code" % location[:40])
     return Mirror(url, rank, place)
 
-
-if __name__ == "__main__":
-    from .metalink_make import main
-    sys.exit(main())

@@ -10,8 +10,8 @@ import sys
 from typing import Any, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
-from .errors import InvalidRequest, MetalinkError
-from .metalink import (MAX_PIECES, MAX_URLS, NAMESPACE, File, Pieces, check_name, load,
+from ..errors import InvalidRequest, MetalinkError
+from . import (MAX_PIECES, MAX_URLS, NAMESPACE, File, Pieces, check_name, load,
                        make_mirror, piece_count)
 
 DEFAULT_PIECE_SIZE = 4 << 20   # 256 pieces a GiB: a bad piece costs 4 MiB to refetch
@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("rawfetch.metalink: cannot read %s: %s" % (args.image, exc.strerror or exc),
               file=sys.stderr)
         return 2
-    from . import __version__
+    from .. import __version__
     xml = to_xml([item], generator="rawfetch/%s" % __version__)
     sys.stdout.buffer.write(xml.encode("utf-8"))   # as declared, whatever the locale says
     sys.stdout.flush()
@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _parser() -> Any:
     import argparse
-    from .cliopts import size
+    from ..cliopts import size
     parser = argparse.ArgumentParser(prog="python3 -m rawfetch.metalink",
                                      description="Publish or check a Metalink 4 (RFC 5854).")
     commands = parser.add_subparsers(dest="command", required=True)
