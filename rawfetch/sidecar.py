@@ -3,7 +3,7 @@
 The sidecar names the URL, the object's identity (length, ETag, Last-Modified and the
 response's Date, which tells whether that Last-Modified is a strong validator) and
 `verified`: how many bytes at the start of the .part were fsynced *before* this sidecar
-was written. Write order (PartFile.checkpoint):
+was written. Write order (sinks.PartFile.checkpoint):
 
   1. the data: write(2)/splice(2) into the .part, then fsync(.part);
   2. the sidecar: a new temporary with a unique name (O_CREAT|O_EXCL|O_NOFOLLOW), written
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from .errors import mapped
 from .judge import Identity
@@ -77,6 +77,17 @@ def _check(data: object, url: str) -> Loaded:
         return Loaded(None, 0, "sidecar claims %d verified bytes of a %d-byte object"
                       % (verified, total))
     return Loaded(Identity(total, etag, modified, date), verified)
+
+
+def usable(loaded: Loaded, size: int) -> Tuple[int, str]:
+    """(bytes of a `size`-byte .part to keep, why none are kept): the sidecar's verified
+    length, unless the sidecar is unusable or claims more than the .part holds."""
+    if loaded.identity is None:
+        return 0, loaded.why
+    if loaded.verified > size:
+        return 0, "sidecar claims %d verified bytes but the .part holds %d" % (
+            loaded.verified, size)
+    return loaded.verified, ""
 
 
 def _count(value: object) -> bool:
