@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 from typing import (Any, Callable, Collection, Dict, FrozenSet, Mapping, Optional, Protocol,
-                    Tuple)
+                    Tuple, runtime_checkable)
 
 from . import disk, sidecar, timing
 from .credentials import redact_url
@@ -38,6 +38,7 @@ ENOSPC_ROOM = 64 << 10        # on a full disk the .part gives back this much so
 Emit = Optional[Callable[..., Any]]
 
 
+@runtime_checkable
 class Sink(Protocol):
     """What download() and the pipeline need from an output, in the order they call it.
 
