@@ -32,7 +32,7 @@ import zlib
 from typing import Any, List, Optional, Tuple
 
 from . import timing
-from .errors import mapped
+from .errors import UnsupportedImageFormat, mapped
 
 HEAD_HOLD = 1 << 20   # coreos-installer's choice: MBR, GPT and boot code live in the first MiB
 SIGNATURE_BYTES = 4   # the qcow2 and VMDK magics below are 4 bytes each
@@ -71,6 +71,17 @@ def foreign_format(first: bytes) -> Optional[str]:
         if first[:len(magic)] == magic:
             return name
     return None
+
+
+def refuse_foreign(first: bytes, path: str, untouched: bool) -> None:
+    """UnsupportedImageFormat when the output's `first` bytes are a qcow2 or VMDK header:
+    written raw it never boots. `untouched`: nothing was written to `path` yet."""
+    found = foreign_format(first)
+    if found:
+        raise UnsupportedImageFormat(
+            "image is %s, not raw: refusing to write it to %s%s (--allow-any-format"
+            " / allow_any_format writes it anyway)"
+            % (found, path, "; nothing was written" if untouched else ""))
 
 
 def start_size(path: str, capacity: Optional[int]) -> int:

@@ -89,8 +89,7 @@ def start_writeback(fd: int, count: int) -> None:
 # Transitional (#22): the sinks moved to rawfetch.sinks; `from rawfetch.output import
 # open_output` (files.py) keeps working until every import names rawfetch.sinks, then
 # this function goes.
-_MOVED = ("Sink", "PartFile", "InPlace", "open_output", "CHECKPOINT_SECONDS",
-          "CHECKPOINT_BYTES", "ENOSPC_ROOM")
+_MOVED = ("Sink", "PartFile", "InPlace", "open_output")
 
 
 def __getattr__(name: str) -> Any:

@@ -14,27 +14,20 @@ where it must not.
 from __future__ import annotations
 
 import enum
-import errno
 import os
 import stat
-import threading
 from typing import (Any, Callable, Collection, Dict, FrozenSet, Mapping, Optional, Protocol,
                     Tuple, runtime_checkable)
 
-from . import disk, sidecar, timing
+from . import disk, sidecar
 from .credentials import redact_url
-from .disk import HEAD_HOLD, SIGNATURE_BYTES, WrittenDigest
+from .disk import HEAD_HOLD, SIGNATURE_BYTES, WrittenDigest, device_size, fsync_if_possible
 from .errors import (InvalidRequest, InvariantViolation, LocalWriteError, ReadBackMismatch,
-                     UnsupportedImageFormat, mapped)
+                     mapped)
 from .judge import Identity
-from .lock import LockFile, lock_fd
+from .lock import LockFile, lock_in_place
 from .output import close_fd, fsync_dir, open_part, write_all
 
-CHECKPOINT_SECONDS = 2.0      # fsync + sidecar this often: a kill -9 or a power cut costs
-                              # at most ~2 s of transfer to fetch again, one fsync per 2 s
-CHECKPOINT_BYTES = 1 << 30    # ...and per GiB, so a fast link never piles up a huge fsync
-ENOSPC_ROOM = 64 << 10        # on a full disk the .part gives back this much so the last
-                              # sidecar (one block, plus metadata) fits and the run resumes
 Emit = Optional[Callable[..., Any]]
 
 
@@ -139,7 +132,7 @@ class PartFile:
     """PATH.part with its sidecar; renamed onto PATH only when complete and verified.
 
     The whole job holds PATH.part.lock (lock.LockFile): one writer per output. The
-    sidecar claims only bytes fsynced before it was written (see sidecar.py for the
+    sidecar claims only bytes fsynced before it was written (sidecar.Claim keeps the
     write order); a resume cuts the .part back to that length before any Range.
     `resumable` False (gunzip output: the decoder state cannot be saved) means every run
     starts from zero and no sidecar is written.
@@ -151,18 +144,17 @@ class PartFile:
     def __init__(self, path: str, url: str, resumable: bool = True, emit: Emit = None) -> None:
         self.path = path
         self.part = path + ".part"
-        self.sidecar = path + ".part.json"
-        self.url = redact_url(url)   # the sidecar is on disk: never with a password
         self.resumable = resumable
         self.emit = emit
         self.fd = -1
         self.state = PartState.FRESH
-        self.recorded: Optional[Identity] = None
-        self.verified = 0            # bytes the sidecar on disk claims (fsynced first)
-        self.lock = LockFile(path + ".part")
-        self._guard = threading.Lock()   # checkpoints come from the writing thread
-        self._unsynced = 0
-        self._next_checkpoint = 0.0
+        # the sidecar is on disk: its URL never with a password
+        self.claim = sidecar.Claim(self.part + ".json", redact_url(url), self.part, resumable)
+        self.lock = LockFile(self.part)
+
+    @property
+    def recorded(self) -> Optional[Identity]:
+        return self.claim.identity
 
     def open(self) -> Tuple[int, Optional[Identity]]:
         """Lock, open the .part; return (bytes held, identity) if an earlier run's bytes
@@ -174,13 +166,13 @@ class PartFile:
         except BaseException:
             close_fd(self)
             self.lock.release()
-            self.state = step(PART_STEPS, self.state, PartState.CLOSED, self.path)
+            self._go(PartState.CLOSED)
             raise
-        self.state = step(PART_STEPS, self.state, PartState.OPEN, self.path)
+        self._go(PartState.OPEN)
         return held, self.recorded
 
     def _open_locked(self) -> int:
-        loaded = sidecar.load(self.sidecar, self.url) if self.resumable else None
+        loaded = sidecar.load(self.claim.path, self.claim.url) if self.resumable else None
         self.fd = open_part(self.part)
         with mapped("write", path=self.part):
             size = os.fstat(self.fd).st_size
@@ -194,18 +186,13 @@ class PartFile:
         with mapped("write", path=self.part):
             os.ftruncate(self.fd, held)   # before any Range: unverified bytes never count
             os.lseek(self.fd, held, os.SEEK_SET)
-        self.verified = held
-        self.recorded = loaded.identity if loaded is not None and held else None
-        self._next_checkpoint = timing.now() + CHECKPOINT_SECONDS
+        self.claim.start(loaded.identity if loaded is not None and held else None, held)
         return held
 
     def record(self, identity: Identity) -> None:
         """Write the sidecar before any byte of this identity is written."""
         require(self.state, (PartState.OPEN,), "record", self.path)
-        with self._guard:
-            self.recorded = identity
-            if self.resumable:
-                sidecar.write(self.sidecar, self.url, identity, self.verified)
+        self.claim.record(identity)
 
     def expect_size(self, size: int) -> None:
         """A file grows to any size: nothing to check before writing."""
@@ -213,11 +200,7 @@ class PartFile:
     def restart(self) -> None:
         """Back to zero: the sidecar stops claiming bytes first, then the .part is cut."""
         require(self.state, (PartState.OPEN,), "restart", self.path)
-        with self._guard:
-            self.verified = 0
-            self._unsynced = 0
-            if self.resumable and self.recorded is not None:
-                sidecar.write(self.sidecar, self.url, self.recorded, 0)
+        self.claim.restart()
         with mapped("write", path=self.part):
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
@@ -225,31 +208,11 @@ class PartFile:
     def write(self, view: Any) -> None:
         require(self.state, (PartState.OPEN,), "write", self.path)
         write_all(self.fd, view, self.part)
-        self._advance(memoryview(view).nbytes)
+        self.claim.advance(self.fd, memoryview(view).nbytes)
 
     def spliced(self, count: int) -> None:
         require(self.state, (PartState.OPEN,), "spliced", self.path)
-        self._advance(count)
-
-    def _advance(self, count: int) -> None:
-        self._unsynced += count
-        if self._unsynced >= CHECKPOINT_BYTES or timing.now() >= self._next_checkpoint:
-            self.checkpoint()
-
-    def checkpoint(self) -> None:
-        """fsync the .part, then let the sidecar claim what the fsync covered."""
-        require(self.state, (PartState.OPEN,), "checkpoint", self.path)
-        with self._guard:
-            self._unsynced = 0
-            self._next_checkpoint = timing.now() + CHECKPOINT_SECONDS
-            if not self.resumable or self.recorded is None:
-                return
-            with mapped("write", path=self.part):
-                size = os.fstat(self.fd).st_size   # taken before the fsync that covers it
-                os.fsync(self.fd)
-            if size != self.verified:
-                sidecar.write(self.sidecar, self.url, self.recorded, size)
-                self.verified = size
+        self.claim.advance(self.fd, count)
 
     def position(self) -> Optional[int]:
         """Bytes in the .part (its size: it is only ever appended to)."""
@@ -270,16 +233,11 @@ class PartFile:
             if on_disk != size:
                 raise LocalWriteError("%s holds %d bytes, expected %d"
                                       % (self.part, on_disk, size))
-            if self.resumable and self.recorded is not None and on_disk != self.verified:
-                # The last checkpoint claims every byte: killed before the rename, a
-                # rerun asks for bytes=SIZE- and takes the 416 as complete.
-                sidecar.write(self.sidecar, self.url, self.recorded, on_disk)
-                self.verified = on_disk
+            self.claim.claim_all(on_disk)
             os.replace(self.part, self.path)
-        self.state = step(PART_STEPS, self.state, PartState.COMMITTED, self.path)
+        self._go(PartState.COMMITTED)
         try:
-            for leftover in [self.sidecar] + sidecar.stale_temporaries(self.sidecar):
-                sidecar.remove(leftover)
+            self.claim.clear()
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         finally:
             self.lock.release()
@@ -288,39 +246,23 @@ class PartFile:
     def abandon(self, keep: bool) -> None:
         """After a failure: keep the .part only if a later run can resume it, with a
         last checkpoint so the sidecar claims every byte that made it to disk."""
-        if not PART_STEPS[self.state]:
-            return                 # committed or abandoned already: nothing left to undo
         if self.state is PartState.FRESH:
-            self.state = step(PART_STEPS, self.state, PartState.CLOSED, self.path)
-            return
+            self._go(PartState.CLOSED)   # never locked: nothing on disk is ours
+        if not PART_STEPS[self.state]:
+            return                       # final already: nothing left to undo
         try:
             if keep and self.fd >= 0:
-                self._last_checkpoint()
+                self.claim.last_checkpoint(self.fd)
             close_fd(self)
             if not keep:
                 sidecar.remove(self.part)
-                sidecar.remove(self.sidecar)
+                sidecar.remove(self.claim.path)
         finally:
             self.lock.release()
-            self.state = step(PART_STEPS, self.state,
-                              PartState.KEPT if keep else PartState.DISCARDED, self.path)
+            self._go(PartState.KEPT if keep else PartState.DISCARDED)
 
-    def _last_checkpoint(self) -> None:
-        """The state a later run resumes from. On a full disk the sidecar itself has no
-        room: the .part's last ENOSPC_ROOM bytes are given back and it is tried again."""
-        try:
-            self.checkpoint()
-            return
-        except LocalWriteError as exc:
-            if getattr(exc, "errno", None) != errno.ENOSPC:
-                return           # cleanup-grade: the earlier sidecar still holds
-        try:
-            with mapped("write", path=self.part):
-                size = os.fstat(self.fd).st_size
-                os.ftruncate(self.fd, max(self.verified, size - ENOSPC_ROOM))
-            self.checkpoint()
-        except LocalWriteError:  # cleanup-grade: the earlier sidecar still holds
-            pass
+    def _go(self, to: PartState) -> None:
+        self.state = step(PART_STEPS, self.state, to, self.path)
 
     def _event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
@@ -332,8 +274,8 @@ class InPlace:
     """A block/character device, or an existing file with in_place: written directly from
     its start, no .part and no rename, fsynced at the end. Within a run a resume simply
     continues writing; a restart seeks back to the start. Not resumable across runs.
-    Its life is open -> written -> closed (fd -1 once closed); SafeDisk, which wraps it in
-    download(), keeps the state machine."""
+    Its life is open -> written -> closed (fd -1); SafeDisk, which wraps it in download(),
+    holds the state machine."""
 
     in_place = True
     resumable = False
@@ -345,41 +287,27 @@ class InPlace:
         self.emit: Emit = None
         self.fd = -1
         self.regular = False
-        self.seekable = False
+        self.seekable = False                 # a regular file or a block device
+        self.capacity: Optional[int] = None   # a block device's size in bytes
         self.recorded: Optional[Identity] = None
         self.lock: Optional[LockFile] = None
 
     def open(self) -> Tuple[int, Optional[Identity]]:
-        """Open and lock: a regular file through PATH.part.lock (shared with file mode on
-        the same PATH), a block device on its own fd (udev's convention for a disk being
-        written); character devices and FIFOs are not locked (lock.py)."""
+        """Open and lock it (lock.lock_in_place says how each kind of target is locked)."""
         with mapped("write", path=self.path):
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
             mode = os.fstat(self.fd).st_mode
         self.regular = stat.S_ISREG(mode)
         self.seekable = self.regular or stat.S_ISBLK(mode)
         try:
-            if self.regular:
-                self._lock_file()
-            elif stat.S_ISBLK(mode):
-                lock_fd(self.fd, self.path)
+            if stat.S_ISBLK(mode):
+                with mapped("write", path=self.path + " (inspecting it)"):
+                    self.capacity = device_size(self.fd)
+            self.lock = lock_in_place(self.fd, self.path, mode)
         except BaseException:
             close_fd(self)
             raise
         return 0, None
-
-    def _lock_file(self) -> None:
-        """PATH.part.lock; in a directory we may not create files in, the file's own fd
-        (no file-mode writer can work there either: it needs PATH.part)."""
-        lock = LockFile(self.path + ".part")
-        try:
-            lock.acquire()
-        except LocalWriteError as exc:
-            if getattr(exc, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            lock_fd(self.fd, self.path)
-            return
-        self.lock = lock
 
     def cut(self, size: int) -> None:
         """A regular file is cut to the image's size before its head is written, so no
@@ -392,7 +320,7 @@ class InPlace:
         self.recorded = identity
 
     def expect_size(self, size: int) -> None:
-        """Checked by SafeDisk (it knows a block device's capacity)."""
+        """Checked by SafeDisk, which refuses an image larger than `capacity`."""
 
     def write(self, view: Any) -> None:
         write_all(self.fd, view, self.path)
@@ -417,7 +345,7 @@ class InPlace:
         try:
             self.cut(size)
             with mapped("write", path=self.path):
-                disk.fsync_if_possible(self.fd)   # /dev/null and FIFOs can't: EINVAL
+                fsync_if_possible(self.fd)   # /dev/null and FIFOs can't: EINVAL
             if self.regular:
                 for leftover in sidecar.stale_temporaries(self.path + ".part.json"):
                     sidecar.remove(leftover)
@@ -488,8 +416,6 @@ class SafeDisk:
         self.verify_written = verify_written
         self.emit = emit
         self.state = D.FRESH
-        self.positional = True       # regular file or block device: writes at offsets
-        self.capacity: Optional[int] = None   # block device size in bytes
         self.hold = HEAD_HOLD        # bytes of output held back (4 when not positional)
         self.head = bytearray()
         self.taken = 0               # output bytes taken in this pass (head included)
@@ -505,6 +431,11 @@ class SafeDisk:
         return self.inner.recorded
 
     @property
+    def positional(self) -> bool:
+        """A regular file or a block device: written at offsets (known once open)."""
+        return self.inner.seekable
+
+    @property
     def splice_ready(self) -> bool:
         """The head is complete and no read-back digest has to see the bytes."""
         return self.state in (D.WRITING, D.STREAMING) and self.digest is None
@@ -514,16 +445,11 @@ class SafeDisk:
         require(self.state, (D.FRESH,), "open", self.path)
         try:
             self.inner.open()
-            with mapped("write", path=self.path + " (inspecting it)"):
-                mode = os.fstat(self.fd).st_mode
-                if stat.S_ISBLK(mode):
-                    self.capacity = disk.device_size(self.fd)
-            self.positional = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
             if not self.positional:
                 self.hold = SIGNATURE_BYTES
-            if self.verify_written and not self.positional:
-                raise InvalidRequest("verify_written needs a block device or a regular file"
-                                     " to read back, not %s" % self.path)
+                if self.verify_written:
+                    raise InvalidRequest("verify_written needs a block device or a regular"
+                                         " file to read back, not %s" % self.path)
         except BaseException:
             self.abandon(keep=False)
             raise
@@ -538,9 +464,10 @@ class SafeDisk:
     def expect_size(self, size: int) -> None:
         """Refuse a block device too small for the image before anything is written
         (exit 23); files grow, so they are never refused."""
-        if self.capacity is not None and size > self.capacity:
+        capacity = self.inner.capacity
+        if capacity is not None and size > capacity:
             raise LocalWriteError("the image is %d bytes but %s holds only %d bytes; "
-                                  "nothing was written" % (size, self.path, self.capacity))
+                                  "nothing was written" % (size, self.path, capacity))
 
     def write(self, view: Any) -> None:
         require(self.state, TAKING, "write", self.path)
@@ -562,21 +489,17 @@ class SafeDisk:
 
     def spliced(self, count: int) -> None:
         """Account for `count` bytes the kernel moved into fd (only when splice_ready)."""
-        if not self.splice_ready:
-            raise InvariantViolation("%s: %d bytes spliced while the output is %s (a "
-                                     "rawfetch bug); it was not kept"
-                                     % (self.path, count, self.state.name))
+        if not self.splice_ready:   # the bytes would miss the held head or the digest
+            raise InvariantViolation("%s: bytes spliced while the output is %s (a rawfetch "
+                                     "bug); it was not kept" % (self.path, self.state.name))
         self.taken += count
 
     def position(self) -> Optional[int]:
         """Where the output stands: the fd's real offset once the head is complete (tail
         bytes and splice land there), the held bytes before; None without positions."""
-        if not self.positional:
-            return None
-        if self.state is not D.WRITING:
-            return len(self.head)
-        with mapped("write", path=self.path):
-            return os.lseek(self.fd, 0, os.SEEK_CUR)
+        if self.state is D.WRITING or not self.positional:
+            return self.inner.position()
+        return len(self.head)
 
     def restart(self) -> None:
         """The download starts over from zero: drop the held head and check the new
@@ -627,19 +550,15 @@ class SafeDisk:
         """Refuse a foreign container before touching the target; then zero its start."""
         if self.state not in (D.OPEN, D.RESTARTED):
             return               # checked already in this pass
-        found = disk.foreign_format(bytes(self.head[:SIGNATURE_BYTES]))
-        if found and not self.allow_any_format:
-            untouched = "" if self.state in ZEROED else "; nothing was written"
-            raise UnsupportedImageFormat(
-                "image is %s, not raw: refusing to write it to %s%s (--allow-any-format"
-                " / allow_any_format writes it anyway)" % (found, self.path, untouched))
+        if not self.allow_any_format:
+            disk.refuse_foreign(bytes(self.head[:SIGNATURE_BYTES]), self.path,
+                                untouched=self.state not in ZEROED)
         if not self.positional:
             return               # STREAMING once the checked bytes are out
         first_time = self.state is D.OPEN
         self._go(D.HOLDING)      # from here on a failure zeroes again, even a failed wipe
         if first_time:
-            zeroed = disk.zero_start(self.path, self.capacity, "zeroing its first MiB")
-            self._event("wipe", bytes=zeroed)
+            self._event("wipe", bytes=self._zero("zeroing its first MiB"))
 
     def _head_complete(self) -> None:
         """Positional: later bytes go at their offsets (the fd's file offset, so splice
@@ -660,7 +579,7 @@ class SafeDisk:
                 self._go(D.STREAMING)
             return
         with mapped("write", path=self.path + " (its first MiB)"):
-            disk.fsync_if_possible(self.fd)   # the tail is durable before the head exists
+            fsync_if_possible(self.fd)   # the tail is durable before the head exists
             disk.pwrite_all(self.fd, self.head, 0)
 
     def _read_back(self, written: WrittenDigest, size: int) -> None:
@@ -671,8 +590,8 @@ class SafeDisk:
                                    "difference %s" % (self.path, where))
 
     def _fail(self) -> None:
-        """The end of a failed job: zero the start again when zeroing began (unless
-        preserve_on_error), then close the target."""
+        """The end of a failed job: zero the start again when zeroing began, unless
+        preserve_on_error; then close the target."""
         try:
             if self.state not in ZEROED:
                 self._go(D.ABANDONED)
@@ -684,15 +603,18 @@ class SafeDisk:
             self.inner.abandon(keep=False)
 
     def _zero_after_failure(self) -> DiskState:
-        """Best effort (the original error is what the caller must see): the outcome is
-        reported in the wipe_on_failure event and in the state returned."""
+        """Best effort: the job's own error is what the caller sees; the zeroing's outcome
+        is the wipe_on_failure event and the state returned."""
         try:
-            zeroed = disk.zero_start(self.path, self.capacity, "zeroing its first MiB again")
+            zeroed = self._zero("zeroing its first MiB again")
         except LocalWriteError as exc:
             self._event("wipe_on_failure", bytes=0, ok=False, error=exc.message)
             return D.WIPE_FAILED
         self._event("wipe_on_failure", bytes=zeroed, ok=True)
         return D.WIPED
+
+    def _zero(self, what: str) -> int:
+        return disk.zero_start(self.path, self.inner.capacity, what)
 
     def _event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:

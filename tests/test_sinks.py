@@ -326,7 +326,7 @@ def test_part_restarted_then_failed_discards_everything(tmp_path):
     sink.record(IDENTITY)
     feed(sink, IMAGE[:MiB])
     sink.restart()
-    assert sink.state is P.OPEN and sink.position() == 0 and sink.verified == 0
+    assert sink.state is P.OPEN and sink.position() == 0 and sink.claim.verified == 0
     feed(sink, OTHER)
     sink.abandon(keep=False)
     assert sink.state is P.DISCARDED and os.listdir(str(tmp_path)) == []
