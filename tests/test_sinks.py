@@ -382,3 +382,20 @@ def test_part_abandon_before_open_touches_nothing(tmp_path):
     sink = PartFile(path, "http://h/img")
     sink.abandon(keep=False)
     assert sink.state is P.CLOSED and on_disk(path + ".part") == IMAGE[:1000]
+
+
+def test_the_documented_tables_are_the_code():
+    """docs/sinks.md shows both tables; a step added or dropped in the code without the
+    doc (or the other way round) fails here."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "sinks.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    block = text[text.index("<!-- states:begin -->"):text.index("<!-- states:end -->")]
+    documented: List[Any] = []
+    for line in block.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isupper():
+            documented.append((cells[0], cells[1], cells[2]))
+    expected = [(state.name, ", ".join(sorted(s.name for s in nexts)) or "(final)", state.value)
+                for table in (PART_STEPS, DISK_STEPS) for state, nexts in table.items()]
+    assert documented == expected
