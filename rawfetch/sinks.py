@@ -17,7 +17,7 @@ import enum
 import os
 import stat
 from typing import (Any, Callable, Collection, Dict, FrozenSet, Mapping, Optional, Protocol,
-                    Tuple, runtime_checkable)
+                    Tuple, TypeVar, runtime_checkable)
 
 from . import disk, sidecar
 from .credentials import redact_url
@@ -29,6 +29,7 @@ from .lock import LockFile, lock_in_place
 from .output import close_fd, fsync_dir, open_part, write_all
 
 Emit = Optional[Callable[..., Any]]
+State = TypeVar("State", bound=enum.Enum)
 
 
 @runtime_checkable
@@ -93,7 +94,7 @@ class Sink(Protocol):
         `keep` and the sink is resumable. A no-op once committed or abandoned."""
 
 
-def step(table: Mapping[Any, FrozenSet[Any]], now: Any, to: Any, path: str) -> Any:
+def step(table: Mapping[State, FrozenSet[State]], now: State, to: State, path: str) -> State:
     """`to` when the table allows now -> to; else InvariantViolation (a rawfetch bug)."""
     if to not in table[now]:
         raise InvariantViolation("%s: the output cannot go from %s to %s (a rawfetch bug); "
@@ -101,7 +102,7 @@ def step(table: Mapping[Any, FrozenSet[Any]], now: Any, to: Any, path: str) -> A
     return to
 
 
-def require(now: Any, allowed: Collection[Any], call: str, path: str) -> None:
+def require(now: enum.Enum, allowed: Collection[enum.Enum], call: str, path: str) -> None:
     """InvariantViolation unless `call` is allowed in state `now` (a rawfetch bug)."""
     if now not in allowed:
         raise InvariantViolation("%s: %s() called on an output that is %s (a rawfetch bug); "
@@ -110,6 +111,8 @@ def require(now: Any, allowed: Collection[Any], call: str, path: str) -> None:
 
 # ---------------------------------------------------------------- PartFile
 class PartState(enum.Enum):
+    """Where a PartFile stands; each value says what it means on disk."""
+
     FRESH = "made: nothing locked or opened yet"
     OPEN = "locked, the .part open and appended to; checkpoints let the sidecar claim it"
     COMMITTED = "renamed onto PATH, the sidecar removed, unlocked"
@@ -361,6 +364,8 @@ class InPlace:
 
 # ---------------------------------------------------------------- SafeDisk
 class DiskState(enum.Enum):
+    """Where a SafeDisk stands; each value says what it means for the target."""
+
     FRESH = "made: the target is not open yet"
     OPEN = "open; the first bytes are being collected, unchecked; its start never zeroed"
     HOLDING = "first bytes passed the format check, the start zeroed; the head being held"
