@@ -50,6 +50,27 @@ def lock_fd(fd: int, path: str, holder: str = "") -> None:
                          % (path, who)) from None
 
 
+def lock_in_place(fd: int, path: str, mode: int) -> Optional["LockFile"]:
+    """Lock a target written in place (fd open on it, `mode` its st_mode), as the module
+    doc says: a regular file through PATH.part.lock -- or its own fd in a directory we may
+    not create files in (no file-mode writer can work there either: it needs PATH.part)
+    --, a block device on its own fd, anything else not at all. Returns the LockFile to
+    release, if one was taken."""
+    if stat.S_ISBLK(mode):
+        lock_fd(fd, path)
+    if not stat.S_ISREG(mode):
+        return None
+    lock = LockFile(path + ".part")
+    try:
+        lock.acquire()
+    except LocalWriteError as exc:
+        if getattr(exc, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        lock_fd(fd, path)
+        return None
+    return lock
+
+
 class LockFile:
     """PATH.part.lock: created without following links, locked, pid written, unlinked
     by its holder at release."""

@@ -16,8 +16,7 @@ from typing import Any, Callable, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rawfetch.disk import SafeDisk  # noqa: E402
-from rawfetch.output import InPlace  # noqa: E402
+from rawfetch.sinks import InPlace, SafeDisk  # noqa: E402
 
 MiB = 1 << 20
 

@@ -6,7 +6,7 @@ leaves only PATH.
 
 strace traces the command's main thread only (no -f): on these data paths (plain HTTP,
 no checksum: splice into the file) that thread makes every file call, so the count N is
-the same from run to run -- except for the timed checkpoint (output.CHECKPOINT_SECONDS):
+the same from run to run -- except for the timed checkpoint (sidecar.CHECKPOINT_SECONDS):
 a run slowed past it by a loaded machine makes one fsync and one rename more. A run that
 ends before its Nth call (exit 0) must then be byte-exact, and is not counted as killed.
 """
