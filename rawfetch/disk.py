@@ -184,13 +184,3 @@ def verify_read_back(written: WrittenDigest, path: str, size: int
         return seconds, "(sha256 differs; no single MiB identified)"
     return seconds, "in MiB %d (bytes %d-%d)" % (
         differs, differs * READBACK_BLOCK, min(size, (differs + 1) * READBACK_BLOCK) - 1)
-
-
-# Transitional (#22): SafeDisk moved to rawfetch.sinks; `from rawfetch.disk import
-# SafeDisk` keeps working until every import names rawfetch.sinks (files.py, tests/
-# test_disk.py, tools/disk_overhead.py), then this function goes.
-def __getattr__(name: str) -> Any:
-    if name == "SafeDisk":
-        from . import sinks   # transitional re-export only: sinks imports this module
-        return sinks.SafeDisk
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

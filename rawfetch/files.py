@@ -21,7 +21,7 @@ from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, Prot
                      ResourceChanged)
 from .events import emit, wants_events
 from .options import Options, make_options
-from .output import open_output
+from .sinks import SafeDisk, open_output
 from .policy import Attempt, parse_checksum
 from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
@@ -203,7 +203,6 @@ def _settle(worker: Optional[Worker], resumable: bool) -> None:
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
     """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
     size guards, the first MiB zeroed first and written last, read-back on request."""
-    from .disk import SafeDisk
     return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
                     allow_any_format=opts.allow_any_format,
                     verify_written=opts.verify_written, emit=_reporter(url, opts))

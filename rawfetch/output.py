@@ -84,16 +84,3 @@ def start_writeback(fd: int, count: int) -> None:
         os.posix_fadvise(fd, max(0, end - count), count, os.POSIX_FADV_DONTNEED)
     except OSError:  # not a failure: advice only (a pipe or tty says ESPIPE/EINVAL)
         pass
-
-
-# Transitional (#22): the sinks moved to rawfetch.sinks; `from rawfetch.output import
-# open_output` (files.py) keeps working until every import names rawfetch.sinks, then
-# this function goes.
-_MOVED = ("Sink", "PartFile", "InPlace", "open_output")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import sinks   # transitional re-export only: sinks imports this module
-        return getattr(sinks, name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -22,9 +22,9 @@ import pytest
 
 from rawfetch import errors as E
 from rawfetch.cli import build_parser, options_from
-from rawfetch.disk import HEAD_HOLD, SafeDisk, WrittenDigest, first_difference, read_back
+from rawfetch.disk import HEAD_HOLD, WrittenDigest, first_difference, read_back
 from rawfetch.options import Options
-from rawfetch.output import InPlace
+from rawfetch.sinks import InPlace, SafeDisk
 from tests.disk_helpers import feed, flip_byte_after
 from tests.faultserver import actions as A, make_body
 
