@@ -1,5 +1,6 @@
-"""What keeps a disk from being left half-written: the device helpers behind
-sinks.SafeDisk, which wraps every in-place sink (devices and --in-place files).
+"""The in-place target and what keeps it from being left half-written: InPlace (a device
+or an existing file written from its start) and the steps sinks.SafeDisk takes around it
+(format check, held head, zeroing, read-back); SafeDisk wraps every in-place sink.
 
 Why: an image written over an old system boots whatever its first sectors say. If a run
 dies halfway, the old partition table (or the new one, pointing at partitions still
@@ -28,11 +29,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import zlib
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import timing
-from .errors import UnsupportedImageFormat, mapped
+from . import sidecar, timing
+from .errors import LocalWriteError, ReadBackMismatch, UnsupportedImageFormat, mapped
+from .judge import Identity
+from .lock import LockFile, lock_in_place
+from .output import Emit, close_fd, write_all
 
 HEAD_HOLD = 1 << 20   # coreos-installer's choice: MBR, GPT and boot code live in the first MiB
 SIGNATURE_BYTES = 4   # the qcow2 and VMDK magics below are 4 bytes each
@@ -84,6 +89,31 @@ def refuse_foreign(first: bytes, path: str, untouched: bool) -> None:
             % (found, path, "; nothing was written" if untouched else ""))
 
 
+class HeldHead:
+    """The output's first `size` bytes, held in memory while the rest is written, so
+    that commit() writes them last (the first MiB; 4 bytes for a target without offsets,
+    where they are held only for the format check)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = bytearray()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) == self.size
+
+    @property
+    def signature(self) -> bytes:
+        """The first SIGNATURE_BYTES held so far: what refuse_foreign checks."""
+        return bytes(self.data[:SIGNATURE_BYTES])
+
+    def take(self, view: memoryview) -> memoryview:
+        """Hold what the head still lacks from the front of `view`; return the rest."""
+        count = min(self.size - len(self.data), len(view))
+        self.data += view[:count]
+        return view[count:]
+
+
 def start_size(path: str, capacity: Optional[int]) -> int:
     """How much of the target's start is zeroed: its first MiB, or all of it when smaller
     (a small file is not grown). `capacity` is a block device's size, else None."""
@@ -107,6 +137,24 @@ def zero_start(path: str, capacity: Optional[int], what: str) -> int:
         finally:
             os.close(fd)
     return size
+
+
+def zero_start_again(path: str, capacity: Optional[int]) -> Dict[str, Any]:
+    """After a failed job: zero the start again, best effort (the job's own error is what
+    the caller sees). Returns the wipe_on_failure event's fields: `ok` says if it worked."""
+    try:
+        zeroed = zero_start(path, capacity, "zeroing its first MiB again")
+    except LocalWriteError as exc:
+        return {"bytes": 0, "ok": False, "error": exc.message}
+    return {"bytes": zeroed, "ok": True}
+
+
+def write_head_last(fd: int, head: Any, path: str) -> None:
+    """fsync everything written past the head, then write the held head at offset 0 (the
+    caller fsyncs it): the tail is durable before the target has a bootable start."""
+    with mapped("write", path=path + " (its first MiB)"):
+        fsync_if_possible(fd)
+        pwrite_all(fd, head, 0)
 
 
 class WrittenDigest:
@@ -171,9 +219,9 @@ def read_back(path: str, size: int) -> WrittenDigest:
 
 
 def verify_read_back(written: WrittenDigest, path: str, size: int
-                     ) -> Tuple[float, Optional[str]]:
+                     ) -> Tuple[float, Optional[ReadBackMismatch]]:
     """Read `path`'s first `size` bytes back from the device: (seconds it took, None when
-    they are what was written, else where they first differ, worded for a message)."""
+    they are what was written, else the error naming where they first differ)."""
     started = timing.now()
     with mapped("write", path=path + " (reading it back)"):
         differs = first_difference(written, read_back(path, size))
@@ -181,6 +229,102 @@ def verify_read_back(written: WrittenDigest, path: str, size: int
     if differs is None:
         return seconds, None
     if differs < 0:
-        return seconds, "(sha256 differs; no single MiB identified)"
-    return seconds, "in MiB %d (bytes %d-%d)" % (
-        differs, differs * READBACK_BLOCK, min(size, (differs + 1) * READBACK_BLOCK) - 1)
+        where = "(sha256 differs; no single MiB identified)"
+    else:
+        where = "in MiB %d (bytes %d-%d)" % (
+            differs, differs * READBACK_BLOCK, min(size, (differs + 1) * READBACK_BLOCK) - 1)
+    return seconds, ReadBackMismatch("%s read back differs from what was written: first "
+                                     "difference %s" % (path, where))
+
+
+class InPlace:
+    """A block/character device, or an existing file with in_place: written directly from
+    its start, no .part and no rename, fsynced at the end. Within a run a resume simply
+    continues writing; a restart seeks back to the start. Not resumable across runs.
+    Its life is open -> written -> closed (fd -1); SafeDisk, which wraps it in download(),
+    holds the state machine."""
+
+    in_place = True
+    resumable = False
+    splice_ready = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.part: Optional[str] = None
+        self.emit: Emit = None
+        self.fd = -1
+        self.regular = False
+        self.seekable = False                 # a regular file or a block device
+        self.capacity: Optional[int] = None   # a block device's size in bytes
+        self.recorded: Optional[Identity] = None
+        self.lock: Optional[LockFile] = None
+
+    def open(self) -> Tuple[int, Optional[Identity]]:
+        """Open and lock it (lock.lock_in_place says how each kind of target is locked)."""
+        with mapped("write", path=self.path):
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            mode = os.fstat(self.fd).st_mode
+        self.regular = stat.S_ISREG(mode)
+        self.seekable = self.regular or stat.S_ISBLK(mode)
+        try:
+            if stat.S_ISBLK(mode):
+                with mapped("write", path=self.path + " (inspecting it)"):
+                    self.capacity = device_size(self.fd)
+            self.lock = lock_in_place(self.fd, self.path, mode)
+        except BaseException:
+            close_fd(self)
+            raise
+        return 0, None
+
+    def cut(self, size: int) -> None:
+        """A regular file is cut to the image's size before its head is written, so no
+        crash leaves a valid head over the old file's tail."""
+        if self.regular:
+            with mapped("write", path=self.path):
+                os.ftruncate(self.fd, size)
+
+    def record(self, identity: Identity) -> None:
+        self.recorded = identity
+
+    def expect_size(self, size: int) -> None:
+        """Refuse a block device too small for the image before anything is written
+        (exit 23); files grow, so they are never refused."""
+        if self.capacity is not None and size > self.capacity:
+            raise LocalWriteError("the image is %d bytes but %s holds only %d bytes; "
+                                  "nothing was written" % (size, self.path, self.capacity))
+
+    def write(self, view: Any) -> None:
+        write_all(self.fd, view, self.path)
+
+    def spliced(self, count: int) -> None:
+        """Nothing to account: the bytes are at fd's offset already."""
+
+    def restart(self) -> None:
+        with mapped("write", path=self.path):
+            os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def position(self) -> Optional[int]:
+        """The write position (None for a character device or a FIFO: no position)."""
+        if not self.seekable:
+            return None
+        with mapped("write", path=self.path):
+            return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def commit(self, size: int) -> Optional[float]:
+        """fsync (a regular file was cut to size already, see cut()); remove sidecar
+        temporaries killed file-mode writers left beside a regular file; unlock."""
+        try:
+            self.cut(size)
+            with mapped("write", path=self.path):
+                fsync_if_possible(self.fd)   # /dev/null and FIFOs can't: EINVAL
+            if self.regular:
+                for leftover in sidecar.stale_temporaries(self.path + ".part.json"):
+                    sidecar.remove(leftover)
+        finally:
+            self.abandon(keep=True)
+        return None
+
+    def abandon(self, keep: bool) -> None:
+        close_fd(self)
+        if self.lock is not None:
+            self.lock.release()

@@ -1,15 +1,18 @@
 """The low-level file operations every sink shares (rawfetch.sinks): open a .part safely,
 write every byte, start writeback early, fsync a directory, close once.
 
-The sinks themselves (PartFile, InPlace, SafeDisk, open_output) live in sinks.py.
+The sinks themselves are imported from sinks.py (PartFile and SafeDisk live there,
+InPlace in disk.py).
 """
 from __future__ import annotations
 
 import os
 import stat
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .errors import LocalWriteError, mapped
+
+Emit = Optional[Callable[..., Any]]   # a sink's event callback: emit(name, **fields), or None
 
 
 def open_part(part: str) -> int:

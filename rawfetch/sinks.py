@@ -2,7 +2,8 @@
 
 * PartFile -- PATH.part with its sidecar and lock, renamed onto PATH only when complete
   and verified; resumable across runs (sidecar.py, lock.py).
-* InPlace -- an existing file or a device written from its start; no .part, no rename.
+* InPlace -- an existing file or a device written from its start; no .part, no rename
+  (it lives in disk.py, beside the steps SafeDisk takes around it).
 * SafeDisk -- every in-place write in download(): InPlace plus the format check, the first
   MiB zeroed first and written last, the read-back (disk.py says why).
 
@@ -16,19 +17,19 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from typing import (Any, Callable, Collection, Dict, FrozenSet, Mapping, Optional, Protocol,
-                    Tuple, TypeVar, runtime_checkable)
+from typing import (Any, Collection, Dict, FrozenSet, Mapping, Optional, Protocol, Tuple,
+                    TypeVar, runtime_checkable)
 
 from . import disk, sidecar
 from .credentials import redact_url
-from .disk import HEAD_HOLD, SIGNATURE_BYTES, WrittenDigest, device_size, fsync_if_possible
-from .errors import (InvalidRequest, InvariantViolation, LocalWriteError, ReadBackMismatch,
-                     mapped)
+from .disk import HEAD_HOLD, SIGNATURE_BYTES, HeldHead, InPlace, WrittenDigest
+from .errors import InvalidRequest, InvariantViolation, LocalWriteError, mapped
 from .judge import Identity
-from .lock import LockFile, lock_in_place
-from .output import close_fd, fsync_dir, open_part, write_all
+from .lock import LockFile
+from .output import Emit, close_fd, fsync_dir, open_part, write_all
 
-Emit = Optional[Callable[..., Any]]
+__all__ = ["Sink", "PartFile", "InPlace", "SafeDisk", "open_output", "PartState", "DiskState",
+           "PART_STEPS", "DISK_STEPS", "step", "require"]
 State = TypeVar("State", bound=enum.Enum)
 
 
@@ -272,96 +273,6 @@ class PartFile:
             self.emit(name, path=self.part, **fields)
 
 
-# ---------------------------------------------------------------- InPlace
-class InPlace:
-    """A block/character device, or an existing file with in_place: written directly from
-    its start, no .part and no rename, fsynced at the end. Within a run a resume simply
-    continues writing; a restart seeks back to the start. Not resumable across runs.
-    Its life is open -> written -> closed (fd -1); SafeDisk, which wraps it in download(),
-    holds the state machine."""
-
-    in_place = True
-    resumable = False
-    splice_ready = True
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.part: Optional[str] = None
-        self.emit: Emit = None
-        self.fd = -1
-        self.regular = False
-        self.seekable = False                 # a regular file or a block device
-        self.capacity: Optional[int] = None   # a block device's size in bytes
-        self.recorded: Optional[Identity] = None
-        self.lock: Optional[LockFile] = None
-
-    def open(self) -> Tuple[int, Optional[Identity]]:
-        """Open and lock it (lock.lock_in_place says how each kind of target is locked)."""
-        with mapped("write", path=self.path):
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-            mode = os.fstat(self.fd).st_mode
-        self.regular = stat.S_ISREG(mode)
-        self.seekable = self.regular or stat.S_ISBLK(mode)
-        try:
-            if stat.S_ISBLK(mode):
-                with mapped("write", path=self.path + " (inspecting it)"):
-                    self.capacity = device_size(self.fd)
-            self.lock = lock_in_place(self.fd, self.path, mode)
-        except BaseException:
-            close_fd(self)
-            raise
-        return 0, None
-
-    def cut(self, size: int) -> None:
-        """A regular file is cut to the image's size before its head is written, so no
-        crash leaves a valid head over the old file's tail."""
-        if self.regular:
-            with mapped("write", path=self.path):
-                os.ftruncate(self.fd, size)
-
-    def record(self, identity: Identity) -> None:
-        self.recorded = identity
-
-    def expect_size(self, size: int) -> None:
-        """Checked by SafeDisk, which refuses an image larger than `capacity`."""
-
-    def write(self, view: Any) -> None:
-        write_all(self.fd, view, self.path)
-
-    def spliced(self, count: int) -> None:
-        """Nothing to account: the bytes are at fd's offset already."""
-
-    def restart(self) -> None:
-        with mapped("write", path=self.path):
-            os.lseek(self.fd, 0, os.SEEK_SET)
-
-    def position(self) -> Optional[int]:
-        """The write position (None for a character device or a FIFO: no position)."""
-        if not self.seekable:
-            return None
-        with mapped("write", path=self.path):
-            return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def commit(self, size: int) -> Optional[float]:
-        """fsync (a regular file was cut to size already, see cut()); remove sidecar
-        temporaries killed file-mode writers left beside a regular file; unlock."""
-        try:
-            self.cut(size)
-            with mapped("write", path=self.path):
-                fsync_if_possible(self.fd)   # /dev/null and FIFOs can't: EINVAL
-            if self.regular:
-                for leftover in sidecar.stale_temporaries(self.path + ".part.json"):
-                    sidecar.remove(leftover)
-        finally:
-            self.abandon(keep=True)
-        return None
-
-    def abandon(self, keep: bool) -> None:
-        close_fd(self)
-        if self.lock is not None:
-            self.lock.release()
-
-
 # ---------------------------------------------------------------- SafeDisk
 class DiskState(enum.Enum):
     """Where a SafeDisk stands; each value says what it means for the target."""
@@ -405,7 +316,8 @@ class SafeDisk:
     """The sink interface around an InPlace sink, as the state machine DISK_STEPS: the
     first bytes checked before the target is touched, its first MiB zeroed, the head held
     until commit() writes it last; a failure zeroes the start again (disk.py says why).
-    Targets without offsets (character devices, FIFOs) hold and check only 4 bytes."""
+    Targets without offsets (not inner.seekable: character devices, FIFOs) hold and
+    check only 4 bytes."""
 
     in_place = True
     resumable = False
@@ -421,8 +333,7 @@ class SafeDisk:
         self.verify_written = verify_written
         self.emit = emit
         self.state = D.FRESH
-        self.hold = HEAD_HOLD        # bytes of output held back (4 when not positional)
-        self.head = bytearray()
+        self.head = HeldHead(HEAD_HOLD)   # written last (4 bytes when not seekable)
         self.taken = 0               # output bytes taken in this pass (head included)
         self.digest: Optional[WrittenDigest] = None
         self.readback_seconds: Optional[float] = None
@@ -436,11 +347,6 @@ class SafeDisk:
         return self.inner.recorded
 
     @property
-    def positional(self) -> bool:
-        """A regular file or a block device: written at offsets (known once open)."""
-        return self.inner.seekable
-
-    @property
     def splice_ready(self) -> bool:
         """The head is complete and no read-back digest has to see the bytes."""
         return self.state in (D.WRITING, D.STREAMING) and self.digest is None
@@ -450,8 +356,8 @@ class SafeDisk:
         require(self.state, (D.FRESH,), "open", self.path)
         try:
             self.inner.open()
-            if not self.positional:
-                self.hold = SIGNATURE_BYTES
+            if not self.inner.seekable:
+                self.head = HeldHead(SIGNATURE_BYTES)
                 if self.verify_written:
                     raise InvalidRequest("verify_written needs a block device or a regular"
                                          " file to read back, not %s" % self.path)
@@ -467,26 +373,21 @@ class SafeDisk:
         self.inner.record(identity)
 
     def expect_size(self, size: int) -> None:
-        """Refuse a block device too small for the image before anything is written
-        (exit 23); files grow, so they are never refused."""
-        capacity = self.inner.capacity
-        if capacity is not None and size > capacity:
-            raise LocalWriteError("the image is %d bytes but %s holds only %d bytes; "
-                                  "nothing was written" % (size, self.path, capacity))
+        """A block device too small for the image is refused, nothing written (InPlace)."""
+        self.inner.expect_size(size)
 
     def write(self, view: Any) -> None:
         require(self.state, TAKING, "write", self.path)
         view = memoryview(view)
         if self.digest is not None:
             self.digest.update(view)
-        if self.taken < self.hold:
-            take = min(self.hold - self.taken, len(view))
-            self.head += view[:take]
-            self.taken += take
-            view = view[take:]
-            if len(self.head) >= SIGNATURE_BYTES:
+        if not self.head.complete:
+            rest = self.head.take(view)
+            self.taken += len(view) - len(rest)
+            view = rest
+            if len(self.head.signature) == SIGNATURE_BYTES:
                 self._check_then_wipe()
-            if self.taken == self.hold:
+            if self.head.complete:
                 self._head_complete()
         if view:
             write_all(self.fd, view, self.path)
@@ -502,17 +403,17 @@ class SafeDisk:
     def position(self) -> Optional[int]:
         """Where the output stands: the fd's real offset once the head is complete (tail
         bytes and splice land there), the held bytes before; None without positions."""
-        if self.state is D.WRITING or not self.positional:
+        if self.state is D.WRITING or not self.inner.seekable:
             return self.inner.position()
-        return len(self.head)
+        return len(self.head.data)
 
     def restart(self) -> None:
         """The download starts over from zero: drop the held head and check the new
         first bytes again. The zeroed start stays zeroed; the tail is rewritten."""
         require(self.state, TAKING, "restart", self.path)
-        if not self.positional:
+        if not self.inner.seekable:
             self.inner.restart()
-        self.head = bytearray()
+        self.head = HeldHead(self.head.size)
         self.taken = 0
         if self.digest is not None:
             self.digest = WrittenDigest()
@@ -532,9 +433,12 @@ class SafeDisk:
             self._write_head()
             self.inner.commit(size)
             self._go(D.HEAD_WRITTEN)
-            self._event("head_written", bytes=len(self.head), written=size)
-            if self.digest is not None:
-                self._read_back(self.digest, size)
+            self._event("head_written", bytes=len(self.head.data), written=size)
+            if self.digest is not None:   # read back: the device holds what we wrote
+                self.readback_seconds, bad = disk.verify_read_back(self.digest, self.path, size)
+                self._event("readback", bytes=size, seconds=self.readback_seconds, ok=bad is None)
+                if bad is not None:
+                    raise bad
             self._go(D.COMMITTED)
         except BaseException:
             self._fail()
@@ -556,21 +460,22 @@ class SafeDisk:
         if self.state not in (D.OPEN, D.RESTARTED):
             return               # checked already in this pass
         if not self.allow_any_format:
-            disk.refuse_foreign(bytes(self.head[:SIGNATURE_BYTES]), self.path,
+            disk.refuse_foreign(self.head.signature, self.path,
                                 untouched=self.state not in ZEROED)
-        if not self.positional:
+        if not self.inner.seekable:
             return               # STREAMING once the checked bytes are out
         first_time = self.state is D.OPEN
         self._go(D.HOLDING)      # from here on a failure zeroes again, even a failed wipe
         if first_time:
-            self._event("wipe", bytes=self._zero("zeroing its first MiB"))
+            zeroed = disk.zero_start(self.path, self.inner.capacity, "zeroing its first MiB")
+            self._event("wipe", bytes=zeroed)
 
     def _head_complete(self) -> None:
         """Positional: later bytes go at their offsets (the fd's file offset, so splice
         works too). Otherwise the 4 checked bytes go out now."""
-        if self.positional:
+        if self.inner.seekable:
             with mapped("write", path=self.path):
-                os.lseek(self.fd, self.hold, os.SEEK_SET)
+                os.lseek(self.fd, self.head.size, os.SEEK_SET)
             self._go(D.WRITING)
         else:
             self._write_head()
@@ -578,48 +483,27 @@ class SafeDisk:
     def _write_head(self) -> None:
         """Positional: fsync the tail, then the held head at offset 0 (inner.commit
         fsyncs it). Otherwise the checked bytes go out, once (-> STREAMING)."""
-        if not self.positional:
-            if self.state is D.OPEN:
-                write_all(self.fd, self.head, self.path)
-                self._go(D.STREAMING)
-            return
-        with mapped("write", path=self.path + " (its first MiB)"):
-            fsync_if_possible(self.fd)   # the tail is durable before the head exists
-            disk.pwrite_all(self.fd, self.head, 0)
-
-    def _read_back(self, written: WrittenDigest, size: int) -> None:
-        self.readback_seconds, where = disk.verify_read_back(written, self.path, size)
-        self._event("readback", bytes=size, seconds=self.readback_seconds, ok=where is None)
-        if where is not None:
-            raise ReadBackMismatch("%s read back differs from what was written: first "
-                                   "difference %s" % (self.path, where))
+        if self.inner.seekable:
+            disk.write_head_last(self.fd, self.head.data, self.path)
+        elif self.state is D.OPEN:
+            write_all(self.fd, self.head.data, self.path)
+            self._go(D.STREAMING)
 
     def _fail(self) -> None:
         """The end of a failed job: zero the start again when zeroing began, unless
-        preserve_on_error; then close the target."""
+        preserve_on_error (best effort: the job's own error is what the caller sees, the
+        zeroing's outcome is the wipe_on_failure event and the state); close the target."""
         try:
             if self.state not in ZEROED:
                 self._go(D.ABANDONED)
             elif self.preserve_on_error:
                 self._go(D.PRESERVED)
             else:
-                self._go(self._zero_after_failure())
+                outcome = disk.zero_start_again(self.path, self.inner.capacity)
+                self._event("wipe_on_failure", **outcome)
+                self._go(D.WIPED if outcome["ok"] else D.WIPE_FAILED)
         finally:
             self.inner.abandon(keep=False)
-
-    def _zero_after_failure(self) -> DiskState:
-        """Best effort: the job's own error is what the caller sees; the zeroing's outcome
-        is the wipe_on_failure event and the state returned."""
-        try:
-            zeroed = self._zero("zeroing its first MiB again")
-        except LocalWriteError as exc:
-            self._event("wipe_on_failure", bytes=0, ok=False, error=exc.message)
-            return D.WIPE_FAILED
-        self._event("wipe_on_failure", bytes=zeroed, ok=True)
-        return D.WIPED
-
-    def _zero(self, what: str) -> int:
-        return disk.zero_start(self.path, self.inner.capacity, what)
 
     def _event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
