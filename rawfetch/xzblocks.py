@@ -201,16 +201,62 @@ class BlockPool:
             self._put(None)
 
 
+class InFlight:
+    """The blocks handed to the pool and not yet written out, oldest first, and the bytes
+    they hold (compressed + output): what bounds the decoder's memory. The pool's threads
+    start with the first block and end with stop()."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.jobs: Deque[Tuple[BlockJob, int]] = deque()   # (job, cost), in order
+        self.cost = 0
+        self._pool: Optional[BlockPool] = None
+
+    def must_wait(self, cost: int, memlimit: int) -> bool:
+        """A block of `cost` may go only after the oldest is out: too many in flight, or
+        together over the memory budget."""
+        return bool(self.jobs) and (len(self.jobs) >= self.threads * BLOCKS_PER_THREAD
+                                    or self.cost + cost > memlimit)
+
+    def oldest_done(self) -> bool:
+        return bool(self.jobs) and self.jobs[0][0].finished.is_set()
+
+    def submit(self, cost: int, *args: Any) -> None:
+        """decode_block(*args) on the pool, started now if it is not running."""
+        if self._pool is None:
+            self._pool = BlockPool(self.threads)
+        self.jobs.append((self._pool.submit(*args), cost))
+        self.cost += cost
+
+    def pop_oldest(self) -> List[bytes]:
+        """Wait for the oldest block: its output, or its error raised (it leaves either way)."""
+        job, cost = self.jobs.popleft()
+        pieces = job.wait()
+        self.cost -= cost
+        job.output = []
+        return pieces
+
+    def stop(self) -> None:
+        """Drop queued blocks; running ones finish on their own (a block takes < 1 s)."""
+        for job, _cost in self.jobs:
+            job.cancelled = True
+        self.jobs.clear()
+        self.cost = 0
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
 class ParallelXzDecoder(XzDecoder):
     """XzDecoder whose multi-block streams decode on `threads` pool threads (see module)."""
 
     def __init__(self, memlimit: int = DEFAULTS["xz_memlimit"], threads: int = 0) -> None:
         self.threads = threads or available_cores()
-        self._pool: Optional[BlockPool] = None
+        self._blocks = InFlight(self.threads)
         super().__init__(memlimit)
 
     def reset(self) -> None:
-        self._stop_pool()
+        self._blocks.stop()
         super().reset()
         self.parallel_streams = 0   # streams decoded on the pool (the rest: one thread)
         self._new_stream_state()
@@ -223,8 +269,6 @@ class ParallelXzDecoder(XzDecoder):
         self._header = b""           # this stream's header (wrapped around every block)
         self._check_size = 0
         self._records: List[Tuple[int, int]] = []
-        self._pending: Deque[Tuple[BlockJob, int]] = deque()   # (job, cost), in order
-        self._in_flight = 0          # bytes the pending blocks hold (compressed + output)
         self._block: Optional[BlockHeader] = None
         self._replay = b""           # bytes to feed the one-thread decoder first
 
@@ -247,7 +291,7 @@ class ParallelXzDecoder(XzDecoder):
             try:
                 yield from self._unit_done()
             except BaseException:   # an error, or the consumer dropped the output
-                self._stop_pool()
+                self._blocks.stop()
                 raise
             if self._phase == "end":
                 self.parallel_streams += 1
@@ -334,74 +378,52 @@ class ParallelXzDecoder(XzDecoder):
         wrapped += index_and_footer([record], self._header[6:8])
         self._buf = bytearray(self._header)
         cost = self._cost(block)
-        while self._pending and (len(self._pending) >= self.threads * BLOCKS_PER_THREAD
-                                 or self._in_flight + cost > self.memlimit):
+        while self._blocks.must_wait(cost, self.memlimit):
             yield from self._drain_one()
-        job = self._executor().submit(wrapped, self.memlimit, block.uncompressed)
+        self._blocks.submit(cost, wrapped, self.memlimit, block.uncompressed)
         del wrapped
-        self._pending.append((job, cost))
-        self._in_flight += cost
         self._records.append(record)
         self._expect("block start", STREAM_HEADER + 1, keep=True)
-        while self._pending and self._pending[0][0].finished.is_set():   # frees memory early
+        while self._blocks.oldest_done():   # frees memory early
             yield from self._drain_one()
 
     def _drain_one(self) -> Iterator[Any]:
         """The oldest pending block's output, in pieces of <= DECOMPRESS_OUTPUT_STEP."""
         import lzma
-        job, cost = self._pending.popleft()
         try:
-            pieces = job.wait()
+            pieces = self._blocks.pop_oldest()
         except lzma.LZMAError as exc:
-            number = len(self._records) - len(self._pending)   # the block that failed
-            self._stop_pool()
+            number = len(self._records) - len(self._blocks.jobs)   # the block that failed
+            self._blocks.stop()
             if "memory usage limit" in str(exc).lower():
                 raise self._codec_error(exc) from None
             raise self._error("corrupt data in block %d of stream %d (%s)" % (
                 number, self.streams + 1, exc), self.total_in, within=True) from None
-        self._in_flight -= cost
-        job.output = []
         pieces.reverse()
         while pieces:   # each piece freed once written
             yield self._emit(pieces.pop())
 
     def _index_done(self) -> Iterator[Any]:
-        while self._pending:   # every block is verified before the index is judged
+        while self._blocks.jobs:   # every block is verified before the index is judged
             yield from self._drain_one()
         # the index the decoded blocks imply, and the footer: the real ones must be equal
         if self._buf[STREAM_HEADER:] != index_and_footer(self._records, self._header[6:8]):
             raise self._error("the index or stream footer of stream %d does not match "
                               "its %d blocks" % (self.streams + 1, len(self._records)),
                               self.total_in, within=True)
-        self._stop_pool()
+        self._blocks.stop()
         self._phase = "end"
 
     def _block_error(self, what: str) -> Any:
-        self._stop_pool()
+        self._blocks.stop()
         return self._error("block %d of stream %d: %s" % (len(self._records) + 1,
                                                           self.streams + 1, what),
                            self.total_in, within=True)
 
-    def _executor(self) -> BlockPool:
-        if self._pool is None:
-            self._pool = BlockPool(self.threads)
-        return self._pool
-
-    def _stop_pool(self) -> None:
-        """Drop queued blocks; running ones finish on their own (a block takes < 1 s)."""
-        pending: Deque[Tuple[BlockJob, int]] = getattr(self, "_pending", deque())
-        for job, _cost in pending:
-            job.cancelled = True
-        pending.clear()
-        self._in_flight = 0
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
     def finish(self) -> List[bytes]:
         if self._codec is not None:
-            self._stop_pool()
+            self._blocks.stop()
         return super().finish()
 
     def close(self) -> None:
-        self._stop_pool()
+        self._blocks.stop()

@@ -27,7 +27,7 @@ MAX_CLASS_LINES = 200   # a class a newcomer can read in one sitting
 # imports from .decoders, then this entry goes (and decompress's _count re-export).
 KNOWN_CYCLES: Tuple[Tuple[str, ...], ...] = ()
 # Classes over MAX_CLASS_LINES in modules owned by the engine and sink layers, being split.
-KNOWN_LARGE_CLASSES = frozenset(("rawfetch.resume.Stream", "rawfetch.xzblocks.ParallelXzDecoder"))
+KNOWN_LARGE_CLASSES = frozenset(("rawfetch.resume.Stream",))
 
 Graph = Dict[str, Set[str]]
 
