@@ -24,8 +24,9 @@ from .metalink import Pieces, piece_count
 
 READ_BLOCK = 1 << 20   # one pread per MiB: hashing dominates (sha-256 ~1.7 GB/s here with
                        # SHA-NI); a larger buffer only costs memory per survey thread
-SURVEY_THREADS = 2     # the machines this runs on (a ramdisk's VM, this CI) have 2+ cores:
-                       # 1 GiB from the page cache measured 0.98 s on 1 thread, 0.63 s on 2
+SURVEY_THREADS = 2     # a ramdisk's VM and this CI have 2+ cores. 1 GiB costs 0.7 s of CPU
+                       # (bench/survey.py); sha-256 alone, 1 GiB: 0.60 s on 1 thread, 0.38 s
+                       # on 2. On a busy machine the second thread gains little (docs)
 # Two runs of differing pieces closer than this are fetched as one range: sending the good
 # bytes between again is cheaper than another request. 1 MiB is about one request's cost
 # at 1 Gb/s (~8 ms: a new connection's handshakes, a request head, the server's seek).
