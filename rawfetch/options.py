@@ -37,6 +37,8 @@ DEFAULTS: Dict[str, Any] = {
     "decode_threads": 0,        # threads decoding a multi-block xz stream; 0 = available cores
     "checksum_url": None,       # URL of a SHA256SUMS-style file holding the image's checksum
     "checksum_name": None,      # its entry to use (default: the image URL's last segment)
+    "metalink": None,           # Metalink 4 (.meta4) URL or path: mirrors, size, hashes, pieces
+    "metalink_name": None,      # its <file> to use (default: the only one)
     "on_event": None,           # callable(dict) receiving every step as an event
     "limit_rate": 0.0,          # bytes/s averaged over the job (curl --limit-rate); 0 = none
     "splay": 0.0,               # s; random wait in [0, splay] before the first request
@@ -246,3 +248,18 @@ def _check_formats(values: Dict[str, Any]) -> None:
         raise InvalidRequest("give either checksum or checksum_url, not both")
     if values["checksum_name"] is not None and values["checksum_url"] is None:
         raise InvalidRequest("checksum_name needs checksum_url")
+    _check_metalink(values)
+
+
+def _check_metalink(values: Dict[str, Any]) -> None:
+    """metalink is a URL or a path; metalink_name needs it. Until the download pipeline
+    uses it (issue 24, after #22's redesign) a given Metalink is refused here, at the start
+    of every download, so it is never silently ignored."""
+    for name in ("metalink", "metalink_name"):
+        if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
+            raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))
+    if values["metalink_name"] is not None and values["metalink"] is None:
+        raise InvalidRequest("metalink_name needs metalink")
+    if values["metalink"] is not None:
+        raise InvalidRequest("option metalink is not wired into downloads yet (issue 24); "
+                             "'python3 -m rawfetch.metalink check FILE' reads the document")
