@@ -209,11 +209,11 @@ def check_invariants(stream: Any, delivered: int) -> None:
 def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
     """The stream for -o -: a checksum (given, or from --checksum-url) is computed in a
     worker thread over two buffers when no decoder needs the bytes inline."""
-    from .budget import Budget
+    from .retry import Budget
     from .decompress import reader_for
     from .digest import Worker, new_hasher
     from .options import Options
-    from .policy import parse_checksum
+    from .digest import parse_checksum
     from .resume import open_stream, with_checksum_file
     opts = Options(**options)
     budget = Budget(opts)

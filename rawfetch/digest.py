@@ -6,15 +6,35 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Deque, Optional, Tuple
 
-from .errors import FetchError, LocalWriteError, mapped
+from .errors import FetchError, InvalidRequest, LocalWriteError, mapped
 from .output import close_fd
 
 SPLICED_LAG = 16      # file regions (<= 1 MiB each) the hash may trail the kernel's
                       # writes by: they are re-read while still in the page cache
 READ_BLOCK = 1 << 18  # pread size when hashing spliced bytes back (a splice moves <= 1 MiB;
                       # 256 KiB reads measured as fast, for 768 KiB less RSS)
+
+
+def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
+    """"ALGO:HEX" -> (algo, lowercase hex), validated against hashlib."""
+    if checksum is None:
+        return None
+    algo, colon, hexdigest = str(checksum).partition(":")
+    algo = algo.lower().replace("-", "")
+    import hashlib  # lazily: it loads OpenSSL's libcrypto (+3.7 MiB RSS)
+    try:
+        size = hashlib.new(algo).digest_size
+    except (ValueError, TypeError):
+        raise InvalidRequest("unknown checksum algorithm %r" % algo) from None
+    if not size:   # shake_128/shake_256: the length is the caller's choice, not the algorithm's
+        raise InvalidRequest("checksum algorithm %r has no fixed digest length; use a fixed "
+                             "one such as sha256" % algo)
+    hexdigest = hexdigest.strip().lower()
+    if not colon or len(hexdigest) != 2 * size or hexdigest.strip("0123456789abcdef"):
+        raise InvalidRequest("checksum %r is not %s:<%d hex digits>" % (checksum, algo, 2 * size))
+    return algo, hexdigest
 
 
 def new_hasher(algo: str) -> Any:

@@ -14,15 +14,14 @@ import os
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
-from .digest import FileHasher, Worker, new_hasher
-from .budget import Budget
+from .digest import FileHasher, Worker, new_hasher, parse_checksum
 from .decompress import make_decoder
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
                      ResourceChanged)
 from .events import emit, wants_events
 from .options import Options, make_options
 from .output import open_output
-from .policy import Attempt, parse_checksum
+from .retry import Attempt, Budget
 from .resume import Segment, Stream, with_checksum_file
 from .splice import Splicer
 

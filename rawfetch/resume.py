@@ -13,20 +13,17 @@ from __future__ import annotations
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
-from .budget import Budget
 from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
-from .digest import fresh, new_hasher
-from .errors import (ChecksumFileError, ChecksumMismatch, ContentEncodingError,
-                     DeadlineExceeded, DecompressError, FetchError, InvalidRequest,
-                     InvariantViolation, LocalWriteError, ProtocolError, ReadBackMismatch,
-                     ResourceChanged, UnsupportedImageFormat)
+from .digest import fresh, new_hasher, parse_checksum
+from .errors import (ChecksumMismatch, ContentEncodingError, FetchError, InvalidRequest,
+                     InvariantViolation, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,
                     parse_content_range, plan, provable)
 from .mirrors import MirrorSet
 from .options import Options, make_options
-from .policy import Attempt, parse_checksum
+from .retry import GIVE_UP, HAND_OVER, Attempt, Budget
 from .timing import Deadline
 
 __all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open", "open_stream",
@@ -36,10 +33,6 @@ SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 
 PROGRESS_EVENT_INTERVAL = 0.25  # s between `progress` events: a timeline shows a stall's
                                 # shape, at a bounded log (14,400 lines, ~2 MB an hour)
 
-# Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
-FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged,
-                InvariantViolation, DecompressError, ReadBackMismatch, UnsupportedImageFormat,
-                ChecksumFileError)
 
 
 class Segment(NamedTuple):
@@ -407,20 +400,16 @@ class Stream:
         self.budget.record(exc, self.offset, self.offset - self._attempt_start)
         self._emit("error", error=type(exc).__name__, message=exc.message,
                    offset=self.offset, retryable=exc.retryable, attempt=self.attempts)
-        if isinstance(exc, (DeadlineExceeded,) + FINAL_ERRORS):
+        previous = self.url
+        decision = self.budget.decide(exc, self.mirrors)
+        if decision.action == GIVE_UP:
+            exc.message += decision.note
             raise exc
-        if not self.budget.exhausted:
-            handover = self.mirrors.after_failure(exc, self.budget.policy.retries)
-            if handover is not None:
-                self._emit("mirror", url=handover[0], previous=handover[0],
-                           mirror=handover[1], offset=self.offset, why=type(exc).__name__)
-                return
-        if not exc.retryable:
-            raise exc
-        if self.budget.exhausted:
-            exc.message += " (gave up after %d attempts)" % self.attempts
-            raise exc
-        self.budget.pause(exc, self._emit)
+        if decision.action == HAND_OVER:
+            self._emit("mirror", url=previous, previous=previous,
+                       mirror=decision.mirror, offset=self.offset, why=type(exc).__name__)
+            return
+        self.budget.wait(decision, self._emit)
 
     def _emit(self, name: str, **fields: Any) -> None:
         if wants_events(self.options):

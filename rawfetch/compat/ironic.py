@@ -24,7 +24,7 @@ from ..checksumfile import ALGO_BY_HEX_LENGTH
 from ..errors import ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest, mapped
 from ..files import DownloadResult, download
 from ..options import DEFAULTS, Options
-from ..policy import parse_checksum
+from ..digest import parse_checksum
 from .ironic_contract import (AGENT_CONFIG, JOBS, REPLAY_NOTE, Job, agent_module,
                               raise_agent_error)
 
