@@ -8,7 +8,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
-from .errors import FetchError, InvalidRequest, LocalWriteError, mapped
+from .errors import ChecksumMismatch, FetchError, InvalidRequest, LocalWriteError, mapped
 from .output import close_fd
 
 SPLICED_LAG = 16      # file regions (<= 1 MiB each) the hash may trail the kernel's
@@ -207,6 +207,57 @@ class FileHasher(Worker):
         super().close()
         self._block = None
         close_fd(self)
+
+
+class Verifier:
+    """The checksum stage, on the consumer's side of a Stream: every delivered byte goes
+    to `hasher` (hashlib inline, or a Worker/FileHasher thread) and verdict() compares at
+    the end of the body. `position` counts the bytes submitted (an earlier run's held
+    bytes too), so the pipeline can check that every byte was hashed exactly once."""
+
+    def __init__(self, checksum: Tuple[str, str], hasher: Any = None, held: int = 0) -> None:
+        self.checksum = checksum
+        self.hasher = hasher if hasher is not None else new_hasher(checksum[0])
+        self.position = held
+        self._refetched = False     # the one clean refetch after a mismatch was asked for
+        self._settled = False       # the verdict was given: later ends are not checked
+
+    def update(self, view: Any) -> None:
+        self.position += len(view)
+        self.hasher.update(view)
+
+    def spliced(self, size: int) -> None:
+        """`size` bytes went into the output file without passing here (FileHasher)."""
+        self.position += size
+        self.hasher.spliced(size)
+
+    def reset(self) -> None:
+        """After a restart from zero: nothing in work, an empty digest."""
+        self.hasher = fresh(self.hasher)
+        self.position = 0
+
+    @property
+    def digest(self) -> str:
+        return "%s:%s" % (self.hasher.name, self.hasher.hexdigest())
+
+    def verdict(self, stream: Any) -> bool:
+        """At the end of `stream`'s body: True when the digest matches. On a mismatch
+        over bytes assembled from >= 2 pieces (resumes, mirrors, an earlier run), once,
+        ask the stream for a clean refetch from zero (False: it started); otherwise, or
+        when the stream cannot, ChecksumMismatch is raised (stream.refetch raises it)."""
+        if self._settled:
+            return True
+        algo, expected = self.checksum
+        got = self.hasher.hexdigest()
+        if got == expected:
+            self._settled = True
+            return True
+        error = ChecksumMismatch("%s mismatch: expected %s, got %s" % (algo, expected, got),
+                                 url=stream.url)
+        self._settled = True
+        stream.refetch(error, allowed=stream.ledger.pieces >= 2 and not self._refetched)
+        self._refetched, self._settled = True, False
+        return False
 
 
 def fresh(hasher: Any) -> Any:
