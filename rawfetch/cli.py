@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__, errors as E, timing
 from .cliopts import OPTIONS, build_parser
-from .credentials import secrets_of
+from .credentials import expand_header_args, redact_argv, redact_text, secrets_of
 from .options import Options
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
@@ -92,7 +92,6 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
     options = {opt.keyword: getattr(args, opt.dest) for opt in OPTIONS
                if opt.keyword and not (opt.given_only and getattr(args, opt.dest) is None)}
     options["checksum"] = given[0] if given else None
-    from .credentials import expand_header_args
     options["headers"] = expand_header_args(options["headers"])   # -H @FILE
     if getattr(args, "tlsv1.3", False):
         options["tls_min"] = "1.3"
@@ -194,7 +193,6 @@ class JsonLog:
             self._file = open(self.path, "a", encoding="utf-8")
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        from .credentials import redact_text
         line = redact_text(self._dumps(event, default=str), self.secrets) + "\n"
         with self._lock, E.mapped("write", path="--log-json " + self.path):
             self._file.write(line)     # whole lines: disk events come from the worker
@@ -233,7 +231,6 @@ def run(argv: Optional[List[str]] = None) -> int:
         progress.end()
         hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
             (h for cls, h in HINTS.items() if isinstance(exc, cls)), "")
-        from .credentials import redact_text
         sys.stderr.write(redact_text("rawfetch: error %d: %s%s\n" % (
             exc.exit_code, exc, " -- hint: " + hint if hint else ""), secrets))
         return exc.exit_code
@@ -253,7 +250,6 @@ def _redact_usage_errors(parser: argparse.ArgumentParser, argv: List[str]) -> No
     """argparse echoes what it could not parse: never a password from the command line
     (credentials.redact_argv masks -u/--proxy-user values, credential -H values, URL
     userinfo and every unrecognized word)."""
-    from .credentials import redact_argv
     error = parser.error
     parser.error = lambda message: error(redact_argv(message, argv))  # type: ignore
 
@@ -287,7 +283,8 @@ def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespa
 def _execute(args: argparse.Namespace, opts: Options,
              progress: Progress) -> Tuple[str, Optional[str]]:
     """argv's job: the download (or the stream to stdout) and its one-line summary."""
-    from .files import download, segments_summary, to_stdout
+    from .files import download, segments_summary, to_stdout  # lazily: --help and usage
+                                                               # errors load no engine
     if args.output == "-":
         result = to_stdout(args.url, urls=args.mirrors, options=opts, progress=progress)
         return ("%d bytes to stdout, %d attempt(s)" % (result.bytes, result.attempts),

@@ -18,6 +18,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
 from .digest import parse_checksum
+from .disk import SafeDisk
 from .events import emit, wants_events
 from .options import Options, make_options
 from .output import open_output
@@ -108,7 +109,6 @@ def _transfer(url: str, urls: Sequence[str], opts: Options, budget: Budget, sink
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
     """Every in-place write (devices, --in-place files) goes through SafeDisk: format and
     size guards, the first MiB zeroed first and written last, read-back on request."""
-    from .disk import SafeDisk
     return SafeDisk(sink, preserve_on_error=opts.preserve_on_error,
                     allow_any_format=opts.allow_any_format,
                     verify_written=opts.verify_written, emit=_reporter(url, opts))

@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
-from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
+from .checksumfile import fetch_checksum, image_name_from_url, read_limited
+from .client import Readable, Response, request
+from .decompress import reader_for
 from .digest import Verifier, parse_checksum
 from .errors import (ChecksumMismatch, ContentEncodingError, FetchError, InvalidRequest,
                      InvariantViolation, ProtocolError, ResourceChanged)
@@ -25,7 +27,7 @@ from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, 
                     parse_content_range, plan, provable)
 from .mirrors import MirrorSet
 from .options import Options, make_options
-from .retry import GIVE_UP, HAND_OVER, Budget
+from .retry import Budget
 
 __all__ = ["Stream", "VerifiedStream", "Ledger", "Segment", "Identity",
            "parse_content_range", "open", "open_stream", "with_checksum_file"]
@@ -115,7 +117,60 @@ class _ProgressEvents:
                            time=round(when, 6))
 
 
-class Stream:
+class StreamView(Readable):
+    """What a Stream shows of its state: read-only views of its ledger (bytes), budget
+    (attempts, time) and mirrors for progress lines, results and the agents' adapters;
+    the download's side of the resume question (judge.Held); its events."""
+
+    ledger: "Ledger"
+    budget: Budget
+    mirrors: MirrorSet
+    options: Options
+    checksum: Optional[Tuple[str, str]]
+    restartable: bool
+    url = property(lambda self: self.mirrors.current, doc="the mirror in use")
+    urls = property(lambda self: self.mirrors.urls)
+    offset = property(lambda self: self.ledger.offset, doc="bytes delivered (or held)")
+    segments = property(lambda self: self.ledger.segments)
+    identity = property(lambda self: self.ledger.identity)
+    restarts = property(lambda self: self.ledger.restarts)
+    refetched = property(lambda self: self.ledger.refetched)
+    resumed_from = property(lambda self: self.ledger.resumed_from)
+    attempts = property(lambda self: self.budget.count)
+    deadline = property(lambda self: self.budget.deadline)
+    policy = property(lambda self: self.budget.policy)
+    started = property(lambda self: self.budget.started)
+    history = property(lambda self: self.budget.policy.history)
+    digest: Optional[str] = None        # a VerifiedStream's "algo:hex"
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.iter_bytes()
+
+    @property
+    def size(self) -> Optional[int]:
+        """Total length of the object, or None while unknown (chunked, close-delimited)."""
+        return self.identity.total if self.identity else None
+
+    def tell(self) -> int:
+        return self.offset
+
+    @property
+    def resumable(self) -> bool:
+        """Can the bytes held be resumed by a later run (a validator or a checksum)?"""
+        return provable(self._held())
+
+    def _held(self) -> Held:
+        return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
+                    bool(self.checksum), self.restartable,
+                    accepted_codings(image_name_from_url(self.url), self.options.decompress))
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if wants_events(self.options):
+            fields.setdefault("url", self.url)
+            emit(self.options.on_event, name, **fields)
+
+
+class Stream(StreamView):
     """One object's body as a single uninterrupted byte stream, resumed invisibly.
 
     restartable (file mode): a changed object restarts from zero (ledger.restarts moves);
@@ -140,35 +195,6 @@ class Stream:
         self._closed = False
         self._progress = _ProgressEvents(self) if wants_events(options) else None
 
-    # -------------------------------------------------------------- public API
-    url = property(lambda self: self.mirrors.current, doc="the mirror in use")
-    urls = property(lambda self: self.mirrors.urls)
-    offset = property(lambda self: self.ledger.offset, doc="bytes delivered (or held)")
-    segments = property(lambda self: self.ledger.segments)
-    identity = property(lambda self: self.ledger.identity)
-    restarts = property(lambda self: self.ledger.restarts)
-    refetched = property(lambda self: self.ledger.refetched)
-    resumed_from = property(lambda self: self.ledger.resumed_from)
-    attempts = property(lambda self: self.budget.count)
-    deadline = property(lambda self: self.budget.deadline)
-    policy = property(lambda self: self.budget.policy)
-    started = property(lambda self: self.budget.started)
-    history = property(lambda self: self.budget.policy.history)
-    digest: Optional[str] = None        # a VerifiedStream's "algo:hex"
-
-    @property
-    def size(self) -> Optional[int]:
-        """Total length of the object, or None while unknown (chunked, close-delimited)."""
-        return self.identity.total if self.identity else None
-
-    def tell(self) -> int:
-        return self.offset
-
-    @property
-    def resumable(self) -> bool:
-        """Can the bytes held be resumed by a later run (a validator or a checksum)?"""
-        return provable(self._held())
-
     def readinto(self, buffer: Any) -> int:
         """Fill up to len(buffer) bytes of the object; 0 only at its end (length checked)."""
         view = memoryview(buffer).cast("B")
@@ -190,9 +216,8 @@ class Stream:
             self._finish()
 
     def splice_to(self, splicer: Any, size: int) -> int:
-        """Like readinto(), the bytes moved by the kernel into splicer's pipe (the caller
-        drains the pipe to its output); -1 means "call readinto() now" (no live response,
-        TLS, chunked, or a failure that was just recovered from)."""
+        """Like readinto(), into splicer's pipe (the caller drains it); -1: call readinto()
+        now (no live response, TLS, chunked, or a failure just recovered from)."""
         self._check_open()
         if self._response is None:
             return -1
@@ -205,25 +230,10 @@ class Stream:
             self._delivered(moved)
         return moved
 
-    def read(self, size: int = -1) -> bytes:
-        return read_via(self.readinto, size)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.iter_bytes()
-
-    def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        return iter_via(self.readinto, size)
-
     def close(self) -> None:
         """Release the connection; the stream cannot be read any more."""
         self._closed = True
         self._end_attempt()
-
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def start(self) -> "Stream":
         """Make the first attempt now, so open() itself raises 404s and the like."""
@@ -233,13 +243,9 @@ class Stream:
         return self
 
     def refetch(self, error: ChecksumMismatch, allowed: bool) -> None:
-        """The consumer's checksum verdict failed: record it, then, when `allowed` (bytes
-        assembled from several pieces, not refetched before) and the mode and budget
-        allow, throw every byte away and fetch once more from zero in one clean attempt
-        within max_time; else raise `error`."""
-        self.budget.record(error, self.offset, 0)
-        self._emit("error", error=type(error).__name__, message=error.message,
-                   offset=self.offset, retryable=False, attempt=self.attempts)
+        """The consumer's checksum verdict failed: record it; fetch once more from zero
+        in one clean attempt when `allowed` and the mode and budget allow, else raise."""
+        self.budget.failed(error, self.offset, 0, self._emit)
         if not (allowed and self.restartable) or self.budget.exhausted:
             raise error
         self._restart("checksum mismatch on bytes assembled from %d pieces: fetching once "
@@ -253,12 +259,6 @@ class Stream:
         if self._closed:
             raise InvalidRequest("read from a closed stream (reopen it to download again)",
                                  url=self.url)
-
-    def _held(self) -> Held:
-        from .checksumfile import image_name_from_url
-        return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
-                    bool(self.checksum), self.restartable,
-                    accepted_codings(image_name_from_url(self.url), self.options.decompress))
 
     def _delivered(self, size: int) -> None:
         before = self.ledger.offset
@@ -306,13 +306,8 @@ class Stream:
                        "content-range"), attempt=self.attempts)
         decision = judge(self._held(), Reply.of(response))
         action = decision.action
-        if action == STATUS:
-            response.raise_for_status()
-            raise ProtocolError("unexpected HTTP %d %s" % (response.status, response.reason),
-                                url=self.url, retryable=False)
-        if action in (RETRY, ENCODED):
-            error = ProtocolError if action == RETRY else ContentEncodingError
-            raise error(decision.why, url=self.url)
+        if action in (STATUS, RETRY, ENCODED):
+            raise refusal(action, decision.why, response, self.url)
         if action == COMPLETE:
             response.close()
             self.ledger.identity = decision.identity
@@ -333,7 +328,7 @@ class Stream:
             self._emit("resume", offset=self.offset, total=decision.identity.total, **skipped)
         self._adopt(decision.identity, response)
 
-    def _adopt(self, identity: Identity, response: Response) -> None:
+    def _adopt(self, identity: Optional[Identity], response: Optional[Response]) -> None:
         """From now on bytes come from `response`; resumes on this mirror are validated
         against `identity` (which the consumer records before it writes any of them)."""
         self.ledger.adopt(identity, self.url)
@@ -348,10 +343,8 @@ class Stream:
             raise ResourceChanged("resource changed after %s bytes were delivered: %s"
                                   % (format(self.offset, ","), why), url=self.url)
         self._restart(why)
-        if response is not None and identity is not None:
-            self._adopt(identity, response)
-        else:
-            self.ledger.adopt(None, self.url)
+        usable = response is not None and identity is not None
+        self._adopt(identity if usable else None, response if usable else None)
 
     def _restart(self, why: str) -> None:
         """Throw every held byte away: a new generation in the ledger from zero."""
@@ -371,28 +364,12 @@ class Stream:
         self._ended = True
 
     def _recover(self, exc: FetchError) -> None:
-        """Record a failure, then do what retry.py decides: raise it, hand over to
-        another mirror, or sleep the backoff (within max_time)."""
+        """A failed attempt: retry.py records it and raises, hands over or backs off."""
         self._end_attempt()
         exc.url = exc.url or self.url
-        self.budget.record(exc, self.offset, self.offset - self._attempt_start)
-        self._emit("error", error=type(exc).__name__, message=exc.message,
-                   offset=self.offset, retryable=exc.retryable, attempt=self.attempts)
-        previous = self.url
-        decision = self.budget.decide(exc, self.mirrors)
-        if decision.action == GIVE_UP:
-            exc.message += decision.note
-            raise exc
-        if decision.action == HAND_OVER:
-            self._emit("mirror", url=previous, previous=previous, mirror=decision.mirror,
-                       offset=self.offset, why=type(exc).__name__)
-            return
-        self.budget.wait(decision, self._emit)
+        self.budget.recover(exc, self.mirrors, self.offset, self.offset - self._attempt_start,
+                            self._emit)
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        if wants_events(self.options):
-            fields.setdefault("url", self.url)
-            emit(self.options.on_event, name, **fields)
 
 
 class VerifiedStream(Stream):
@@ -422,6 +399,17 @@ class VerifiedStream(Stream):
         return -1       # every byte must reach the verifier
 
 
+def refusal(action: str, why: str, response: Response, url: str) -> FetchError:
+    """The error a response judged STATUS, RETRY or ENCODED is."""
+    if action == STATUS:
+        response.raise_for_status()
+        return ProtocolError("unexpected HTTP %d %s" % (response.status, response.reason),
+                             url=url, retryable=False)
+    if action == RETRY:
+        return ProtocolError(why, url=url)
+    return ContentEncodingError(why, url=url)
+
+
 def skip(response: Response, ledger: Ledger, url: str) -> None:
     """Discard the prefix already held (ledger.offset bytes) from a 200 full answer,
     counting them in ledger.refetched."""
@@ -441,7 +429,6 @@ def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
     the first attempt is made before returning (a checksum_url is fetched before it).
     With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
     DecompressReader; the checksum still applies to the bytes as downloaded)."""
-    from .decompress import reader_for
     opts = make_options(options, kwargs)
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
@@ -469,7 +456,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
     options carrying the checksum found for the image's name."""
     if opts.checksum_url is None:
         return opts
-    from .checksumfile import fetch_checksum, image_name_from_url, read_limited
     where, name = opts.checksum_url, opts.checksum_name or image_name_from_url(url)
     plain = opts.replace(checksum_url=None, checksum_name=None, decompress="none",
                          gunzip=False)

@@ -186,6 +186,30 @@ class Budget:
         """One failed attempt: `progress` new bytes delivered before it failed."""
         self.policy = self.policy.increment(error, offset, self.elapsed(), progress)
 
+    def failed(self, error: FetchError, offset: int, progress: int,
+               emit: Callable[..., Any]) -> None:
+        """Record a failed attempt (`progress` new bytes delivered before it) and report it."""
+        self.record(error, offset, progress)
+        emit("error", error=type(error).__name__, message=error.message, offset=offset,
+             retryable=error.retryable, attempt=self.count)
+
+    def recover(self, error: FetchError, mirrors: MirrorSet, offset: int, progress: int,
+                emit: Callable[..., Any]) -> None:
+        """After a failed attempt: record it, then raise it (give up), move `mirrors` on
+        (hand over), or sleep the backoff (retry here) -- whatever decide() says."""
+        self.failed(error, offset, progress, emit)
+        previous = mirrors.current
+        decision = self.decide(error, mirrors)
+        if decision.action == GIVE_UP:
+            error.message += decision.note
+            raise error
+        if decision.action == HAND_OVER:
+            emit("mirror", url=previous, previous=previous, mirror=decision.mirror,
+                 offset=offset, why=type(error).__name__)
+            return
+        emit("backoff", seconds=round(decision.delay, 3), attempt=self.count)
+        timing.sleep(decision.delay)
+
     def decide(self, error: FetchError, mirrors: MirrorSet) -> Decision:
         """After `error` was recorded: retry here, hand over, or give up. A final error
         gives up at once; a mirror that failed for good (or used its share of the
@@ -221,11 +245,6 @@ class Budget:
             if mirrors.failures < share(self.policy.retries, len(mirrors)):
                 return None
         return mirrors.following()
-
-    def wait(self, decision: Decision, emit: Callable[..., Any]) -> None:
-        """Sleep a RETRY decision's backoff."""
-        emit("backoff", seconds=round(decision.delay, 3), attempt=self.count)
-        timing.sleep(decision.delay)
 
 
 def share(retries: int, mirrors: int) -> int:
