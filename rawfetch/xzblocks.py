@@ -255,22 +255,19 @@ class ParallelXzDecoder(XzDecoder):
 
     def _unit_done(self) -> Iterator[Any]:
         """The unit in _buf is whole: act on it and say what comes next."""
-        phase = self._phase
-        if phase == "stream header":
-            self._stream_header()
-        elif phase == "block start":
-            self._block_start()
-        elif phase == "block header":
-            self._block_header()
-        elif phase == "block":
+        if self._phase == "block":
             yield from self._block_done()
-        elif phase == "index":
+        elif self._phase == "index":
             yield from self._index_done()
+        else:
+            step = {"stream header": self._stream_header, "block start": self._block_start,
+                    "block header": self._block_header}.get(self._phase)
+            if step is not None:
+                step()
 
-    def _expect(self, phase: str, need: int, keep: bool = False) -> None:
+    def _expect(self, phase: str, need: int) -> None:
+        """The next unit: `need` bytes in _buf (which keeps the stream header)."""
         self._phase, self._need = phase, need
-        if not keep:
-            self._buf = bytearray()
 
     def _stream_header(self) -> None:
         raw = bytes(self._buf)
@@ -280,7 +277,7 @@ class ParallelXzDecoder(XzDecoder):
                 or int.from_bytes(raw[8:12], "little") != zlib.crc32(flags)):
             return self._go_serial()   # liblzma names what is wrong, as it always did
         self._header, self._check_size = raw, CHECK_SIZES[check]
-        self._expect("block start", STREAM_HEADER + 1, keep=True)
+        self._expect("block start", STREAM_HEADER + 1)
 
     def _block_start(self) -> None:
         """_buf holds the stream header (each block is wrapped in it, built in place) and
@@ -290,9 +287,9 @@ class ParallelXzDecoder(XzDecoder):
             if not self._records:
                 return self._go_serial()   # an empty stream: nothing to gain
             size = len(index_and_footer(self._records, b"\0\0"))
-            self._expect("index", STREAM_HEADER + size, keep=True)
+            self._expect("index", STREAM_HEADER + size)
             return
-        self._expect("block header", STREAM_HEADER + (size_byte + 1) * 4, keep=True)
+        self._expect("block header", STREAM_HEADER + (size_byte + 1) * 4)
 
     def _block_header(self) -> None:
         try:
@@ -310,8 +307,7 @@ class ParallelXzDecoder(XzDecoder):
         self._block = block
         assert block.compressed is not None
         padded = block.compressed + (-block.compressed % 4)
-        self._expect("block", STREAM_HEADER + block.size + padded + self._check_size,
-                     keep=True)
+        self._expect("block", STREAM_HEADER + block.size + padded + self._check_size)
 
     def _cost(self, block: BlockHeader) -> int:
         return (block.compressed or 0) + (block.uncompressed or 0)
@@ -337,12 +333,14 @@ class ParallelXzDecoder(XzDecoder):
         while self._pending and (len(self._pending) >= self.threads * BLOCKS_PER_THREAD
                                  or self._in_flight + cost > self.memlimit):
             yield from self._drain_one()
-        job = self._executor().submit(wrapped, self.memlimit, block.uncompressed)
+        if self._pool is None:
+            self._pool = BlockPool(self.threads)
+        job = self._pool.submit(wrapped, self.memlimit, block.uncompressed)
         del wrapped
         self._pending.append((job, cost))
         self._in_flight += cost
         self._records.append(record)
-        self._expect("block start", STREAM_HEADER + 1, keep=True)
+        self._expect("block start", STREAM_HEADER + 1)
         while self._pending and self._pending[0][0].finished.is_set():   # frees memory early
             yield from self._drain_one()
 
@@ -381,11 +379,6 @@ class ParallelXzDecoder(XzDecoder):
         return self._error("block %d of stream %d: %s" % (len(self._records) + 1,
                                                           self.streams + 1, what),
                            self.total_in, within=True)
-
-    def _executor(self) -> BlockPool:
-        if self._pool is None:
-            self._pool = BlockPool(self.threads)
-        return self._pool
 
     def _stop_pool(self) -> None:
         """Drop queued blocks; running ones finish on their own (a block takes < 1 s)."""
