@@ -54,7 +54,6 @@ class Worker:
     update() or drain(): a FetchError as it is (a decompression error stays exit 92).
     """
 
-    hashes_spliced = False   # bytes the kernel moves into the output never reach it
     behind_splice = 0        # queued buffers are writes: they land before spliced bytes
 
     def __init__(self, hasher: Any = None, consume: Optional[Callable[[Any], None]] = None
@@ -156,7 +155,6 @@ class FileHasher(Worker):
     max(transfer, hashing) against receiving every byte into Python to hash it.
     """
 
-    hashes_spliced = True
     behind_splice = SPLICED_LAG   # queued regions are already in the file
 
     def __init__(self, hasher: Any, path: str, held: int) -> None:
