@@ -58,16 +58,7 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
-    result, refetched, readback, decoded = _transfer(url, urls, opts, budget, sink,
-                                                     progress, restartable=True)
-    result = result._replace(path=path)
-    if wants_events(opts):
-        emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
-             written=result.written, digest=result.digest, attempts=result.attempts,
-             elapsed=result.elapsed, refetched=refetched, restarts=result.restarts,
-             segments=[list(s) for s in result.segments], readback_seconds=readback,
-             decompress=decoded)
-    return result
+    return _transfer(url, urls, opts, budget, sink, path, progress)
 
 
 def to_stdout(url: str, *, urls: Sequence[str] = (), options: Optional[Options] = None,
@@ -78,19 +69,20 @@ def to_stdout(url: str, *, urls: Sequence[str] = (), options: Optional[Options] 
     opts = make_options(options, {})
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
-    return _transfer(url, urls, opts, budget, StdoutSink(), progress, restartable=False)[0]
+    return _transfer(url, urls, opts, budget, StdoutSink(), None, progress)
 
 
 def _transfer(url: str, urls: Sequence[str], opts: Options, budget: Budget, sink: Any,
-              progress: Optional[Callable[[Stream], None]], restartable: bool
-              ) -> Tuple[DownloadResult, int, Optional[float], str]:
-    """sink -> stream -> pipeline: (result, refetched bytes, read-back seconds, decoder)."""
+              path: Optional[str], progress: Optional[Callable[[Stream], None]]
+              ) -> DownloadResult:
+    """sink -> stream -> pipeline -> result. A file (`path`) restarts from zero when the
+    object changes and reports `done`; a stream (stdout, path None) cannot."""
     held, identity = sink.open()      # locked from here: one writer per output
     pipeline = None
     try:
         checksum = parse_checksum(opts.checksum)
         pipeline = Pipeline(sink, opts, checksum, held)
-        stream = Stream(url, opts, offset=held, identity=identity, restartable=restartable,
+        stream = Stream(url, opts, offset=held, identity=identity, restartable=path is not None,
                         checksum=checksum, mirrors=urls, budget=budget)
         readback = pipeline.run(stream, progress)
     except BaseException:
@@ -99,11 +91,17 @@ def _transfer(url: str, urls: Sequence[str], opts: Options, budget: Budget, sink
     finally:
         if pipeline is not None:
             pipeline.close()
-    result = DownloadResult(sink.path, url, stream.offset, pipeline.written, stream.attempts,
-                            stream.restarts, held, round(timing.now() - stream.started, 3),
-                            pipeline.digest, stream.history, tuple(stream.segments))
-    decoded = pipeline.decoder.kind if pipeline.decoder is not None else "none"
-    return result, stream.refetched, readback, decoded
+    result = DownloadResult(path or sink.path, url, stream.offset, pipeline.written,
+                            stream.attempts, stream.restarts, held,
+                            round(timing.now() - stream.started, 3), pipeline.digest,
+                            stream.history, tuple(stream.segments))
+    if path is not None and wants_events(opts):
+        emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
+             written=result.written, digest=result.digest, attempts=result.attempts,
+             elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
+             segments=[list(s) for s in result.segments], readback_seconds=readback,
+             decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
+    return result
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
