@@ -36,9 +36,9 @@ def _need(obj, name):
 
 
 def _patch_buf(size):
-    import rawfetch.files as files
-    _need(files, "WRITE_BUFFER")
-    files.WRITE_BUFFER = size
+    import rawfetch.pipeline as pipeline
+    _need(pipeline, "WRITE_BUFFER")
+    pipeline.WRITE_BUFFER = size
     return size
 
 

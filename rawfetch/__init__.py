@@ -15,7 +15,7 @@ _LAZY = {
     "Options": "rawfetch.options", "DEFAULTS": "rawfetch.options",
     "Headers": "rawfetch.http11",
     "open": "rawfetch.resume", "download": "rawfetch.files", "Stream": "rawfetch.resume",
-    "RetryPolicy": "rawfetch.policy", "DownloadResult": "rawfetch.files",
+    "RetryPolicy": "rawfetch.retry", "DownloadResult": "rawfetch.files",
 }
 
 

@@ -8,6 +8,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__, errors as E, timing
 from .cliopts import OPTIONS, build_parser
+from .credentials import expand_header_args, secrets_of
+from .options import Options
+from .redact import redact_argv, redact_text
 
 EXIT_USAGE = 2          # argparse's convention (curl uses 2 for init failures too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
@@ -90,7 +93,6 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
     options = {opt.keyword: getattr(args, opt.dest) for opt in OPTIONS
                if opt.keyword and not (opt.given_only and getattr(args, opt.dest) is None)}
     options["checksum"] = given[0] if given else None
-    from .credentials import expand_header_args
     options["headers"] = expand_header_args(options["headers"])   # -H @FILE
     if getattr(args, "tlsv1.3", False):
         options["tls_min"] = "1.3"
@@ -171,95 +173,35 @@ def _size(count: int) -> str:
     return str(count)
 
 
-def _to_stdout(args: argparse.Namespace, options: Dict[str, Any], progress: Progress) -> Any:
-    """Stream to fd 1; bytes already written can't be taken back, so a change of the
-    object mid-stream is an error (exit 91), never a duplicate. A checksum is computed
-    in a worker thread over two alternating buffers, as download() does."""
-    worker, reader = _open_for_stdout(args, options)
-    views = [memoryview(bytearray(1 << 20)) for _ in range(2 if worker else 1)]
-    stream = getattr(reader, "stream", reader)
-    turn = 0
-    delivered = stream.offset   # (the decoder counts its own input: see below)
-    try:
-        with reader:
-            while True:
-                view = views[turn]
-                if worker is not None:
-                    worker.drain(keep=1)
-                    turn ^= 1
-                size = reader.readinto(view)
-                if not size:   # decoded output is not stream bytes: count its input
-                    decoder = getattr(reader, "decoder", None)
-                    check_invariants(stream, delivered if decoder is None
-                                     else decoder.total_in)
-                    return stream
-                delivered += size
-                _write_stdout(view[:size])
-                progress(stream)
-    finally:
-        if worker is not None:
-            worker.close()
-
-
-def check_invariants(stream: Any, delivered: int) -> None:
-    from .files import check_invariants as check
-    check(stream, delivered)
-
-
-def _open_for_stdout(args: argparse.Namespace, options: Dict[str, Any]) -> Tuple[Any, Any]:
-    """The stream for -o -: a checksum (given, or from --checksum-url) is computed in a
-    worker thread over two buffers when no decoder needs the bytes inline."""
-    from .budget import Budget
-    from .decompress import reader_for
-    from .digest import Worker, new_hasher
-    from .options import Options
-    from .policy import parse_checksum
-    from .resume import open_stream, with_checksum_file
-    opts = Options(**options)
-    budget = Budget(opts)
-    opts = with_checksum_file(args.url, opts, budget)
-    checksum = parse_checksum(opts.checksum)
-    worker = None
-    if checksum and opts.decompress == "none":
-        worker = Worker(new_hasher(checksum[0]))
-    try:
-        stream = open_stream(args.url, opts, args.mirrors, budget, worker)
-    except BaseException:
-        if worker is not None:
-            worker.close()
-        raise
-    return worker, reader_for(stream, opts)
-
-
-def _write_stdout(chunk: memoryview) -> None:
-    with E.mapped("write", path="stdout"):
-        while chunk:
-            chunk = chunk[os.write(1, chunk):]
-
-
 class JsonLog:
     """--log-json: one JSON object per event and line, flushed at once (a killed agent's
     log is complete up to the last step). A log that cannot be written fails the job
     with exit 23 like any local write error."""
 
-    def __init__(self, path: str, secrets: Any = ()) -> None:
+    def __init__(self, path: str) -> None:
         import json
         import threading
         self._dumps = json.dumps
         self._lock = threading.Lock()
-        self._secrets = secrets     # masked in every line (credentials.redact_text)
+        self.secrets: Any = ()      # masked in every line (credentials.redact_text)
         self.path = path
-        with E.mapped("write", path="--log-json " + path):
-            self._file = open(path, "a", encoding="utf-8")
+        self._file: Any = None
+
+    def open(self, secrets: Any) -> None:
+        """Open the log (before the first event), masking `secrets` in every line."""
+        self.secrets = secrets
+        with E.mapped("write", path="--log-json " + self.path):
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        from .credentials import redact_text
-        line = redact_text(self._dumps(event, default=str), self._secrets) + "\n"
+        line = redact_text(self._dumps(event, default=str), self.secrets) + "\n"
         with self._lock, E.mapped("write", path="--log-json " + self.path):
             self._file.write(line)     # whole lines: disk events come from the worker
             self._file.flush()         # thread, the others from the receiving one
 
     def close(self) -> None:
+        if self._file is None:
+            return
         try:
             self._file.close()
         except OSError:  # cleanup only: each event was flushed, or its failure reported
@@ -277,18 +219,19 @@ def run(argv: Optional[List[str]] = None) -> int:
     secrets: Any = ()
     try:
         options = options_from(args)
-        secrets = _secrets(args, options)
+        if args.log_json:
+            log = options["on_event"] = JsonLog(args.log_json)
+        opts = Options(**options)        # the run's one Options
+        secrets = secrets_of(opts, [args.url] + list(args.mirrors))
         if args.remote_name:
             args.output = remote_name(args.url)
-        if args.log_json:
-            log = JsonLog(args.log_json, secrets)
-            options["on_event"] = log
-        summary, digest = _execute(args, options, progress)
+        if log is not None:
+            log.open(secrets)
+        summary, digest = _execute(args, opts, progress)
     except E.FetchError as exc:
         progress.end()
         hint = next((h for cls, h in HINTS.items() if type(exc) is cls), None) or next(
             (h for cls, h in HINTS.items() if isinstance(exc, cls)), "")
-        from .credentials import redact_text
         sys.stderr.write(redact_text("rawfetch: error %d: %s%s\n" % (
             exc.exit_code, exc, " -- hint: " + hint if hint else ""), secrets))
         return exc.exit_code
@@ -308,16 +251,8 @@ def _redact_usage_errors(parser: argparse.ArgumentParser, argv: List[str]) -> No
     """argparse echoes what it could not parse: never a password from the command line
     (credentials.redact_argv masks -u/--proxy-user values, credential -H values, URL
     userinfo and every unrecognized word)."""
-    from .credentials import redact_argv
     error = parser.error
     parser.error = lambda message: error(redact_argv(message, argv))  # type: ignore
-
-
-def _secrets(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
-    """Every secret on this command line, masked in whatever the command writes."""
-    from .credentials import secrets_of
-    from .options import Options
-    return secrets_of(Options(**options), [args.url] + list(args.mirrors))
 
 
 def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
@@ -346,20 +281,22 @@ def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespa
     return args
 
 
-def _execute(args: argparse.Namespace, options: Dict[str, Any],
+def _execute(args: argparse.Namespace, opts: Options,
              progress: Progress) -> Tuple[str, Optional[str]]:
+    """argv's job: the download (or the stream to stdout) and its one-line summary."""
+    from .files import download, segments_summary, to_stdout  # lazily: --help and usage
+                                                               # errors load no engine
     if args.output == "-":
-        stream = _to_stdout(args, options, progress)
-        return ("%d bytes to stdout, %d attempt(s)" % (stream.offset, stream.attempts),
-                stream.digest)
-    from .files import download
-    result = download(args.url, args.output, urls=args.mirrors, progress=progress, **options)
+        result = to_stdout(args.url, urls=args.mirrors, options=opts, progress=progress)
+        return ("%d bytes to stdout, %d attempt(s)" % (result.bytes, result.attempts),
+                result.digest)
+    result = download(args.url, args.output, urls=args.mirrors, options=opts,
+                      progress=progress)
     summary = "saved %s (%d bytes%s, %d attempt(s), %.2fs)" % (
         result.path, result.bytes, ", %d written" % result.written
         if result.written != result.bytes else "",
         result.attempts, result.elapsed)
     if len({s.url for s in result.segments}) > 1:
-        from .files import segments_summary
         summary += "; served by " + segments_summary(list(result.segments))
     return summary, result.digest
 

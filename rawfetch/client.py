@@ -32,7 +32,32 @@ ORIGIN_BOUND_HEADERS = SECRET_HEADERS | {"host"}
 Buffer = Union[bytearray, memoryview]
 
 
-class Response:
+class Readable:
+    """The file-like face of anything with readinto() and close(): read(), iter_bytes(),
+    a context manager (Response and resume.Stream share it)."""
+
+    def readinto(self, buffer: Any) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all of the rest when size < 0); b"" at the end."""
+        return read_via(self.readinto, size)
+
+    def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """The body as bytes chunks of at most `size` bytes."""
+        return iter_via(self.readinto, size)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class Response(Readable):
     """A response whose body is read straight from the socket into the caller's buffer."""
 
     def __init__(self, conn: Connection, method: str, url: URL, head: Any,
@@ -148,14 +173,6 @@ class Response:
             self.close()
         return size
 
-    def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (all of the rest when size < 0); b"" at the end."""
-        return read_via(self.readinto, size)
-
-    def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        """The body as bytes chunks of at most `size` bytes."""
-        return iter_via(self.readinto, size)
-
     def raise_for_status(self) -> None:
         """Raise HTTPStatusError (exit 22) for a status >= 400 (retryable for 408/429/5xx
         transients), and for a well-formed answer that is not the file: 204, 205, 304, or
@@ -184,12 +201,6 @@ class Response:
     @property
     def closed(self) -> bool:
         return self._conn is None
-
-    def __enter__(self) -> "Response":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return "<Response %d %s %s>" % (self.status, self.reason, self.url)

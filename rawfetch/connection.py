@@ -5,7 +5,8 @@ The rule (issue: silent corruption after a low-speed abort on the splice path): 
 -- low speed, deadline, idle -- never discards or strands bytes that were received. Checks
 run only where no received byte is in flight: before a receive starts and while waiting
 for the socket. Bytes a receive took from the kernel (into the caller's buffer, or into
-the splice pipe and on to the output) are always counted and handed over first.
+the splice pipe, which the pipeline drains into the output) are always counted and
+handed over first.
 """
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ class Connection:
                 return size
 
     def splice_to(self, splicer: Any, size: int) -> int:
-        """Move up to `size` bytes socket -> pipe -> output; -1 if TLS can't; 0 at EOF."""
+        """Move up to `size` bytes socket -> splicer's pipe; -1 if TLS can't; 0 at EOF.
+        The caller (the pipeline) drains the pipe into its output at once."""
         if self._tls or splicer.broken:
             return -1
         self._check_due()
@@ -118,8 +120,6 @@ class Connection:
                 except self._want:
                     self._wait(select.POLLIN)
                     continue
-                if size:
-                    splicer.drain(size)   # pipe -> output before anything else may raise
                 self._arrived(size)
                 return size
 

@@ -18,7 +18,6 @@ from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Set, Tup
 from .errors import InvalidRequest
 from .redact import MIN_SECRET_MASKED, SECRET_HEADERS, userinfo_of
 # re-exported: cli.py and output.py still import these from here
-from .redact import redact_argv, redact_text, redact_url  # noqa: F401
 from .url import URL
 
 NETRC_MAX_BYTES = 1 << 20        # a netrc is a few lines; bounds work on a hostile file

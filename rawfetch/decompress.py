@@ -11,7 +11,6 @@ from typing import Any, Iterator, List, Optional
 from .decoders import (Bzip2Decoder, GzipDecoder, Passthrough, Pieces, SNIFF_BYTES,
                        XzDecoder, sniff)
 # re-exported: tests import these from here, and xzblocks.py until it imports decoders
-from .decoders import DECOMPRESS_OUTPUT_STEP, MAGIC, _count  # noqa: F401
 from .errors import InvalidRequest
 from .options import DECOMPRESS_KINDS, DEFAULTS
 

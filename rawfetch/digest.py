@@ -6,15 +6,35 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Deque, Optional, Tuple
 
-from .errors import FetchError, LocalWriteError, mapped
+from .errors import ChecksumMismatch, FetchError, InvalidRequest, LocalWriteError, mapped
 from .output import close_fd
 
 SPLICED_LAG = 16      # file regions (<= 1 MiB each) the hash may trail the kernel's
                       # writes by: they are re-read while still in the page cache
 READ_BLOCK = 1 << 18  # pread size when hashing spliced bytes back (a splice moves <= 1 MiB;
                       # 256 KiB reads measured as fast, for 768 KiB less RSS)
+
+
+def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
+    """"ALGO:HEX" -> (algo, lowercase hex), validated against hashlib."""
+    if checksum is None:
+        return None
+    algo, colon, hexdigest = str(checksum).partition(":")
+    algo = algo.lower().replace("-", "")
+    import hashlib  # lazily: it loads OpenSSL's libcrypto (+3.7 MiB RSS)
+    try:
+        size = hashlib.new(algo).digest_size
+    except (ValueError, TypeError):
+        raise InvalidRequest("unknown checksum algorithm %r" % algo) from None
+    if not size:   # shake_128/shake_256: the length is the caller's choice, not the algorithm's
+        raise InvalidRequest("checksum algorithm %r has no fixed digest length; use a fixed "
+                             "one such as sha256" % algo)
+    hexdigest = hexdigest.strip().lower()
+    if not colon or len(hexdigest) != 2 * size or hexdigest.strip("0123456789abcdef"):
+        raise InvalidRequest("checksum %r is not %s:<%d hex digits>" % (checksum, algo, 2 * size))
+    return algo, hexdigest
 
 
 def new_hasher(algo: str) -> Any:
@@ -34,7 +54,6 @@ class Worker:
     update() or drain(): a FetchError as it is (a decompression error stays exit 92).
     """
 
-    hashes_spliced = False   # bytes the kernel moves into the output never reach it
     behind_splice = 0        # queued buffers are writes: they land before spliced bytes
 
     def __init__(self, hasher: Any = None, consume: Optional[Callable[[Any], None]] = None
@@ -136,7 +155,6 @@ class FileHasher(Worker):
     max(transfer, hashing) against receiving every byte into Python to hash it.
     """
 
-    hashes_spliced = True
     behind_splice = SPLICED_LAG   # queued regions are already in the file
 
     def __init__(self, hasher: Any, path: str, held: int) -> None:
@@ -187,6 +205,57 @@ class FileHasher(Worker):
         super().close()
         self._block = None
         close_fd(self)
+
+
+class Verifier:
+    """The checksum stage, on the consumer's side of a Stream: every delivered byte goes
+    to `hasher` (hashlib inline, or a Worker/FileHasher thread) and verdict() compares at
+    the end of the body. `position` counts the bytes submitted (an earlier run's held
+    bytes too), so the pipeline can check that every byte was hashed exactly once."""
+
+    def __init__(self, checksum: Tuple[str, str], hasher: Any = None, held: int = 0) -> None:
+        self.checksum = checksum
+        self.hasher = hasher if hasher is not None else new_hasher(checksum[0])
+        self.position = held
+        self._refetched = False     # the one clean refetch after a mismatch was asked for
+        self._settled = False       # the verdict was given: later ends are not checked
+
+    def update(self, view: Any) -> None:
+        self.position += len(view)
+        self.hasher.update(view)
+
+    def spliced(self, size: int) -> None:
+        """`size` bytes went into the output file without passing here (FileHasher)."""
+        self.position += size
+        self.hasher.spliced(size)
+
+    def reset(self) -> None:
+        """After a restart from zero: nothing in work, an empty digest."""
+        self.hasher = fresh(self.hasher)
+        self.position = 0
+
+    @property
+    def digest(self) -> str:
+        return "%s:%s" % (self.hasher.name, self.hasher.hexdigest())
+
+    def verdict(self, stream: Any) -> bool:
+        """At the end of `stream`'s body: True when the digest matches. On a mismatch
+        over bytes assembled from >= 2 pieces (resumes, mirrors, an earlier run), once,
+        ask the stream for a clean refetch from zero (False: it started); otherwise, or
+        when the stream cannot, ChecksumMismatch is raised (stream.refetch raises it)."""
+        if self._settled:
+            return True
+        algo, expected = self.checksum
+        got = self.hasher.hexdigest()
+        if got == expected:
+            self._settled = True
+            return True
+        error = ChecksumMismatch("%s mismatch: expected %s, got %s" % (algo, expected, got),
+                                 url=stream.url)
+        self._settled = True
+        stream.refetch(error, allowed=stream.ledger.pieces >= 2 and not self._refetched)
+        self._refetched, self._settled = True, False
+        return False
 
 
 def fresh(hasher: Any) -> Any:

@@ -7,6 +7,9 @@ output (lock.py). On success: fsync, verify, rename onto PATH, fsync the directo
 the sidecar. Devices
 (and in_place files) are written directly instead; a decoder (gzip, xz, bzip2, auto)
 decompresses on the way.
+
+One page, top-down: options -> sink -> stream -> pipeline -> result (download()). The
+command's -o - takes the same path with a stdout sink (to_stdout()).
 """
 from __future__ import annotations
 
@@ -14,22 +17,16 @@ import os
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
-from .digest import FileHasher, Worker, new_hasher
-from .budget import Budget
-from .decompress import make_decoder
-from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
-                     ResourceChanged)
+from .digest import parse_checksum
 from .events import emit, wants_events
 from .options import Options, make_options
-from .sinks import SafeDisk, open_output
-from .policy import Attempt, parse_checksum
+from .pipeline import Pipeline, StdoutSink, check_invariants
 from .resume import Segment, Stream, with_checksum_file
-from .splice import Splicer
+from .retry import Attempt, Budget
+from .sinks import SafeDisk, open_output
 
-WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
-RING_BUFFERS = 2          # buffers in flight to the worker, 1 MiB each (bench, 768 MiB xz
-                          # image: 2 met every pipeline target; 4 cost 2 MiB of peak RSS
-                          # and was no faster)
+__all__ = ["download", "to_stdout", "DownloadResult", "check_invariants",
+           "segments_summary"]
 
 
 class DownloadResult(NamedTuple):
@@ -46,62 +43,6 @@ class DownloadResult(NamedTuple):
     segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 
-class _Pipeline:
-    """Stream -> (decoder) -> sink, restartable from zero: the stream's consumer.
-
-    `fed` counts the bytes the stream delivered into the pipeline (the compressed ones
-    when decompressing), `written` the bytes in the output; both include an earlier run's.
-    """
-
-    def __init__(self, sink: Any, opts: Options, held: int) -> None:
-        self.sink = sink
-        self.decoder: Any = None if opts.decompress == "none" else make_decoder(
-            opts.decompress, opts.xz_memlimit, opts.decode_threads)
-        self.fed = held
-        self.written = held
-        self.worker: Optional[Worker] = None   # hashes, decodes and writes off-thread
-
-    def record(self, identity: Any) -> None:
-        """A new identity, before any byte of it is written (the sidecar of a .part; a
-        device too small for a known size is refused here, before the first byte)."""
-        if identity != self.sink.recorded:
-            self.sink.record(identity)
-        if self.decoder is None and identity.total is not None:
-            self.sink.expect_size(identity.total)
-
-    def restart(self) -> None:
-        if self.worker is not None:
-            self.worker.drain()   # no byte of the old start may land after the restart
-        self.sink.restart()
-        self.fed = self.written = 0
-        if self.decoder is not None:
-            self.decoder.reset()
-
-    def write(self, view: memoryview) -> None:
-        self.fed += len(view)
-        if self.decoder is None:
-            self.sink.write(view)
-            self.written += len(view)
-            return
-        for piece in self.decoder.feed(view):
-            self.sink.write(piece)
-            self.written += len(piece)
-            del piece   # freed before the decoder builds the next one (peak memory)
-
-    def spliced(self, size: int) -> None:
-        """`size` bytes went socket -> pipe -> output in the kernel."""
-        self.sink.spliced(size)
-        self.fed += size
-        self.written += size
-
-    def finish(self) -> None:
-        """The input ended: the decoder checks its end (and may hand over a last piece)."""
-        if self.decoder is not None:
-            for piece in self.decoder.finish():
-                self.sink.write(piece)
-                self.written += len(piece)
-
-
 def download(url: str, path: Any, *, urls: Sequence[str] = (),
              options: Optional[Options] = None,
              progress: Optional[Callable[[Stream], None]] = None,
@@ -116,88 +57,50 @@ def download(url: str, path: Any, *, urls: Sequence[str] = (),
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
+    return _transfer(url, urls, opts, budget, sink, path, progress)
+
+
+def to_stdout(url: str, *, urls: Sequence[str] = (), options: Optional[Options] = None,
+              progress: Optional[Callable[[Stream], None]] = None) -> DownloadResult:
+    """The command's -o -: the same pipeline into fd 1. Bytes written cannot be taken
+    back, so a change of the object mid-stream is an error (exit 91), never a duplicate;
+    a checksum mismatch is reported at the end (exit 90)."""
+    opts = make_options(options, {})
+    budget = Budget(opts)
+    opts = with_checksum_file(url, opts, budget)
+    return _transfer(url, urls, opts, budget, StdoutSink(), None, progress)
+
+
+def _transfer(url: str, urls: Sequence[str], opts: Options, budget: Budget, sink: Any,
+              path: Optional[str], progress: Optional[Callable[[Stream], None]]
+              ) -> DownloadResult:
+    """sink -> stream -> pipeline -> result. A file (`path`) restarts from zero when the
+    object changes and reports `done`; a stream (stdout, path None) cannot."""
     held, identity = sink.open()      # locked from here: one writer per output
-    pipeline = _Pipeline(sink, opts, held)
-    splicer = None
+    pipeline = None
     try:
-        worker = _worker_for(pipeline, opts, held)
-        if worker is None or worker.hashes_spliced:
-            splicer = Splicer.create(sink.fd, sink.path)
-        stream = Stream(url, opts, offset=held, identity=identity, consumer=pipeline,
-                        hasher=worker, mirrors=urls, budget=budget)
-        readback = _run(stream, pipeline, progress, splicer)
+        checksum = parse_checksum(opts.checksum)
+        pipeline = Pipeline(sink, opts, checksum, held)
+        stream = Stream(url, opts, offset=held, identity=identity, restartable=path is not None,
+                        checksum=checksum, mirrors=urls, budget=budget)
+        readback = pipeline.run(stream, progress)
     except BaseException:
-        sink.abandon(keep=True)   # a no-op after _run's own; else unlocks, keeps the .part
+        sink.abandon(keep=True)   # a no-op after run()'s own; else unlocks, keeps the .part
         raise
     finally:
-        if pipeline.worker is not None:
-            pipeline.worker.close()
-        if pipeline.decoder is not None:
-            pipeline.decoder.close()   # a failed xz download leaves no pool thread behind
-        if splicer is not None:
-            splicer.close()
-    result = DownloadResult(path, url, stream.offset, pipeline.written, stream.attempts,
-                            stream.restarts, held, round(timing.now() - stream.started, 3),
-                            stream.digest, stream.history, tuple(stream.segments))
-    if wants_events(opts):
+        if pipeline is not None:
+            pipeline.close()
+    result = DownloadResult(path or sink.path, url, stream.offset, pipeline.written,
+                            stream.attempts, stream.restarts, held,
+                            round(timing.now() - stream.started, 3), pipeline.digest,
+                            stream.history, tuple(stream.segments))
+    if path is not None and wants_events(opts):
         emit(opts.on_event, "done", url=url, path=path, bytes=result.bytes,
              written=result.written, digest=result.digest, attempts=result.attempts,
              elapsed=result.elapsed, refetched=stream.refetched, restarts=result.restarts,
              segments=[list(s) for s in result.segments], readback_seconds=readback,
              decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
     return result
-
-
-def _worker_for(pipeline: _Pipeline, opts: Options, held: int) -> Optional[Worker]:
-    """When bytes must pass through Python (a checksum, a decoder), one worker thread
-    hashes, decodes and writes them; otherwise None (splice or a plain copy)."""
-    checksum = parse_checksum(opts.checksum)
-    if not checksum and pipeline.decoder is None:
-        return None
-    part = getattr(pipeline.sink, "part", None)
-    if pipeline.decoder is None and part:
-        # the worker hashes what reaches the .part: spliced regions read back from it, an
-        # earlier run's bytes too, and received buffers as given (no splice: Python 3.8)
-        pipeline.worker = FileHasher(new_hasher(checksum[0]), part, held)
-        return pipeline.worker
-    hasher = new_hasher(checksum[0]) if checksum else None   # nothing held: not a .part
-    # With a decoder the worker decodes and writes too (the heavy part); with a digest
-    # only it just hashes, while the receiving thread writes the same buffer (bench:
-    # hashing and writing in parallel, not one after the other on the worker).
-    pipeline.worker = Worker(hasher, consume=pipeline.write if pipeline.decoder else None)
-    return pipeline.worker
-
-
-def _run(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-         splicer: Optional[Splicer]) -> Optional[float]:
-    """Move every byte, check the end, keep the output; on any failure abandon it
-    (keeping a .part only when a later run can resume it). Returns read-back seconds."""
-    sink = pipeline.sink
-    try:
-        _move(stream, pipeline, progress, splicer)
-        pipeline.finish()
-        check_invariants(stream, pipeline.fed, splicer, sink, pipeline.written)
-        return sink.commit(pipeline.written)
-    except BaseException as exc:
-        stream.close()
-        _settle(pipeline.worker, sink.resumable)
-        sink.abandon(keep=_resumable(exc, stream, sink))
-        raise
-
-
-def _settle(worker: Optional[Worker], resumable: bool) -> None:
-    """Before a failed job's output is abandoned: no write may still be in flight (the
-    last checkpoint must see the final size, and the fd is closed next). Buffers already
-    handed over are written first when the .part is kept for a resume."""
-    if worker is None:
-        return
-    try:
-        if resumable:
-            worker.drain()
-    except BaseException:  # cleanup only: the job's own failure is what is reported
-        pass
-    finally:
-        worker.close()
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:
@@ -220,81 +123,6 @@ def _reporter(url: str, opts: Options) -> Callable[..., None]:
         if wants_events(opts):
             emit(opts.on_event, name, url=url, **fields)
     return report
-
-
-def _move(stream: Stream, pipeline: _Pipeline, progress: Optional[Callable[[Stream], None]],
-          splicer: Optional[Splicer]) -> None:
-    """Every byte from the stream to the output. Plain HTTP into a file: the kernel
-    splices socket -> pipe -> file. Otherwise receive into a ring of buffers while the
-    worker thread takes each one: the stream hands it over (its `hasher`) to be hashed --
-    and decoded and written, with a decoder; else this thread writes it meanwhile --
-    or, with nothing to hash or decode (TLS, chunked), it is handed over to be written."""
-    ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(RING_BUFFERS)]
-    turn = 0
-    while True:
-        worker = pipeline.worker
-        if splicer is not None and pipeline.sink.splice_ready:
-            if worker is not None:     # queued writes land before spliced bytes;
-                worker.drain(keep=worker.behind_splice)   # a FileHasher may trail
-            size = stream.splice_to(splicer, WRITE_BUFFER)
-            if size > 0:
-                pipeline.spliced(size)
-                _report(progress, stream)
-                continue
-        if worker is None:
-            worker = pipeline.worker = Worker(consume=pipeline.write)
-        worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
-        view = ring[turn]
-        size = stream.readinto(view)
-        if not size:
-            worker.drain()
-            return
-        if stream.hasher is not worker:
-            worker.update(view[:size])        # written off this thread
-        elif pipeline.decoder is None:
-            pipeline.write(view[:size])       # written here while the worker hashes it
-        turn = (turn + 1) % RING_BUFFERS
-        _report(progress, stream)
-
-
-def _report(progress: Optional[Callable[[Stream], None]], stream: Stream) -> None:
-    if progress is not None:
-        progress(stream)
-
-
-def check_invariants(stream: Stream, delivered: int, splicer: Optional[Splicer] = None,
-                     sink: Any = None, written: Optional[int] = None) -> None:
-    """At the end of a job, before the output is kept: every byte received was delivered
-    exactly once. A failure here is a rawfetch bug, reported instead of a wrong file."""
-    problems = []
-    left = splicer.pending() if splicer is not None else 0
-    if left:
-        problems.append("%d bytes left in the splice pipe" % left)
-    if delivered != stream.offset:
-        problems.append("%d bytes delivered but the stream is at %d" % (delivered, stream.offset))
-    if stream.size is not None and stream.offset != stream.size:
-        problems.append("stream at %d of %d bytes" % (stream.offset, stream.size))
-    hashed = getattr(stream.hasher, "position", delivered)
-    if hashed != delivered:
-        problems.append("%d bytes hashed of %d delivered" % (hashed, delivered))
-    if sink is not None and written is not None:
-        position = sink.position()
-        if position is not None and position != written:
-            problems.append("%s is at %d, expected %d" % (sink.path, position, written))
-    if problems:
-        raise InvariantViolation("byte accounting does not add up (%s); the output was not "
-                                 "kept" % "; ".join(problems), url=stream.url)
-
-
-def _resumable(exc: BaseException, stream: Stream, sink: Any) -> bool:
-    if not sink.resumable or stream.offset == 0:
-        return False
-    if isinstance(exc, (ChecksumMismatch, ResourceChanged, DecompressError,
-                        InvariantViolation)):
-        return False
-    if isinstance(exc, ProtocolError) and not exc.retryable:
-        return False
-    return stream.resumable
 
 
 def segments_summary(segments: List[Segment]) -> str:

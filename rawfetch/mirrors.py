@@ -1,53 +1,45 @@
 """Mirror selection: which URL the next attempt goes to, and why.
 
-Mirrors are tried in order. One that fails permanently (404, certificate, NXDOMAIN...)
-hands over at once; a flaky one after its share of the retry budget, and may come back
-in turn. The resume rules across mirrors live in judge.py.
+Mirrors are tried in the order arranged here. One that fails permanently (404,
+certificate, NXDOMAIN...) hands over at once; a flaky one after its share of the retry
+budget, and may come back in turn (that decision is retry.py's). The resume rules across
+mirrors live in judge.py.
 """
 from __future__ import annotations
 
 import random
-from typing import List, Optional, Sequence, Set, Tuple
-
-from .errors import FetchError
+from typing import List, Optional, Sequence, Set
 
 
 class MirrorSet:
-    """The mirror list of one job and the one in use."""
+    """The mirror list of one job, the one in use, and those that failed for good; when
+    to move on is retry.py's decision (Budget.decide)."""
 
     def __init__(self, url: str, mirrors: Sequence[str] = (), order: str = "ordered",
                  seed: Optional[str] = None) -> None:
         self.urls: List[str] = arrange([url] + [m for m in mirrors if m != url], order, seed)
         self.current = self.urls[0]
+        self.failures = 0        # consecutive failures of the current mirror
         self._dead: Set[str] = set()
-        self._failures = 0       # consecutive failures of the current mirror
 
     def __len__(self) -> int:
         return len(self.urls)
 
-    def after_failure(self, error: FetchError, retries: int) -> Optional[Tuple[str, str]]:
-        """Record `error` on the current mirror; return (previous, next) when the next
-        attempt should go to another mirror, None to stay."""
-        if len(self.urls) < 2:
-            return None
-        if not error.retryable:
-            self._dead.add(self.current)
-        else:
-            self._failures += 1
-            if self._failures < self.share(retries):
-                return None
+    def drop_current(self) -> None:
+        """The current mirror failed for good: it gets no turn again."""
+        self._dead.add(self.current)
+
+    def following(self) -> Optional[str]:
+        """Move to the next mirror still alive, walking the list from the current one and
+        wrapping around; None (and no move) when there is no other one."""
         alive = [u for u in self.urls if u not in self._dead]
         if not alive or alive == [self.current]:
             return None
         index = self.urls.index(self.current)
-        following = next(u for u in self.urls[index + 1:] + self.urls[:index + 1] if u in alive)
-        previous, self.current = self.current, following
-        self._failures = 0
-        return previous, following
-
-    def share(self, retries: int) -> int:
-        """Consecutive failures one mirror may use before the next one gets a turn."""
-        return max(1, (retries + 1) // len(self.urls))
+        self.current = next(u for u in self.urls[index + 1:] + self.urls[:index + 1]
+                            if u in alive)
+        self.failures = 0
+        return self.current
 
 
 def arrange(urls: List[str], order: str, seed: Optional[str]) -> List[str]:

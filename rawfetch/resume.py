@@ -1,45 +1,40 @@
 """Reconnect and Range resumption: one object's bytes, delivered exactly once, in order.
 
-A Stream is the file-like face of a download. It keeps a ledger of the bytes delivered
-(offset, which mirror served which range) and a running digest, and carries out what the
-sans-IO judgement (judge.py) decides about each response. Which URL comes next is
-mirrors.py's call; how many attempts and how long, budget.py's. A restart from zero
-reaches the consumer (download()'s pipeline) through one explicit path:
-`consumer.restart()`, and every identity it must record before bytes of it arrive through
-`consumer.record(identity)`.
+A Stream is the attempt loop behind a file-like face. Its Ledger holds what was delivered
+(offset, the object's identity and the mirror it came from, which mirror served which
+range, restarts from zero); the sans-IO judgement (judge.py) decides about each response,
+retry.py about each failure. Nothing here calls back up: a consumer (download()'s
+pipeline) reads `stream.ledger` after each readinto()/splice_to() and, when `restarts`
+moved or the identity changed, restarts or records its output BEFORE it writes the bytes
+just returned. The checksum verdict is the consumer's too (digest.Verifier); on a
+mismatch over bytes assembled from several pieces it asks, calling down, for one clean
+refetch from zero (Stream.refetch). VerifiedStream is that stage for stream mode.
 """
 from __future__ import annotations
 
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
-from .budget import Budget
-from .client import DEFAULT_CHUNK_SIZE, Response, iter_via, read_via, request
-from .digest import fresh, new_hasher
-from .errors import (ChecksumFileError, ChecksumMismatch, ContentEncodingError,
-                     DeadlineExceeded, DecompressError, FetchError, InvalidRequest,
-                     InvariantViolation, LocalWriteError, ProtocolError, ReadBackMismatch,
-                     ResourceChanged, UnsupportedImageFormat)
+from .checksumfile import fetch_checksum, image_name_from_url, read_limited
+from .client import Readable, Response, request
+from .decompress import reader_for
+from .digest import Verifier, parse_checksum
+from .errors import (ChecksumMismatch, ContentEncodingError, FetchError, InvalidRequest,
+                     InvariantViolation, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,
                     parse_content_range, plan, provable)
 from .mirrors import MirrorSet
 from .options import Options, make_options
-from .policy import Attempt, parse_checksum
-from .timing import Deadline
+from .retry import Budget
 
-__all__ = ["Stream", "Segment", "Identity", "parse_content_range", "open", "open_stream",
-           "with_checksum_file"]
+__all__ = ["Stream", "VerifiedStream", "Ledger", "Segment", "Identity",
+           "parse_content_range", "open", "open_stream", "with_checksum_file"]
 
 SKIP_BUFFER = 1 << 20         # discard buffer when a server ignores Range (200 full body)
 PROGRESS_EVENT_INTERVAL = 0.25  # s between `progress` events: a timeline shows a stall's
                                 # shape, at a bounded log (14,400 lines, ~2 MB an hour)
-
-# Errors no other attempt or mirror can fix: the caller's input, the local side, the verdict.
-FINAL_ERRORS = (InvalidRequest, LocalWriteError, ChecksumMismatch, ResourceChanged,
-                InvariantViolation, DecompressError, ReadBackMismatch, UnsupportedImageFormat,
-                ChecksumFileError)
 
 
 class Segment(NamedTuple):
@@ -50,14 +45,23 @@ class Segment(NamedTuple):
 
 
 class Ledger:
-    """The bytes delivered so far and which mirror served which range of them."""
+    """What the stream delivered: `offset` bytes of the object `identity` (validated on
+    `identity_url`), which mirror served which range, and `restarts` -- the generation,
+    bumped on every restart from zero, that a consumer compares to know it must start
+    its output over."""
 
-    __slots__ = ("offset", "segments", "pieces", "_start")
+    __slots__ = ("offset", "identity", "identity_url", "segments", "pieces", "restarts",
+                 "refetched", "resumed_from", "_start")
 
-    def __init__(self, offset: int = 0) -> None:
+    def __init__(self, url: str, offset: int = 0, identity: Optional[Identity] = None) -> None:
         self.offset = offset
+        self.identity = identity
+        self.identity_url = url
         self.segments: List[Segment] = []
         self.pieces = 1 if offset else 0   # runs of bytes from separate attempts or runs
+        self.restarts = 0
+        self.refetched = 0                 # prefix bytes read again from servers ignoring Range
+        self.resumed_from = offset         # bytes held before this job started
         self._start = offset
 
     def close_segment(self, url: str) -> None:
@@ -71,56 +75,76 @@ class Ledger:
                 self.segments.append(Segment(url, self._start, self.offset))
         self._start = self.offset
 
-    def reset(self) -> None:
+    def restart(self) -> None:
+        """Every byte thrown away: a new generation from zero."""
         self.offset = self._start = self.pieces = 0
         self.segments = []
+        self.restarts += 1
+
+    def adopt(self, identity: Optional[Identity], url: str) -> None:
+        """Resumes are validated against `identity` (None: unknown) as served by `url`."""
+        self.identity = identity
+        self.identity_url = url
 
 
-class Stream:
-    """One object's body as a single uninterrupted byte stream, resumed invisibly.
+class _ProgressEvents:
+    """`progress` events at most every PROGRESS_EVENT_INTERVAL, plus the last delivery
+    before a quiet spell, so a timeline shows a stall's shape."""
 
-    `consumer` (file mode) has record(identity) and restart(): with one, a changed object
-    restarts from zero; without one (stream mode) the bytes were consumed and a change
-    raises ResourceChanged.
-    """
+    def __init__(self, stream: "Stream") -> None:
+        self._stream = stream
+        self._next = self._last = 0.0
+        self.reported = stream.offset       # the offset the last event showed
 
-    def __init__(self, url: str, options: Options, deadline: Optional[Deadline] = None,
-                 offset: int = 0, identity: Optional[Identity] = None, consumer: Any = None,
-                 hasher: Any = None, mirrors: Sequence[str] = (),
-                 budget: Optional[Budget] = None) -> None:
-        self.options = options
-        self.mirrors = MirrorSet(url, mirrors, options.mirror_order, options.splay_seed)
-        self.budget = budget or Budget(options, deadline)
-        self.checksum = parse_checksum(options.checksum)
-        # Every delivered buffer goes to hasher.update(): a digest, or download()'s
-        # worker thread that also decodes and writes it.
-        self.hasher = hasher if hasher is not None else (
-            new_hasher(self.checksum[0]) if self.checksum else None)
-        self.ledger = Ledger(offset)
-        self.identity = identity        # known once a first response arrived
-        self.restarts = 0
-        self.resumed_from = offset      # bytes held before this job started
-        self.refetched = 0              # prefix bytes read again from servers ignoring Range
-        self._identity_url = url        # the mirror whose validators self.identity holds
-        self._consumer = consumer
-        self._response: Optional[Response] = None
-        self._attempt_start = offset
-        self._verified = False
-        self._closed = False
-        self._clean_refetch = False     # the one refetch after a checksum mismatch was used
-        self._report = wants_events(options)
-        self._next_progress = self._last_delivery = 0.0
-        self._reported = offset          # the offset the last progress event showed
+    def delivered(self, before: int) -> None:
+        now = timing.wall()
+        if now >= self._next:
+            quiet = now - self._last > PROGRESS_EVENT_INTERVAL / 10
+            if before > self.reported and quiet:
+                self.event(self._last, before)      # where a burst ended
+            self.event(now, self._stream.offset)
+        self._last = now
 
-    # -------------------------------------------------------------- public API
+    def flush(self) -> None:
+        """The last byte before a stall or a cut."""
+        if self._stream.offset > self.reported:
+            self.event(self._last, self._stream.offset)
+
+    def event(self, when: float, offset: int) -> None:
+        self._next = when + PROGRESS_EVENT_INTERVAL
+        self.reported = offset
+        self._stream._emit("progress", offset=offset, attempt=self._stream.attempts,
+                           time=round(when, 6))
+
+
+class StreamView(Readable):
+    """What a Stream shows of its state: read-only views of its ledger (bytes), budget
+    (attempts, time) and mirrors for progress lines, results and the agents' adapters;
+    the download's side of the resume question (judge.Held); its events."""
+
+    ledger: "Ledger"
+    budget: Budget
+    mirrors: MirrorSet
+    options: Options
+    checksum: Optional[Tuple[str, str]]
+    restartable: bool
     url = property(lambda self: self.mirrors.current, doc="the mirror in use")
     urls = property(lambda self: self.mirrors.urls)
     offset = property(lambda self: self.ledger.offset, doc="bytes delivered (or held)")
     segments = property(lambda self: self.ledger.segments)
+    identity = property(lambda self: self.ledger.identity)
+    restarts = property(lambda self: self.ledger.restarts)
+    refetched = property(lambda self: self.ledger.refetched)
+    resumed_from = property(lambda self: self.ledger.resumed_from)
     attempts = property(lambda self: self.budget.count)
     deadline = property(lambda self: self.budget.deadline)
     policy = property(lambda self: self.budget.policy)
     started = property(lambda self: self.budget.started)
+    history = property(lambda self: self.budget.policy.history)
+    digest: Optional[str] = None        # a VerifiedStream's "algo:hex"
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.iter_bytes()
 
     @property
     def size(self) -> Optional[int]:
@@ -131,21 +155,53 @@ class Stream:
         return self.offset
 
     @property
-    def history(self) -> Tuple[Attempt, ...]:
-        return self.budget.policy.history
-
-    @property
     def resumable(self) -> bool:
         """Can the bytes held be resumed by a later run (a validator or a checksum)?"""
         return provable(self._held())
 
+    def _held(self) -> Held:
+        return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
+                    bool(self.checksum), self.restartable,
+                    accepted_codings(image_name_from_url(self.url), self.options.decompress))
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if wants_events(self.options):
+            fields.setdefault("url", self.url)
+            emit(self.options.on_event, name, **fields)
+
+
+class Stream(StreamView):
+    """One object's body as a single uninterrupted byte stream, resumed invisibly.
+
+    restartable (file mode): a changed object restarts from zero (ledger.restarts moves);
+    otherwise (stream mode) the bytes were consumed and a change raises ResourceChanged.
+    `checksum` ("algo", "hex") says the end result will be verified, which lets judge.py
+    resume without a strong validator; the verdict itself is the consumer's.
+    """
+
+    def __init__(self, url: str, options: Options, *, offset: int = 0,
+                 identity: Optional[Identity] = None, restartable: bool = False,
+                 checksum: Optional[Tuple[str, str]] = None, mirrors: Sequence[str] = (),
+                 budget: Optional[Budget] = None) -> None:
+        self.options = options
+        self.checksum = checksum
+        self.restartable = restartable
+        self.mirrors = MirrorSet(url, mirrors, options.mirror_order, options.splay_seed)
+        self.budget = budget or Budget(options)
+        self.ledger = Ledger(url, offset, identity)
+        self._response: Optional[Response] = None
+        self._attempt_start = offset
+        self._ended = False             # the body ended and its length was checked
+        self._closed = False
+        self._progress = _ProgressEvents(self) if wants_events(options) else None
+
     def readinto(self, buffer: Any) -> int:
-        """Fill up to len(buffer) bytes of the object; 0 only at its verified end."""
+        """Fill up to len(buffer) bytes of the object; 0 only at its end (length checked)."""
         view = memoryview(buffer).cast("B")
         self._check_open()
         while True:
             if self._response is None:
-                if self._verified:
+                if self._ended:
                     return 0
                 self._attempt()
                 continue
@@ -155,21 +211,15 @@ class Stream:
                 self._recover(exc)
                 continue
             if size:
-                if self.hasher is not None:
-                    self.hasher.update(view[:size])
                 self._delivered(size)
                 return size
-            if self._finish():
-                return 0
+            self._finish()
 
     def splice_to(self, splicer: Any, size: int) -> int:
-        """Like readinto(), with the bytes moved by the kernel into splicer's output;
-        -1 means "call readinto() now" (no live response, TLS, chunked, a digest fed only
-        by buffers, or a failure that was just recovered from)."""
+        """Like readinto(), into splicer's pipe (the caller drains it); -1: call readinto()
+        now (no live response, TLS, chunked, or a failure just recovered from)."""
         self._check_open()
-        hasher = self.hasher
-        if self._response is None or not (
-                hasher is None or getattr(hasher, "hashes_spliced", False)):
+        if self._response is None:
             return -1
         try:
             moved = self._response.splice_to(splicer, size)
@@ -177,43 +227,32 @@ class Stream:
             self._recover(exc)
             return -1
         if moved > 0:
-            if hasher is not None:
-                hasher.spliced(moved)   # in the file already: the worker reads it back
             self._delivered(moved)
         return moved
-
-    def read(self, size: int = -1) -> bytes:
-        return read_via(self.readinto, size)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.iter_bytes()
-
-    def iter_bytes(self, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        return iter_via(self.readinto, size)
 
     def close(self) -> None:
         """Release the connection; the stream cannot be read any more."""
         self._closed = True
         self._end_attempt()
 
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    @property
-    def digest(self) -> Optional[str]:
-        if self.hasher is None or self.checksum is None:
-            return None
-        return "%s:%s" % (self.hasher.name, self.hasher.hexdigest())
-
     def start(self) -> "Stream":
         """Make the first attempt now, so open() itself raises 404s and the like."""
         self._check_open()
-        while self._response is None and not self._verified:
+        while self._response is None and not self._ended:
             self._attempt()
         return self
+
+    def refetch(self, error: ChecksumMismatch, allowed: bool) -> None:
+        """The consumer's checksum verdict failed: record it; fetch once more from zero
+        in one clean attempt when `allowed` and the mode and budget allow, else raise."""
+        self.budget.failed(error, self.offset, 0, self._emit)
+        if not (allowed and self.restartable) or self.budget.exhausted:
+            raise error
+        self._restart("checksum mismatch on bytes assembled from %d pieces: fetching once "
+                      "more from zero in one clean attempt" % self.ledger.pieces)
+        self.ledger.adopt(None, self.url)
+        self.deadline.check()
+        self._ended = False
 
     # -------------------------------------------------------------- attempts
     def _check_open(self) -> None:
@@ -221,38 +260,18 @@ class Stream:
             raise InvalidRequest("read from a closed stream (reopen it to download again)",
                                  url=self.url)
 
-    def _held(self) -> Held:
-        from .checksumfile import image_name_from_url
-        return Held(self.offset, self.identity, self.url == self._identity_url,
-                    bool(self.checksum), self._consumer is not None,
-                    accepted_codings(image_name_from_url(self.url), self.options.decompress))
-
     def _delivered(self, size: int) -> None:
         before = self.ledger.offset
         self.ledger.offset += size
-        if not self._report:
-            return
-        now = timing.wall()
-        if now >= self._next_progress:
-            quiet = now - self._last_delivery > PROGRESS_EVENT_INTERVAL / 10
-            if before > self._reported and quiet:
-                self._progress(self._last_delivery, before)   # where a burst ended
-            self._progress(now, self.offset)
-        self._last_delivery = now
-
-    def _progress(self, when: float, offset: int) -> None:
-        """A `progress` event: `offset` held at wall time `when` (of that delivery)."""
-        self._next_progress = when + PROGRESS_EVENT_INTERVAL
-        self._reported = offset
-        self._emit("progress", offset=offset, attempt=self.attempts, time=round(when, 6))
+        if self._progress is not None:
+            self._progress.delivered(before)
 
     def _end_attempt(self) -> None:
         response, self._response = self._response, None
         if response is not None:
             response.close()
-        if self._report and self.offset > self._reported:
-            self._progress(self._last_delivery, self.offset)   # the last byte before a
-                                                                # stall or a cut
+        if self._progress is not None:
+            self._progress.flush()
         self.ledger.close_segment(self.url)
 
     def _attempt(self) -> None:
@@ -273,8 +292,8 @@ class Stream:
             return
         try:
             self._take(response)
-        except (ChecksumMismatch, InvariantViolation):
-            response.close()     # the end-of-body verdict: already recorded and reported
+        except InvariantViolation:
+            response.close()     # the end-of-body length check: final
             raise
         except FetchError as exc:
             response.close()
@@ -287,17 +306,11 @@ class Stream:
                        "content-range"), attempt=self.attempts)
         decision = judge(self._held(), Reply.of(response))
         action = decision.action
-        if action == STATUS:
-            response.raise_for_status()
-            raise ProtocolError("unexpected HTTP %d %s" % (response.status, response.reason),
-                                url=self.url, retryable=False)
-        if action == RETRY:
-            raise ProtocolError(decision.why, url=self.url)
-        if action == ENCODED:
-            raise ContentEncodingError(decision.why, url=self.url)
+        if action in (STATUS, RETRY, ENCODED):
+            raise refusal(action, decision.why, response, self.url)
         if action == COMPLETE:
             response.close()
-            self.identity = decision.identity
+            self.ledger.identity = decision.identity
             self._finish()
             return
         if action in (RESTART, CHANGED):
@@ -307,125 +320,107 @@ class Stream:
             self._changed(decision.why, response if usable else None, decision.identity)
             return
         assert decision.identity is not None
+        skipped = {}
         if action == SKIP:
-            self._skip(response, self.offset)
-            self._emit("resume", offset=self.offset, total=decision.identity.total,
-                       skipped=self.offset)
-        elif action == CONTINUE:
-            self._emit("resume", offset=self.offset, total=decision.identity.total)
+            skip(response, self.ledger, self.url)
+            skipped = {"skipped": self.offset}
+        if action in (SKIP, CONTINUE):
+            self._emit("resume", offset=self.offset, total=decision.identity.total, **skipped)
         self._adopt(decision.identity, response)
 
-    def _adopt(self, identity: Identity, response: Response) -> None:
-        """From now on bytes come from `response` and resumes on this mirror are
-        validated against `identity`; the consumer records it before the first byte."""
-        self.identity = identity
-        self._identity_url = self.url
-        if self._consumer is not None:
-            self._consumer.record(identity)
+    def _adopt(self, identity: Optional[Identity], response: Optional[Response]) -> None:
+        """From now on bytes come from `response`; resumes on this mirror are validated
+        against `identity` (which the consumer records before it writes any of them)."""
+        self.ledger.adopt(identity, self.url)
         self._response = response
 
     def _changed(self, why: str, response: Optional[Response] = None,
                  identity: Optional[Identity] = None) -> None:
         """The object changed: restart from zero in file mode, fail in stream mode."""
-        if self._consumer is None:
+        if not self.restartable:
             if response is not None:
                 response.close()
             raise ResourceChanged("resource changed after %s bytes were delivered: %s"
                                   % (format(self.offset, ","), why), url=self.url)
         self._restart(why)
-        if response is not None and identity is not None:
-            self._adopt(identity, response)
-        else:
-            self.identity = None
-            self._identity_url = self.url
+        usable = response is not None and identity is not None
+        self._adopt(identity if usable else None, response if usable else None)
 
     def _restart(self, why: str) -> None:
-        """Throw every held byte away: the consumer, the ledger and the digest start over."""
-        self._consumer.restart()
-        self.restarts += 1
-        self.ledger.reset()
-        self._reported = 0
+        """Throw every held byte away: a new generation in the ledger from zero."""
+        self.ledger.restart()
+        if self._progress is not None:
+            self._progress.reported = 0
         self._attempt_start = 0
-        if self.hasher is not None:
-            self.hasher = fresh(self.hasher)
         self._emit("restart", why=why)
 
-    def _skip(self, response: Response, count: int) -> None:
-        """Discard the prefix we already hold from a 200 full answer."""
-        buffer = bytearray(min(SKIP_BUFFER, count))
-        view = memoryview(buffer)
-        while count:
-            got = response.readinto(view[:min(count, len(view))])
-            if not got:
-                raise ProtocolError("200 body ended inside the prefix being skipped",
-                                    url=self.url)
-            count -= got
-            self.refetched += got
-
-    def _finish(self) -> bool:
-        """End of body: check the length and the checksum, once. False means a clean
-        refetch from zero was started instead (see _checksum_failed)."""
+    def _finish(self) -> None:
+        """End of body: the length must be the object's (a bug, not the network, if not)."""
         self._end_attempt()
-        total = self.identity.total if self.identity else None
+        total = self.size
         if total is not None and self.offset != total:
             raise InvariantViolation("body ended at %d of %d bytes" % (self.offset, total),
                                      url=self.url)
-        if self.checksum and self.hasher is not None and not self._verified:
-            got = self.hasher.hexdigest()
-            if got != self.checksum[1]:
-                return self._checksum_failed(ChecksumMismatch(
-                    "%s mismatch: expected %s, got %s" % (self.checksum[0], self.checksum[1],
-                                                          got), url=self.url))
-        self._verified = True
-        return True
-
-    def _checksum_failed(self, error: ChecksumMismatch) -> bool:
-        """Defence in depth: bytes assembled from several attempts (resumes, mirrors, an
-        earlier run) are thrown away and fetched once more from zero in one clean attempt,
-        inside the same budget and max_time. A mismatch after that, or on bytes from a
-        single attempt, is final."""
-        pieces = self.ledger.pieces
-        self.budget.record(error, self.offset, 0)
-        self._emit("error", error=type(error).__name__, message=error.message,
-                   offset=self.offset, retryable=False, attempt=self.attempts)
-        if pieces < 2 or self._clean_refetch or self._consumer is None \
-                or self.budget.exhausted:
-            self._verified = True
-            raise error
-        self._clean_refetch = True
-        self._restart("checksum mismatch on bytes assembled from %d pieces: fetching once "
-                      "more from zero in one clean attempt" % pieces)
-        self.identity = None
-        self._identity_url = self.url
-        self.deadline.check()
-        return False
+        self._ended = True
 
     def _recover(self, exc: FetchError) -> None:
-        """Record a failure; raise it if final, else sleep the backoff (within max_time)."""
+        """A failed attempt: retry.py records it and raises, hands over or backs off."""
         self._end_attempt()
         exc.url = exc.url or self.url
-        self.budget.record(exc, self.offset, self.offset - self._attempt_start)
-        self._emit("error", error=type(exc).__name__, message=exc.message,
-                   offset=self.offset, retryable=exc.retryable, attempt=self.attempts)
-        if isinstance(exc, (DeadlineExceeded,) + FINAL_ERRORS):
-            raise exc
-        if not self.budget.exhausted:
-            handover = self.mirrors.after_failure(exc, self.budget.policy.retries)
-            if handover is not None:
-                self._emit("mirror", url=handover[0], previous=handover[0],
-                           mirror=handover[1], offset=self.offset, why=type(exc).__name__)
-                return
-        if not exc.retryable:
-            raise exc
-        if self.budget.exhausted:
-            exc.message += " (gave up after %d attempts)" % self.attempts
-            raise exc
-        self.budget.pause(exc, self._emit)
+        self.budget.recover(exc, self.mirrors, self.offset, self.offset - self._attempt_start,
+                            self._emit)
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        if wants_events(self.options):
-            fields.setdefault("url", self.url)
-            emit(self.options.on_event, name, **fields)
+
+
+class VerifiedStream(Stream):
+    """Stream mode with a checksum (rawfetch.open): every byte returned passes through
+    the same Verifier download() uses, and the end of the body raises ChecksumMismatch
+    when the digest differs (bytes already handed out cannot be refetched)."""
+
+    def __init__(self, url: str, options: Options, verifier: Verifier, **kwargs: Any) -> None:
+        super().__init__(url, options, checksum=verifier.checksum, **kwargs)
+        self.verifier = verifier
+
+    @property
+    def digest(self) -> Optional[str]:  # type: ignore[override]
+        return self.verifier.digest
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            size = super().readinto(view)
+            if size:
+                self.verifier.update(view[:size])
+                return size
+            if self.verifier.verdict(self):
+                return 0
+
+    def splice_to(self, splicer: Any, size: int) -> int:
+        return -1       # every byte must reach the verifier
+
+
+def refusal(action: str, why: str, response: Response, url: str) -> FetchError:
+    """The error a response judged STATUS, RETRY or ENCODED is."""
+    if action == STATUS:
+        response.raise_for_status()
+        return ProtocolError("unexpected HTTP %d %s" % (response.status, response.reason),
+                             url=url, retryable=False)
+    if action == RETRY:
+        return ProtocolError(why, url=url)
+    return ContentEncodingError(why, url=url)
+
+
+def skip(response: Response, ledger: Ledger, url: str) -> None:
+    """Discard the prefix already held (ledger.offset bytes) from a 200 full answer,
+    counting them in ledger.refetched."""
+    count = ledger.offset
+    view = memoryview(bytearray(min(SKIP_BUFFER, count)))
+    while count:
+        got = response.readinto(view[:min(count, len(view))])
+        if not got:
+            raise ProtocolError("200 body ended inside the prefix being skipped", url=url)
+        count -= got
+        ledger.refetched += got
 
 
 def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
@@ -434,17 +429,19 @@ def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
     the first attempt is made before returning (a checksum_url is fetched before it).
     With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
     DecompressReader; the checksum still applies to the bytes as downloaded)."""
-    from .decompress import reader_for
     opts = make_options(options, kwargs)
     budget = Budget(opts)
     opts = with_checksum_file(url, opts, budget)
     return reader_for(open_stream(url, opts, urls, budget), opts)
 
 
-def open_stream(url: str, opts: Options, urls: Sequence[str] = (), budget: Optional[Budget]
-                = None, hasher: Any = None) -> Stream:
-    """A started Stream (no decoder): open()'s core, and the command's stdout path."""
-    stream = Stream(url, opts, mirrors=urls, budget=budget, hasher=hasher)
+def open_stream(url: str, opts: Options, urls: Sequence[str] = (),
+                budget: Optional[Budget] = None) -> Stream:
+    """A started Stream, a VerifiedStream when opts carry a checksum (no decoder):
+    open()'s core, also the ironic adapter's."""
+    checksum = parse_checksum(opts.checksum)
+    stream = Stream(url, opts, mirrors=urls, budget=budget) if checksum is None else \
+        VerifiedStream(url, opts, Verifier(checksum), mirrors=urls, budget=budget)
     try:
         stream.start()
     except BaseException:
@@ -459,7 +456,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
     options carrying the checksum found for the image's name."""
     if opts.checksum_url is None:
         return opts
-    from .checksumfile import fetch_checksum, image_name_from_url, read_limited
     where, name = opts.checksum_url, opts.checksum_name or image_name_from_url(url)
     plain = opts.replace(checksum_url=None, checksum_name=None, decompress="none",
                          gunzip=False)

@@ -21,7 +21,7 @@ from typing import (Any, Collection, Dict, FrozenSet, Mapping, Optional, Protoco
                     TypeVar, runtime_checkable)
 
 from . import disk, sidecar
-from .credentials import redact_url
+from .redact import redact_url
 from .disk import HEAD_HOLD, SIGNATURE_BYTES, HeldHead, InPlace, WrittenDigest
 from .errors import InvalidRequest, InvariantViolation, LocalWriteError, mapped
 from .judge import Identity

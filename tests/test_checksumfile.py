@@ -19,7 +19,7 @@ from rawfetch.checksumfile import (CHECKSUM_FILE_MAX_BYTES, fetch_checksum, imag
                                    parse_checksum_file, parse_entries, read_limited)
 from rawfetch.cli import build_parser, options_from
 from rawfetch.options import DEFAULTS, Options, parse_size
-from rawfetch.policy import parse_checksum
+from rawfetch.digest import parse_checksum
 from tests.faultserver import actions as A
 
 pytestmark = pytest.mark.timeout(60)

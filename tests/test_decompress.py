@@ -18,9 +18,9 @@ import pytest
 
 import rawfetch
 from rawfetch import errors as E
-from rawfetch.decompress import (DECOMPRESS_OUTPUT_STEP, MAGIC, SNIFF_BYTES, AutoDecoder,
-                                 DecompressReader, GzipDecoder, Passthrough, make_decoder,
-                                 sniff)
+from rawfetch.decoders import DECOMPRESS_OUTPUT_STEP, MAGIC
+from rawfetch.decompress import (SNIFF_BYTES, AutoDecoder, DecompressReader, GzipDecoder,
+                                 Passthrough, make_decoder, sniff)
 from rawfetch.options import Options
 from tests.faultserver import actions as A, make_body
 from tests.test_storm import OPTIONS as STORM_OPTIONS, schedule

@@ -11,7 +11,7 @@ import pytest
 
 import rawfetch
 from rawfetch import errors as E
-from rawfetch.files import check_invariants
+from rawfetch.pipeline import check_invariants
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.test_cli import run
 

@@ -9,7 +9,7 @@ import pytest
 import rawfetch
 from rawfetch import errors as E
 from rawfetch.compat.fuel import RETRY_FOREVER, fuel_options
-from rawfetch.policy import MAX_HISTORY, PROGRESS_REFUND, RetryPolicy
+from rawfetch.retry import MAX_HISTORY, PROGRESS_REFUND, RetryPolicy
 from tests.faultserver import actions as A
 
 pytestmark = pytest.mark.timeout(120)

@@ -196,11 +196,10 @@ class HttpUrl:
         self.processed_bytes = 0
         self._done = False
         self._restart_hooks: List[Callable[[], None]] = []
-        self._restarted = False
         merged = conf_options()
         merged.update(options)
         with _AgentErrors():
-            self._stream = Stream(self.url, make_options(None, merged), consumer=self)
+            self._stream = Stream(self.url, make_options(None, merged), restartable=True)
             try:
                 self._stream.start()
             except BaseException:
@@ -208,10 +207,7 @@ class HttpUrl:
                 raise
         self.length: Optional[int] = self._stream.size
 
-    # ----------------------------------------------- rawfetch's consumer protocol
-    def record(self, identity: Any) -> None:
-        """Nothing to persist: a fuel-agent run starts from zero."""
-
+    # ----------------------------------------------- following the stream's ledger
     def restart(self) -> None:
         """The image changed: a writer that can rewind does; otherwise the bytes already
         handed to fuel-agent's chain cannot be taken back."""
@@ -221,7 +217,6 @@ class HttpUrl:
         for hook in self._restart_hooks:
             hook()
         self.processed_bytes = 0
-        self._restarted = True
 
     def on_restart(self, hook: Callable[[], None]) -> None:
         self._restart_hooks.append(hook)
@@ -249,11 +244,11 @@ class HttpUrl:
         """Fill `buffer`; bytes read before a restart from zero are dropped."""
         view = memoryview(buffer)
         filled = 0
-        self._restarted = False
         while filled < len(buffer):
+            generation = self._stream.ledger.restarts
             got = self._stream.readinto(view[filled:])
-            if self._restarted:
-                self._restarted = False
+            if self._stream.ledger.restarts != generation:   # restarted from zero
+                self.restart()
                 view[:got] = view[filled:filled + got]
                 filled = 0
             if not got:

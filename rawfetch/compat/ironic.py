@@ -23,8 +23,8 @@ from .. import timing
 from ..checksumfile import ALGO_BY_HEX_LENGTH
 from ..errors import ChecksumMismatch, DeadlineExceeded, FetchError, InvalidRequest, mapped
 from ..files import DownloadResult, download
+from ..digest import parse_checksum
 from ..options import DEFAULTS, TLS_VERSIONS, Options
-from ..policy import parse_checksum
 from .ironic_contract import (AGENT_CONFIG, JOBS, REPLAY_NOTE, Job, agent_module,
                               raise_agent_error)
 

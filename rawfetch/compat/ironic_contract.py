@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, NoReturn, Optional, Tuple
 
-from ..budget import Budget
+from ..retry import Budget
 from ..errors import (ChecksumMismatch, DeadlineExceeded, FetchError, HTTPStatusError,
                       InvalidRequest, LocalWriteError, ResourceChanged)
 from ..options import Options

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import MetalinkError
-from ..policy import parse_checksum
+from ..digest import parse_checksum
 from . import HASH_TYPES, PRIORITY_RANGE, File, Pieces
 
 
