@@ -19,11 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "rawfetch"
 MAX_CLASS_LINES = 200   # a class a newcomer can read in one sitting
 
-# Circles through modules owned by other layers, left for them to break; each names the
-# modules in the order they import one another. Empty when none is known.
-# Import circles tolerated for now, each named: none. (A new entry needs a reason here.)
+# Import circles tolerated, each named in import order: none. (A new entry needs a reason.)
 KNOWN_CYCLES: Tuple[Tuple[str, ...], ...] = ()
-# Classes over MAX_CLASS_LINES in modules owned by the engine and sink layers, being split.
+# Classes over MAX_CLASS_LINES being split (each named): none.
 KNOWN_LARGE_CLASSES: frozenset = frozenset()   # none: every class fits the budget
 
 Graph = Dict[str, Set[str]]
