@@ -21,6 +21,7 @@ from rawfetch.cli import build_parser, options_from
 from rawfetch.options import DEFAULTS, Options, parse_size
 from rawfetch.policy import parse_checksum
 from tests.faultserver import actions as A
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,6 @@ SHA512 = hashlib.sha512(IMAGE).hexdigest()
 MD5 = hashlib.md5(IMAGE).hexdigest()
 SHA1 = hashlib.sha1(IMAGE).hexdigest()
 OTHER = hashlib.sha256(b"another file").hexdigest()
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 
 
 def parse(text: str, name: str = NAME) -> Tuple[str, str]:

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from tests.faultserver import actions as A
+from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--retry-delay", "0.01", "--retry-max-delay", "0.05", "--idle-timeout", "1"]
 
 
 def run(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
     server.script([A.rst(at=100000), A.stall(at=1000), A.normal()])
     digest = hashlib.sha256(body).hexdigest()
     out = tmp_path / "img"
-    proc = run(server.url("/img"), "-o", str(out), "--sha256", digest, *QUICK,
+    proc = run(server.url("/img"), "-o", str(out), "--sha256", digest, *QUICK_ARGV,
                "--idle-timeout", "0.3")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == body
@@ -43,7 +43,7 @@ def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
 
 def test_stdout_through_faults_has_no_duplicated_bytes(server, body):
     server.script([A.fin(at=70000), A.rst(at=90000), A.normal(ignore_range=True)])
-    proc = run(server.url("/img"), "-o", "-", "-q", *QUICK)
+    proc = run(server.url("/img"), "-o", "-", "-q", *QUICK_ARGV)
     assert proc.returncode == 0 and proc.stdout == body
 
 

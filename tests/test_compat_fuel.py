@@ -16,13 +16,13 @@ from rawfetch.compat import HttpUrl as ReExported
 from rawfetch.compat.fuel import (LOW_SPEED_WINDOWS, RETRY_FOREVER, GunzipStream, HttpUrl,
                                   conf_options, fuel_options)
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 
 IMAGE = make_body((2 << 20) + 5, seed=31)
 NEW = make_body((2 << 20) + 5, seed=32)
 GZ = gzip.compress(IMAGE, compresslevel=1)
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 
 
 def sha(data: bytes) -> str:

@@ -15,10 +15,10 @@ import pytest
 from rawfetch import cli
 from tests.faultserver import actions as A
 from tests.proxyserver import TestProxy
+from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--retry-delay", "0.01", "--retry-max-delay", "0.05", "--idle-timeout", "1"]
 
 
 def run(*args: str, env_extra=None) -> subprocess.CompletedProcess:
@@ -147,7 +147,7 @@ def test_no_output_channel_shows_a_secret(server, tmp_path, caplog, capsys):
     out = tmp_path / "img"
     url = server.url("/img").replace("://", "://alice:%s@" % SECRETS["url"])
     with TestProxy(auth="px:" + SECRETS["proxy_user"]) as relay:
-        argv = [url, "-o", str(out), "--retries", "1", *QUICK, "--log-json", str(log),
+        argv = [url, "-o", str(out), "--retries", "1", *QUICK_ARGV, "--log-json", str(log),
                 "-u", "bob:" + SECRETS["user"],
                 "-x", relay.url("px:" + SECRETS["proxy_url"]),
                 "--proxy-user", "px:" + SECRETS["proxy_user"],

@@ -23,10 +23,10 @@ from rawfetch.decompress import (DECOMPRESS_OUTPUT_STEP, MAGIC, SNIFF_BYTES, Aut
 from rawfetch.options import Options
 from tests.faultserver import actions as A, make_body
 from tests.test_storm import OPTIONS as STORM_OPTIONS, schedule
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 CODECS = ("gzip", "xz", "bzip2")
 COMPRESS: Dict[str, Callable[[bytes], bytes]] = {
     "gzip": lambda data: gzip.compress(data, compresslevel=6),

@@ -16,10 +16,10 @@ import rawfetch
 from rawfetch import errors as E
 from rawfetch.compat import HttpUrl, fuel_options
 from tests.faultserver import actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 RAW = make_body(3 << 20, seed=11)[: 1 << 20] * 3   # compressible but not trivial
 GZ = gzip.compress(RAW, compresslevel=1)
 

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.faultserver import FaultServer, actions as A, make_body
-from tests.test_cli import QUICK, run
+from tests.test_cli import run
+from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 RAW = make_body(3 << 20, seed=31)[: 1 << 20] * 3           # compressible, not trivial
@@ -34,7 +35,7 @@ def test_each_codec_through_faults_to_a_file(server, tmp_path, kind, mode):
     cut = len(packed) // 3
     server.script([A.fin(at=cut), A.rst(at=7000), A.normal()])
     out = tmp_path / "img"
-    proc = run(server.url("/img." + kind), "-o", str(out), "-q", *QUICK,
+    proc = run(server.url("/img." + kind), "-o", str(out), "-q", *QUICK_ARGV,
                "--decompress", kind if mode == "named" else "auto",
                "--sha256", hashlib.sha256(packed).hexdigest())
     assert proc.returncode == 0, proc.stderr
@@ -62,7 +63,7 @@ def test_a_broken_stream_is_exit_92_and_no_file(server, tmp_path, kind, damage):
         packed += b"trailing garbage"
     server.add("/bad", bytes(packed), etag='"bad"')
     out = tmp_path / "img"
-    proc = run(server.url("/bad"), "-o", str(out), "--decompress", kind, *QUICK)
+    proc = run(server.url("/bad"), "-o", str(out), "--decompress", kind, *QUICK_ARGV)
     assert proc.returncode == 92, proc.stderr
     assert b"Traceback" not in proc.stderr and proc.stderr.count(b"\n") == 1
     assert not out.exists() and not (tmp_path / "img.part").exists()
@@ -91,7 +92,7 @@ def test_checksum_url_verifies_the_image_through_faults(server, body, tmp_path, 
     server.script([A.normal()], path="/SHA256SUMS")
     server.script([A.fin(at=5), A.normal()], path="/SHA256SUMS")
     log = tmp_path / "events.jsonl"
-    proc = run(server.url("/img"), "-o", str(tmp_path / "img"), *QUICK,
+    proc = run(server.url("/img"), "-o", str(tmp_path / "img"), *QUICK_ARGV,
                "--checksum-url", server.url("/SHA256SUMS"), "--log-json", str(log))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "img").read_bytes() == body and ("sha256:" + sha).encode() in proc.stderr

@@ -24,10 +24,10 @@ from rawfetch.http11 import HeadParser
 from tests.faultserver import FaultServer, actions as A
 from tests.proxyserver import TestProxy
 from tests.test_catalogue import CASES, CONTINUE, STATUS, flood, split_params
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_plain_http_goes_in_absolute_form_and_resumes_with_range_unchanged(
     server.script([A.rst(at=300000), A.normal()])
     events: List[dict] = []
     result = rawfetch.download(server.url("/img"), tmp_path / "img", proxy=proxy.url(),
-                               on_event=events.append, **FAST)
+                               on_event=events.append, **QUICK)
     assert (tmp_path / "img").read_bytes() == body and result.attempts == 2
     absolute = server.url("/img")
     assert [(r.method, r.target) for r in proxy.requests] == [("GET", absolute)] * 2
@@ -76,7 +76,7 @@ def test_origin_faults_through_the_proxy_end_byte_exact(make_server, proxy, body
     digest = hashlib.sha256(body).hexdigest()
     result = rawfetch.download(origin.url("/img"), tmp_path / "img", proxy=proxy.url(),
                                cafile=origin.ca_path, checksum="sha256:" + digest,
-                               speed_limit=2000, speed_time=1.0, **FAST)
+                               speed_limit=2000, speed_time=1.0, **QUICK)
     assert (tmp_path / "img").read_bytes() == body
     assert result.attempts == 2 and len(proxy.requests) == 2
     assert [r.method for r in proxy.requests] == (["CONNECT"] * 2 if scheme == "https"
@@ -111,7 +111,7 @@ def test_origin_certificate_failures_through_the_tunnel_are_final(make_server, p
     origin.add("/img", b"x" * 1000)
     with pytest.raises(error) as caught:
         rawfetch.download(origin.url("/img"), tmp_path / "img", proxy=proxy.url(),
-                          cafile=origin.ca_path, retries=3, **FAST)
+                          cafile=origin.ca_path, retries=3, **QUICK)
     assert caught.value.exit_code == 60 and not caught.value.retryable
     assert len(proxy.requests) == 1                        # never retried
 
@@ -149,7 +149,7 @@ def test_wrong_proxy_password_is_refused_once(make_server, tmp_path, scheme, err
     with TestProxy(auth="px:right") as relay:
         with pytest.raises(error) as caught:
             rawfetch.download(origin.url("/img"), tmp_path / "img", retries=5,
-                              proxy=relay.url("px:wrong"), cafile=origin.ca_path, **FAST)
+                              proxy=relay.url("px:wrong"), cafile=origin.ca_path, **QUICK)
         assert len(relay.requests) == 1                    # no retry storm
         shown = relay.url()
     assert caught.value.status == 407 and not caught.value.retryable
@@ -169,7 +169,7 @@ def test_connect_refusals_are_exit_56_and_retried_only_when_transient(status, re
         fake_proxy.script([A.status(status, {"Retry-After": "0"})])
         shown = "http://127.0.0.1:%d" % fake_proxy.port
         with pytest.raises(E.ProxyTunnelError) as caught:
-            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **FAST)
+            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **QUICK)
         requests = fake_proxy.requests
     error = caught.value
     assert error.exit_code == 56 and error.status == status and error.retryable is retried
@@ -190,7 +190,7 @@ def test_connect_answer_cut_short_is_exit_56_and_retried(cut):
         fake_proxy.script([A.raw(CUT_CONNECT[cut])])
         shown = "http://127.0.0.1:%d" % fake_proxy.port
         with pytest.raises(E.ProxyTunnelClosed) as caught:
-            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **FAST)
+            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **QUICK)
         requests = fake_proxy.requests
         curl = _curl_exit(shown)
     error = caught.value
@@ -221,7 +221,7 @@ def test_proxy_gateway_errors_for_plain_http_are_retried(status, server, body, t
         fake_proxy.script([A.status(status, {"Retry-After": "0"})])
         with pytest.raises(E.HTTPStatusError) as caught:
             rawfetch.download(server.url("/img"), tmp_path / "img", retries=2,
-                              proxy="127.0.0.1:%d" % fake_proxy.port, **FAST)
+                              proxy="127.0.0.1:%d" % fake_proxy.port, **QUICK)
         assert len(fake_proxy.requests) == 3
         assert fake_proxy.requests[0].target == server.url("/img")
     assert caught.value.status == status and caught.value.retryable
@@ -391,7 +391,7 @@ def test_each_mirror_gets_its_own_proxy_decision(server, make_server, proxy, bod
     mirror.script([A.status(404)])
     rawfetch.download(mirror.url("/img").replace("127.0.0.1", "localhost"), tmp_path / "img",
                       urls=[server.url("/img")], proxy=proxy.url(), no_proxy="127.0.0.1",
-                      **FAST)
+                      **QUICK)
     assert (tmp_path / "img").read_bytes() == body
     assert [r.target for r in proxy.requests] == ["http://localhost:%d/img" % mirror.port]
     assert [r.target for r in server.requests] == ["/img"]

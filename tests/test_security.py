@@ -19,10 +19,10 @@ from rawfetch import errors as E
 from rawfetch.http11 import build_request
 from rawfetch.url import parse_url
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.timing_options import QUICK, quick
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = dict(idle_timeout=2.0, connect_timeout=2.0, dns_timeout=2.0)
 # Upper time bounds: whatever would end the wait if the behaviour under test failed (a
 # retry's backoff, a slow answer) is made ALTERNATIVE seconds long, and the test asserts
 # an elapsed time under ALTERNATIVE / 2.
@@ -31,7 +31,7 @@ BODY = make_body(100000, seed=7)
 
 
 def fetch(url: str, method: str = "GET", **options) -> bytes:
-    with rawfetch.request(method, url, **{**FAST, **options}) as response:
+    with rawfetch.request(method, url, **quick(**options)) as response:
         return response.read()
 
 
@@ -76,7 +76,7 @@ def test_controls_refused_before_any_connection(sentinel, place, char):
     method = args.pop("method", "GET")
     url = args.pop("url")
     with pytest.raises(E.InvalidRequest) as info:
-        rawfetch.request(method, url, **FAST, **args)
+        rawfetch.request(method, url, **QUICK, **args)
     assert info.value.exit_code == 3 and not info.value.retryable
     assert sentinel.connection_count == 0
 
@@ -102,7 +102,7 @@ def test_other_invalid_requests_refused_before_any_connection(sentinel, kwargs):
     method = kwargs.pop("method", "GET")
     url = kwargs.pop("url", sentinel.url("/a"))
     with pytest.raises(E.InvalidRequest):
-        rawfetch.request(method, url, **FAST, **kwargs)
+        rawfetch.request(method, url, **QUICK, **kwargs)
     assert sentinel.connection_count == 0
 
 
@@ -330,7 +330,7 @@ def test_download_never_takes_a_filename_from_the_server(server, body, tmp_path,
                                       "filename*=UTF-8''..%2F..%2Fevil2"}
     server.script([A.redirect(302, "/evil"), A.normal(headers=hostile)])
     target = work / "chosen.bin"
-    result = rawfetch.download(server.url("/img"), str(target), retries=0, **FAST)
+    result = rawfetch.download(server.url("/img"), str(target), retries=0, **QUICK)
     assert result.path == str(target) and result.bytes == len(body)
     assert [r.target for r in server.requests] == ["/img", "/evil"]
     assert server.requests[1].headers.get("authorization") is None
@@ -356,8 +356,8 @@ def test_certificate_failure_is_never_retried_by_download(make_server, tmp_path,
     started = time.monotonic()
     with pytest.raises(E.CertificateError) as info:   # a retry would first sleep ALTERNATIVE
         rawfetch.download(srv.url("/img"), str(path), cafile=srv.ca_path, retries=5,
-                          retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
-                          retry_jitter=False, **FAST)
+                          **quick(retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
+                                  retry_jitter=False))
     assert time.monotonic() - started < ALTERNATIVE / 2
     assert (info.value.exit_code, info.value.retryable) == (60, False)
     assert srv.connection_count == 1 and srv.requests == []
@@ -369,7 +369,7 @@ def test_handshake_failure_is_a_tls_error_and_not_retried(make_server, tmp_path,
     srv = _tls(make_server, mode)
     with pytest.raises(E.TLSHandshakeError) as info:
         rawfetch.download(srv.url("/img"), str(tmp_path / "img"), cafile=srv.ca_path,
-                          retries=5, retry_delay=0.01, **FAST)
+                          retries=5, **QUICK)
     assert (info.value.exit_code, info.value.retryable) == (35, False)
     assert srv.connection_count == 1 and srv.requests == []
     assert not os.listdir(str(tmp_path))
