@@ -107,7 +107,8 @@ def test_gunzip_through_faults_writes_the_image(gz_server, tmp_path):
 
 
 @pytest.mark.parametrize("blob,words", [(GZ[:-7], "truncated"), (GZ + b"junk", "garbage"),
-                                        (GZ[:-8] + b"\0\0\0\0" + GZ[-4:], "corrupt")])
+                                        (GZ[:-8] + b"\0\0\0\0" + GZ[-4:], "corrupt")],
+                         ids=["truncated", "garbage", "corrupt"])
 def test_bad_gzip_is_its_own_error_and_leaves_nothing(make_server, tmp_path, blob, words):
     srv = make_server()
     srv.add("/img.gz", blob)
