@@ -6,9 +6,25 @@ from typing import Iterator, List
 
 import pytest
 
+from rawfetch import timing
 from tests.faultserver import FaultServer, make_body
+from tests.vclock import VirtualClock
 
 BODY_SIZE = 1 << 20
+
+
+@pytest.fixture
+def vclock() -> Iterator[VirtualClock]:
+    """rawfetch and every fault server on a fresh virtual clock for this test (see
+    tests/vclock.py); the real clock is back afterwards. Assert virtual elapsed time:
+    `watch = vclock.stopwatch(); ...; assert 2.0 <= watch.elapsed < 2.0 + step`."""
+    clock = VirtualClock()
+    previous = timing.use_clock(clock)
+    try:
+        yield clock
+    finally:
+        timing.use_clock(previous)
+        clock.close()
 
 
 @pytest.fixture
