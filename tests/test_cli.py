@@ -11,16 +11,23 @@ import time
 import pytest
 
 from tests.faultserver import actions as A
+from tests.inprocess import run_cli
 from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+def spawn(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """`python -m rawfetch ARGS` as a real child process."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=stdout,
                           stderr=subprocess.PIPE, env=env, timeout=50)
+
+
+# The same command in this process (tests/inprocess.py): same entry point, exit code and
+# output bytes, on the test's clock. spawn() keeps the checks of the process itself.
+run = run_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -43,7 +50,7 @@ def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
 
 def test_stdout_through_faults_has_no_duplicated_bytes(server, body):
     server.script([A.fin(at=70000), A.rst(at=90000), A.normal(ignore_range=True)])
-    proc = run(server.url("/img"), "-o", "-", "-q", *QUICK_ARGV)
+    proc = spawn(server.url("/img"), "-o", "-", "-q", *QUICK_ARGV)   # a real pipe on fd 1
     assert proc.returncode == 0 and proc.stdout == body
 
 

@@ -1,0 +1,81 @@
+"""The `rawfetch` command run inside the test process.
+
+`run_cli(*argv)` gives what `python -m rawfetch ARGV` gives (exit code, stdout and stderr
+bytes, files) through the same entry point, `rawfetch.cli.main`, with file descriptors 1
+and 2 captured as a child's pipes would be. Two reasons: no new interpreter per run (0.1-
+0.2 s each), and the command runs on the test's clock, so with the `vclock` fixture its
+timeouts, stalls and max_time take virtual seconds. Tests about the process itself (a
+signal, the environment, `-m` start-up) keep spawning a real child.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import IO, Any, List, Optional
+
+from rawfetch import cli
+
+
+def run_cli(*argv: str, stdout: Optional[IO[Any]] = None) -> subprocess.CompletedProcess:
+    """`rawfetch ARGV` in this process; `stdout` = a file to write to instead of a pipe."""
+    captured = _Captured(stdout)
+    with captured:
+        code = _exit_code(list(argv))
+    return subprocess.CompletedProcess(["rawfetch", *argv], code, captured.out,
+                                       captured.err)
+
+
+def _exit_code(argv: List[str]) -> int:
+    """cli.main() ends in sys.exit like the command; SIGTERM's handler is put back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    raise AssertionError("rawfetch.cli.main returned without sys.exit")
+
+
+class _Captured:
+    """fds 1 and 2, and sys.stdout/sys.stderr over them, go to temporary files (fd 1 to
+    `stdout` when given) for the block; `out` and `err` hold the bytes afterwards."""
+
+    def __init__(self, stdout: Optional[IO[Any]]) -> None:
+        self.target = stdout
+        self.out = b""
+        self.err = b""
+
+    def __enter__(self) -> "_Captured":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._files = (self.target or tempfile.TemporaryFile(), tempfile.TemporaryFile())
+        self._saved_fds = (os.dup(1), os.dup(2))
+        self._saved_streams = (sys.stdout, sys.stderr)
+        os.dup2(self._files[0].fileno(), 1)
+        os.dup2(self._files[1].fileno(), 2)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                      write_through=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", write_through=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = self._saved_streams
+        for fd, saved in zip((1, 2), self._saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+        out, err = self._files
+        if self.target is None:
+            out.seek(0)
+            self.out = out.read()
+            out.close()
+        err.seek(0)
+        self.err = err.read()
+        err.close()
