@@ -184,8 +184,10 @@ class VirtualClock(timing.Clock):
         with self._lock:
             self._closed = True
             for party in list(self._parties.values()):
-                self._signal_locked(party)
-            self._prune_locked()
+                if party.waiting:
+                    self._signal_locked(party)   # lets go of its pipe on its way out
+                else:
+                    self._drop_locked(party)     # e.g. the test's own thread: 2 fds a test
 
     # ---- the waiting loop -------------------------------------------------
     def _block(self, deadline: Optional[float], look: Optional[Callable[[Optional[float]], Any]],
@@ -226,6 +228,8 @@ class VirtualClock(timing.Clock):
         finally:
             with self._lock:
                 party.waiting, party.deadline, party.watches = False, None, False
+                if self._closed:
+                    self._drop_locked(party)
 
     def _due_locked(self, deadline: Optional[float]) -> bool:
         return self._closed or (deadline is not None and self._now >= deadline)
@@ -301,8 +305,8 @@ class VirtualClock(timing.Clock):
                 pass                            # means it is awake or gone anyway
 
     def _drop_locked(self, party: _Party) -> None:
-        self._parties.pop(party.thread, None)
-        party.close()
+        if self._parties.pop(party.thread, None) is party:   # never close fds twice
+            party.close()
 
     def _prune_locked(self) -> None:
         dead = [p for p in self._parties.values() if not p.thread.is_alive()]
