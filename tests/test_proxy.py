@@ -13,20 +13,21 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from typing import Iterator, List, Optional
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import HeadParser
 from tests.faultserver import FaultServer, actions as A
 from tests.proxyserver import TestProxy
 from tests.test_catalogue import CASES, CONTINUE, STATUS, flood, split_params
-from tests.timing_options import QUICK
+from tests.timing_options import QUICK, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, trickles and the timeouts
+# they trip take virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 
 
@@ -252,51 +253,51 @@ def test_unresolvable_proxy_is_exit_5_and_the_origin_is_never_resolved():
     assert asked == ["proxy.invalid"]
 
 
-def test_slow_proxy_lookup_is_bounded_by_dns_timeout():
+def test_slow_proxy_lookup_is_bounded_by_dns_timeout(vclock):
     def resolver(host: str, port: int) -> List[str]:
-        time.sleep(3)
+        timing.sleep(3)          # a slow name server, on the test's clock
         return ["127.0.0.1"]
 
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.DNSTimeout) as caught:
         rawfetch.request("GET", "http://origin.example/img", proxy="proxy.lan:3128",
                          resolver=resolver, dns_timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert 0.3 - TICK <= watch.stop() < 3     # the lookup's own 3 s would end it otherwise
     assert caught.value.exit_code == 28 and "proxy http://proxy.lan:3128" in str(caught.value)
 
 
-def test_blackholed_proxy_is_bounded_by_connect_timeout(blackhole):
+def test_blackholed_proxy_is_bounded_by_connect_timeout(vclock, blackhole):
     port = blackhole()
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.ConnectTimeout) as caught:
         rawfetch.request("GET", "http://origin.example/img", proxy="127.0.0.2:%d" % port,
                          connect_timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert 0.3 - TICK <= watch.stop() < 0.3 + 2.0
     assert "proxy http://127.0.0.2:%d" % port in str(caught.value)
 
 
-def test_silent_proxy_is_bounded_by_idle_timeout():
+def test_silent_proxy_is_bounded_by_idle_timeout(vclock):
     with FaultServer() as fake_proxy:
         fake_proxy.script([A.silence()])
-        started = time.monotonic()
+        watch = vclock.stopwatch()
         with pytest.raises(E.IdleTimeout) as caught:
             rawfetch.request("GET", "https://origin.example/img", idle_timeout=0.5,
                              proxy="127.0.0.1:%d" % fake_proxy.port)
-        elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 0.5 + 5.0
+        elapsed = watch.stop()
+    assert 0.5 - TICK <= elapsed < 0.5 + 5.0
     assert "proxy http://127.0.0.1:" in str(caught.value) and "CONNECT" in str(caught.value)
 
 
-def test_trickling_proxy_is_bounded_by_max_time():
+def test_trickling_proxy_is_bounded_by_max_time(vclock):
     """A CONNECT answer trickled a byte every 0.2 s never trips idle_timeout: max_time ends it."""
     with FaultServer() as fake_proxy:
         fake_proxy.script([A.raw(tuple([b"HTTP/1.1 200 OK\r\n"] + [b"X"] * 1000), close=None)])
-        started = time.monotonic()
+        watch = vclock.stopwatch()
         with pytest.raises(E.DeadlineExceeded):
             rawfetch.open("https://origin.example/img", idle_timeout=10, max_time=1.0,
                           proxy="127.0.0.1:%d" % fake_proxy.port, retries=5, **dict(
                               retry_delay=0.01))
-        assert 1.0 <= time.monotonic() - started < 1.0 + 5.0
+        assert 1.0 - TICK <= watch.stop() < 1.0 + 5.0
 
 
 # ---------------------------------------------------------------- hostile CONNECT answers
@@ -325,16 +326,17 @@ def test_the_catalogue_selection_is_not_empty():
 
 
 @pytest.mark.parametrize("case, split", CONNECT_PARAMS)
-def test_hostile_connect_answers_are_refused_like_origin_heads(fake_proxy, case, split):
+def test_hostile_connect_answers_are_refused_like_origin_heads(vclock, fake_proxy, case,
+                                                                split):
     """Every head the origin parser refuses is refused in a CONNECT answer too, whole
     and one byte per send, at once, and the connection is dropped."""
     fake_proxy.script([A.raw(split(case.data))])
     ended = len(fake_proxy.disconnects)
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.ProtocolError) as caught:
         rawfetch.request("GET", "https://origin.example/img", idle_timeout=2,
                          proxy="127.0.0.1:%d" % fake_proxy.port)
-    assert time.monotonic() - started < 1.5
+    assert watch.stop() < 1.5        # at once: not the idle timeout
     assert case.match in caught.value.message
     assert caught.value.message.startswith("proxy http://127.0.0.1:%d" % fake_proxy.port)
     assert fake_proxy.wait_disconnects(ended + 1, timeout=0.5)

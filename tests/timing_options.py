@@ -38,3 +38,7 @@ def argv(**overrides: Any) -> List[str]:
 
 
 QUICK_ARGV = tuple(argv(idle_timeout=CLI_IDLE_TIMEOUT))
+
+# Virtual seconds are floats far from zero (tests/vclock.py starts at 1000.0): an elapsed
+# time reads 0.29999999999995 for a 0.3 s timeout. Lower bounds allow this much rounding.
+TICK = 1e-9
