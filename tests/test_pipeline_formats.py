@@ -9,15 +9,16 @@ import gzip
 import hashlib
 import json
 import lzma
-import time
 
 import pytest
 
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.test_cli import run
-from tests.timing_options import QUICK_ARGV
+from tests.timing_options import QUICK_ARGV, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds; the command runs in-process (tests/inprocess.py) on the same clock.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 RAW = make_body(3 << 20, seed=31)[: 1 << 20] * 3           # compressible, not trivial
 PACK = {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress}
 RAW_SHA = hashlib.sha256(RAW).hexdigest()
@@ -118,13 +119,13 @@ def test_checksum_file_without_the_entry_is_exit_94(server, tmp_path):
     assert [r.path for r in server.requests] == ["/SHA256SUMS"]   # the image is never asked
 
 
-def test_checksum_file_fetch_counts_against_max_time(server, tmp_path):
+def test_checksum_file_fetch_counts_against_max_time(vclock, server, tmp_path):
     checksum_server(server, "a" * 64)
     server.script([A.stall(at=0)], path="/SHA256SUMS")
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     proc = run(server.url("/img"), "-o", str(tmp_path / "img"), "--checksum-url",
                server.url("/SHA256SUMS"), "--max-time", "1", "--idle-timeout", "30")
-    assert proc.returncode == 28 and time.monotonic() - started < 30   # max_time, not idle
+    assert proc.returncode == 28 and 1 - TICK <= watch.stop() < 30   # max_time, not idle
     assert not (tmp_path / "img").exists()
 
 
