@@ -9,17 +9,16 @@ import base64
 import os
 import socket
 import threading
-import time
 from typing import Iterator, List
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import build_request
 from rawfetch.url import parse_url
 from tests.faultserver import FaultServer, actions as A, make_body
-from tests.timing_options import QUICK, quick
+from tests.timing_options import QUICK, TICK, quick
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -297,27 +296,28 @@ def test_location_with_controls_is_refused(server, make_server, location, error)
     assert other.connection_count == 0
 
 
-def test_redirect_chain_runs_under_max_time(server):
+def test_redirect_chain_runs_under_max_time(vclock, server):
     """Three redirects of 0.3 s each, then one answered only after ALTERNATIVE seconds:
-    max_time=1.0 must cut the chain in the middle of that wait."""
+    max_time=1.0 must cut the chain in the middle of that wait (virtual seconds: the
+    server's waits are on the test's clock too)."""
     release = threading.Event()
 
     def slow_redirect(request) -> bytes:
         if len(server.requests) > 3:
-            release.wait(ALTERNATIVE)
+            timing.wait(release, ALTERNATIVE)
         else:
-            time.sleep(0.3)
+            timing.sleep(0.3)
         return _raw_redirect(b"/loop")
 
     server.script([A.raw(slow_redirect)])
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     try:
         with pytest.raises(E.DeadlineExceeded):   # idle_timeout would be an IdleTimeout
             fetch(server.url("/loop"), max_time=1.0, max_redirs=50, idle_timeout=ALTERNATIVE)
-        elapsed = time.monotonic() - started
+        elapsed = watch.stop()
     finally:
         release.set()
-    assert 0.95 <= elapsed < ALTERNATIVE / 2, elapsed
+    assert 1.0 - TICK <= elapsed < ALTERNATIVE / 2, elapsed
     assert 3 <= len(server.requests) <= 4
 
 
@@ -350,15 +350,15 @@ def _tls(make_server, mode: str) -> FaultServer:
 
 
 @pytest.mark.parametrize("mode", ["expired", "wrong_host", "untrusted"])
-def test_certificate_failure_is_never_retried_by_download(make_server, tmp_path, mode):
+def test_certificate_failure_is_never_retried_by_download(vclock, make_server, tmp_path, mode):
     srv = _tls(make_server, mode)
     path = tmp_path / "img"
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.CertificateError) as info:   # a retry would first sleep ALTERNATIVE
         rawfetch.download(srv.url("/img"), str(path), cafile=srv.ca_path, retries=5,
                           **quick(retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
                                   retry_jitter=False))
-    assert time.monotonic() - started < ALTERNATIVE / 2
+    assert watch.stop() < ALTERNATIVE / 2
     assert (info.value.exit_code, info.value.retryable) == (60, False)
     assert srv.connection_count == 1 and srv.requests == []
     assert not os.listdir(str(tmp_path))
@@ -375,16 +375,18 @@ def test_handshake_failure_is_a_tls_error_and_not_retried(make_server, tmp_path,
     assert not os.listdir(str(tmp_path))
 
 
-def test_handshake_stall_is_bounded_at_download_level(make_server, tmp_path):
+def test_handshake_stall_is_bounded_at_download_level(vclock, make_server, tmp_path):
     srv = _tls(make_server, "ok")
     srv.script([A.tls_stall()])
     options = dict(retries=50, retry_delay=0.01, idle_timeout=0.3, max_time=1.0)
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.FetchTimeout) as info:
         rawfetch.download(srv.url("/img"), str(tmp_path / "img"), cafile=srv.ca_path,
                           **options)
     # Without max_time the 51 attempts of idle_timeout each would take 15 s or more.
-    assert time.monotonic() - started < (options["retries"] + 1) * options["idle_timeout"] / 2
+    elapsed = watch.stop()
+    unbounded = (options["retries"] + 1) * options["idle_timeout"]
+    assert options["max_time"] - TICK <= elapsed < unbounded / 2
     assert info.value.exit_code == 28 and srv.requests == []
     # Idle timeouts are retried, within max_time: each attempt lasts idle_timeout.
     assert 2 <= srv.connection_count <= options["max_time"] / options["idle_timeout"] + 1
