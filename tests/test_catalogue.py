@@ -10,19 +10,20 @@ that endless or enormous input keeps memory under a small fixed bound.
 """
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import (MAX_CHUNK_LINE, MAX_CHUNK_SIZE_DIGITS, MAX_HEAD, MAX_HEADERS,
                              MAX_INTERIM, MAX_LENGTH_DIGITS, MAX_LINE, MAX_TRAILER_BYTES)
 from tests.faultserver import FaultServer, actions as A
 
-pytestmark = pytest.mark.timeout(60)
+# Every case on the virtual clock (tests/vclock.py): elapsed times below are virtual, so
+# "ended before idle_timeout" means no timer fired, however loaded the machine is.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 KiB, MiB = 1024, 1024 * 1024
 BYTEWISE_CAP = 4 * KiB     # one send per byte costs ~15 us; bigger cases are served whole
@@ -308,14 +309,14 @@ def serve(srv: FaultServer, case: Case, pieces) -> Tuple[object, float]:
     """Serve the pieces to one request; ((status, reason, body) or a Failure, elapsed)."""
     srv.script([A.raw(pieces)])
     requests, ended = len(srv.requests), len(srv.disconnects)
-    started = time.monotonic()
+    started = timing.now()
     try:
         url = srv.url("/case/" + case.id)
         with rawfetch.request(case.method, url, idle_timeout=CASE_IDLE) as resp:
             result: object = (resp.status, resp.reason, resp.read())
     except E.FetchError as exc:
         result = failure(exc)
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     seen = srv.requests[requests:]
     assert [(r.method, r.target) for r in seen] == [(case.method, "/case/" + case.id)]
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND), "client kept the connection open"
@@ -357,10 +358,10 @@ def test_complete_body_does_not_wait_for_the_server_to_close(srv, data, expected
     """The server holds the connection open after the body: the body ends at its framing."""
     srv.script([A.raw(data, close=None, hold=CASE_IDLE)])
     ended = len(srv.disconnects)
-    started = time.monotonic()
+    started = timing.now()
     with rawfetch.request("GET", srv.url("/held"), idle_timeout=CASE_IDLE) as response:
         assert response.read() == expected
-    assert time.monotonic() - started < CASE_BOUND   # not until the server or idle ends it
+    assert timing.now() - started < CASE_BOUND   # not until the server or idle ends it
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND)   # the server holds CASE_IDLE
     assert srv.disconnects[-1].kind == "client_closed"
 
@@ -385,7 +386,7 @@ def drain_traced(srv: FaultServer, pieces: Tuple[bytes, ...]) -> Tuple[Failure, 
     ended = len(srv.disconnects)
     buffer = bytearray(65536)
     result: Optional[Failure] = None
-    started = time.monotonic()
+    started = timing.now()
     tracemalloc.start()
     try:
         try:
@@ -397,7 +398,7 @@ def drain_traced(srv: FaultServer, pieces: Tuple[bytes, ...]) -> Tuple[Failure, 
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     assert result is not None, "the flood was accepted"
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND), "client kept the connection open"
     return result, peak, elapsed, srv.disconnects[-1].body_bytes_sent
