@@ -15,30 +15,37 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import IO, Any, List, Optional
+from typing import IO, Any, Callable, List, Optional
 
 from rawfetch import cli
 
 
 def run_cli(*argv: str, stdout: Optional[IO[Any]] = None) -> subprocess.CompletedProcess:
     """`rawfetch ARGV` in this process; `stdout` = a file to write to instead of a pipe."""
+    return run_main(cli.main, *argv, stdout=stdout)
+
+
+def run_main(main: Callable[[List[str]], None], *argv: str,
+             stdout: Optional[IO[Any]] = None) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` (which ends in sys.exit) in this process."""
     captured = _Captured(stdout)
     with captured:
-        code = _exit_code(list(argv))
-    return subprocess.CompletedProcess(["rawfetch", *argv], code, captured.out,
+        code = _exit_code(main, list(argv))
+    return subprocess.CompletedProcess([main.__module__, *argv], code, captured.out,
                                        captured.err)
 
 
-def _exit_code(argv: List[str]) -> int:
-    """cli.main() ends in sys.exit like the command; SIGTERM's handler is put back."""
+def _exit_code(main: Callable[[List[str]], None], argv: List[str]) -> int:
+    """The code main() gives sys.exit, as the process would end; SIGTERM's handler (the
+    command installs its own) is put back."""
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        cli.main(argv)
+        main(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    raise AssertionError("rawfetch.cli.main returned without sys.exit")
+    raise AssertionError("%s.main returned without sys.exit" % main.__module__)
 
 
 class _Captured:
