@@ -17,7 +17,9 @@ from tests.faultserver import FaultServer
 from tests.proxyserver import TestProxy
 from tests.timing_options import quick
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 BODY = bytes(range(256)) * 400
 

@@ -25,7 +25,9 @@ from tests.faultserver import actions as A, make_body
 from tests.test_storm import OPTIONS as STORM_OPTIONS, schedule
 from tests.timing_options import QUICK
 
-pytestmark = pytest.mark.timeout(120)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("vclock")]
 MiB = 1 << 20
 CODECS = ("gzip", "xz", "bzip2")
 COMPRESS: Dict[str, Callable[[bytes], bytes]] = {
