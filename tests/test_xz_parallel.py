@@ -161,10 +161,15 @@ def pool_threads() -> int:
     return sum(t.name == "rawfetch-xz" for t in threading.enumerate())
 
 
+POOL_END_WAIT = 20.0   # s real; a pool thread ends after the block it decodes (~0.1 s)
+
+
 def wait_for_no_pool_threads() -> int:
-    deadline = time.monotonic() + 20   # a pool thread ends after the block it decodes
-    while pool_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """Join the pool's threads (their end is the signal), POOL_END_WAIT in all; how many
+    are left."""
+    deadline = time.monotonic() + POOL_END_WAIT
+    for thread in [t for t in threading.enumerate() if t.name == "rawfetch-xz"]:
+        thread.join(max(0.0, deadline - time.monotonic()))
     return pool_threads()
 
 
@@ -220,9 +225,10 @@ def test_download_with_a_cut_restarts_and_resumes_byte_exact(tmp_path: object) -
         assert result.attempts >= 2   # the cut did happen
 
 
-def test_a_failed_download_leaves_no_pool_thread(tmp_path: object) -> None:
+def test_a_failed_download_leaves_no_pool_thread(vclock: object, tmp_path: object) -> None:
     """max_time over a stall after two blocks went to the pool: DeadlineExceeded, no file,
-    and the pool's threads end (a long-running agent retrying must not gather threads)."""
+    and the pool's threads end (a long-running agent retrying must not gather threads).
+    The stall and max_time run on the virtual clock."""
     from rawfetch.errors import DeadlineExceeded
     assert wait_for_no_pool_threads() == 0
     with FaultServer() as srv:
