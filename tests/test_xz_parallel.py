@@ -32,6 +32,10 @@ IMAGE = make_body(3 << 20, seed=25) + bytes(1 << 20) + b"text line\n" * 50000
 BLOCK = 256 << 10
 MULTI = xz_blocks(IMAGE, BLOCK)
 FEEDS = (1, 7, 4093, 65537, 1 << 20)   # input chunk sizes: header bytes split every way
+# Tiny feeds split every header and index byte just as well over four blocks as over
+# eighteen: a million 3-byte feeds of MULTI would only repeat the same splits.
+SHORT = IMAGE[:3 * BLOCK] + IMAGE[-BLOCK:]
+SHORT_MULTI = xz_blocks(SHORT, BLOCK)
 
 
 def sha(data: bytes) -> str:
@@ -63,10 +67,11 @@ def assert_refused(stream: bytes, want: bytes = IMAGE, threads: int = 3,
 
 @pytest.mark.parametrize("chunk", FEEDS)
 def test_multi_block_decodes_on_the_pool(chunk: int) -> None:
-    got, error, decoder = decode(MULTI, chunk=chunk if chunk > 1 else 3)
-    assert error is None and sha(got) == sha(IMAGE)
+    stream, image = (SHORT_MULTI, SHORT) if chunk < 4093 else (MULTI, IMAGE)
+    got, error, decoder = decode(stream, chunk=chunk if chunk > 1 else 3)
+    assert error is None and sha(got) == sha(image)
     assert isinstance(decoder, ParallelXzDecoder) and decoder.parallel_streams == 1
-    assert decoder.total_in == len(MULTI) and decoder.total_out == len(IMAGE)
+    assert decoder.total_in == len(stream) and decoder.total_out == len(image)
 
 
 def test_one_thread_and_no_sizes_keep_the_one_thread_path() -> None:
