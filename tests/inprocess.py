@@ -15,21 +15,25 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import IO, Any, Callable, List, Optional
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from rawfetch import cli
 
 
-def run_cli(*argv: str, stdout: Optional[IO[Any]] = None) -> subprocess.CompletedProcess:
-    """`rawfetch ARGV` in this process; `stdout` = a file to write to instead of a pipe."""
-    return run_main(cli.main, *argv, stdout=stdout)
+def run_cli(*argv: str, stdout: Optional[IO[Any]] = None, cwd: Optional[str] = None,
+            env: Optional[Dict[str, Optional[str]]] = None) -> subprocess.CompletedProcess:
+    """`rawfetch ARGV` in this process; `stdout` = a file to write to instead of a pipe,
+    `cwd` the directory to run in, `env` variables to set (None: unset) for the run."""
+    return run_main(cli.main, *argv, stdout=stdout, cwd=cwd, env=env)
 
 
 def run_main(main: Callable[[List[str]], None], *argv: str,
-             stdout: Optional[IO[Any]] = None) -> subprocess.CompletedProcess:
+             stdout: Optional[IO[Any]] = None, cwd: Optional[str] = None,
+             env: Optional[Dict[str, Optional[str]]] = None) -> subprocess.CompletedProcess:
     """A command's `main(argv)` (which ends in sys.exit) in this process."""
     captured = _Captured(stdout)
-    with captured:
+    with _environment(cwd, env or {}), captured:
         code = _exit_code(main, list(argv))
     return subprocess.CompletedProcess([main.__module__, *argv], code, captured.out,
                                        captured.err)
@@ -46,6 +50,30 @@ def _exit_code(main: Callable[[List[str]], None], argv: List[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     raise AssertionError("%s.main returned without sys.exit" % main.__module__)
+
+
+@contextmanager
+def _environment(cwd: Optional[str], env: Dict[str, Optional[str]]) -> Iterator[None]:
+    """The child's working directory and environment, put back afterwards."""
+    saved_cwd = os.getcwd()
+    saved = {name: os.environ.get(name) for name in env}
+    try:
+        for name, value in env.items():
+            _set(name, value)
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        for name, value in saved.items():
+            _set(name, value)
+
+
+def _set(name: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 class _Captured:

@@ -7,26 +7,27 @@ import base64
 import logging
 import os
 import subprocess
-import sys
-from typing import List
+from typing import Dict, List, Optional
 
 import pytest
 
 from rawfetch import cli
 from tests.faultserver import actions as A
+from tests.inprocess import run_cli
 from tests.proxyserver import TestProxy
 from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
 
 def run(*args: str, env_extra=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    for name in ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env, timeout=50)
+    """The command in-process (tests/inprocess.py), no inherited proxy, `env_extra` set."""
+    env: Dict[str, Optional[str]] = {name: None for name in PROXY_VARIABLES}
+    env.update(env_extra or {})
+    return run_cli(*args, env=env)
 
 
 def basic(pair: str) -> str:
