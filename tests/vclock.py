@@ -33,7 +33,7 @@ import select
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from rawfetch import timing
 
@@ -177,6 +177,15 @@ class VirtualClock(timing.Clock):
             return True
         deadline = None if timeout is None else self._now + timeout
         return bool(self._block(deadline, look, False))
+
+    def adopt(self, threads: Iterable[threading.Thread]) -> None:
+        """Count `threads` as participants now, running until they next wait here: a
+        server thread started before this clock (a module's shared server) may be in a
+        wait of the real clock, and time must not jump before it comes back."""
+        with self._lock:
+            for thread in threads:
+                if thread.is_alive() and thread not in self._parties:
+                    self._parties[thread] = _Party(thread)
 
     def close(self) -> None:
         """Uninstalled: wake every waiter (each returns as if timed out) and release
