@@ -42,7 +42,7 @@ EPOCH = 1767225600.0           # 2026-01-01T00:00:00Z; wall() = EPOCH + now()
 SLICE = 0.02                   # s real; a waiter re-checks on its own at least this often
 EVENT_SLICE = 0.002            # s real; an Event cannot wake a poll(): look this often
 GRACE = 0.001                  # s real; quiet time before a jump (belt and braces)
-NEW_THREAD_GRACE = 0.05        # s real; a just-started thread may be entering busy()
+NEW_THREAD_GRACE = 0.02        # s real; a just-started thread may be entering busy()
 
 
 class _Party:
