@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from rawfetch import timing
-from tests.faultserver.clocked import Stopped, Waker, await_fd, send_all, start_thread
+from tests.faultserver.clocked import (Stopped, Waker, await_fd, idle_poll, send_all,
+                                       start_thread)
 
 MAX_HEAD = 65536           # request head cap, as the fault server's
 HEAD_TIMEOUT = 10.0        # s; a client that never finishes its head is dropped
@@ -60,7 +61,7 @@ class TestProxy:
         self._listener.bind((self.host, 0))
         self._listener.listen(64)
         self._listener.setblocking(False)
-        self._spawn(self._accept_loop)
+        self._spawn(self._accept_loop, long_lived=True)
         return self
 
     def stop(self) -> None:
@@ -88,8 +89,8 @@ class TestProxy:
         host = "[%s]" % self.host if ":" in self.host else self.host
         return "http://%s%s:%d" % (userinfo + "@" if userinfo else "", host, self.port)
 
-    def _spawn(self, target, *args) -> None:
-        thread = start_thread(target, *args, name="testproxy")
+    def _spawn(self, target, *args, long_lived: bool = False) -> None:
+        thread = start_thread(target, *args, name="testproxy", long_lived=long_lived)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
@@ -101,7 +102,7 @@ class TestProxy:
             try:
                 client, _ = self._listener.accept()
             except BlockingIOError:
-                timing.poll(poller, None)   # a client, or the waker on stop
+                idle_poll(poller)   # a client, or the waker on stop
                 continue
             except OSError:
                 return

@@ -33,7 +33,7 @@ import select
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from rawfetch import timing
 
@@ -42,7 +42,7 @@ EPOCH = 1767225600.0           # 2026-01-01T00:00:00Z; wall() = EPOCH + now()
 SLICE = 0.02                   # s real; a waiter re-checks on its own at least this often
 EVENT_SLICE = 0.002            # s real; an Event cannot wake a poll(): look this often
 GRACE = 0.001                  # s real; quiet time before a jump (belt and braces)
-NEW_THREAD_GRACE = 0.05        # s real; a just-started thread may be entering busy()
+NEW_THREAD_GRACE = 0.02        # s real; a just-started thread may be entering busy()
 
 
 class _Party:
@@ -177,6 +177,15 @@ class VirtualClock(timing.Clock):
             return True
         deadline = None if timeout is None else self._now + timeout
         return bool(self._block(deadline, look, False))
+
+    def adopt(self, threads: Iterable[threading.Thread]) -> None:
+        """Count `threads` as participants now, running until they next wait here: a
+        server thread started before this clock (a module's shared server) may be in a
+        wait of the real clock, and time must not jump before it comes back."""
+        with self._lock:
+            for thread in threads:
+                if thread.is_alive() and thread not in self._parties:
+                    self._parties[thread] = _Party(thread)
 
     def close(self) -> None:
         """Uninstalled: wake every waiter (each returns as if timed out) and release

@@ -14,7 +14,7 @@ Only the standard library is needed unless a TLS mode is used (trustme).
 """
 from __future__ import annotations
 
-from . import actions
+from . import actions, clocked
 from .body import make_body
 from .dns import (DNSResponder, DnsAction, dns_answer, dns_drop, dns_nxdomain,
                   dns_query, dns_servfail)

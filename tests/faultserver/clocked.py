@@ -11,9 +11,13 @@ import os
 import select
 import socket
 import threading
+import weakref
 from typing import Any, Callable, List, Optional
 
 from rawfetch import timing
+
+REVISIT = 0.05   # s; on the real clock an idle loop looks up the installed clock this often
+_LONG_LIVED: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
 
 class Stopped(Exception):
@@ -83,10 +87,26 @@ def send_all(waker: Waker, poller: Any, sock: socket.socket, data: bytes) -> Non
         view = view[sent:]
 
 
-def start_thread(target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
+def idle_poll(poller: Any) -> List[Any]:
+    """timing.poll(poller, None) for a loop that outlives tests (an acceptor): on the
+    real clock it comes back every REVISIT seconds, so a virtual clock installed later
+    for the next test gets it (the vclock fixture adopts these threads, and time cannot
+    jump until they arrive)."""
+    real = type(timing.clock()) is timing.Clock
+    return timing.poll(poller, REVISIT if real else None)
+
+
+def long_lived() -> List[threading.Thread]:
+    """The live threads started with start_thread(..., long_lived=True)."""
+    return [thread for thread in list(_LONG_LIVED) if thread.is_alive()]
+
+
+def start_thread(target: Callable[..., None], *args: Any, name: str,
+                 long_lived: bool = False) -> threading.Thread:
     """Start a daemon thread that takes part in the clock from its first instruction:
     the starter stays busy() until the new thread is inside busy() itself, so a virtual
-    clock cannot jump while it is being born."""
+    clock cannot jump while it is being born. long_lived: an acceptor, that a later
+    test's clock must adopt (see idle_poll)."""
     entered = threading.Event()
 
     def run() -> None:
@@ -95,6 +115,8 @@ def start_thread(target: Callable[..., None], *args: Any, name: str) -> threadin
             target(*args)
 
     thread = threading.Thread(target=run, name=name, daemon=True)
+    if long_lived:
+        _LONG_LIVED.add(thread)
     with timing.busy():
         thread.start()
         entered.wait()

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from rawfetch import timing
 
-from .clocked import Changes, Stopped, Waker, start_thread
+from .clocked import Changes, Stopped, Waker, idle_poll, start_thread
 
 QTYPES = {"A": 1, "AAAA": 28}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
@@ -152,7 +152,8 @@ class DNSResponder:
         sock.bind((self.host, self._want_port))
         sock.setblocking(False)
         self._sock = sock
-        self._thread = start_thread(self._loop, name="faultserver-dns")
+        self._thread = start_thread(self._loop, name="faultserver-dns",
+                                    long_lived=True)
         return self
 
     def stop(self) -> None:
@@ -185,7 +186,7 @@ class DNSResponder:
             try:
                 msg, addr = self._sock.recvfrom(4096)
             except BlockingIOError:
-                timing.poll(poller, None)   # a query, or the waker on stop
+                idle_poll(poller)   # a query, or the waker on stop
                 continue
             except OSError:
                 if self._stopping.is_set():

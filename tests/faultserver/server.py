@@ -16,7 +16,7 @@ from typing import (Any, Callable, Dict, List, Optional, Sequence, Union)
 from rawfetch import timing
 
 from .actions import ACTION_TYPES, Action, normal
-from .clocked import Changes, Stopped, Waker, start_thread
+from .clocked import Changes, Stopped, Waker, idle_poll, start_thread
 from .conn import POLL, Handler
 from .model import (DEFAULT_LAST_MODIFIED, Disconnect, Request, Resource,
                     default_etag, target_path)
@@ -146,7 +146,8 @@ class FaultServer:
             raise
         self._listener = lsock
         self._started = True
-        self._acceptor = start_thread(self._accept_loop, name="faultserver-accept")
+        self._acceptor = start_thread(self._accept_loop, name="faultserver-accept",
+                                     long_lived=True)
         return self
 
     def stop(self) -> None:
@@ -250,7 +251,7 @@ class FaultServer:
             try:
                 sock, _addr = self._listener.accept()
             except BlockingIOError:
-                timing.poll(poller, None)   # a connection, or the waker on stop
+                idle_poll(poller)   # a connection, or the waker on stop
                 continue
             except OSError:
                 if self._stopping.is_set():
