@@ -14,13 +14,13 @@ from rawfetch import errors as E
 from rawfetch.files import check_invariants
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.test_cli import run
+from tests.timing_options import quick
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = (3 << 20) + 17            # past the 1 MiB splice pipe, odd on purpose
 BODY = make_body(SIZE, seed=10)
 DIGEST = hashlib.sha256(BODY).hexdigest()
-SPEED = dict(speed_limit=200000, speed_time=0.5, idle_timeout=5, retry_delay=0.01,
-             retry_max_delay=0.05)
+SPEED = quick(speed_limit=200000, speed_time=0.5, idle_timeout=5)   # the low-speed rule on
 
 
 @pytest.fixture
