@@ -88,14 +88,6 @@ def client_on(clock: str) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(params=["virtual", pytest.param("real", marks=pytest.mark.slow)])
-def clock(request) -> str:
-    """Run the test on the virtual clock (default tier) and on the real one (slow)."""
-    if request.param == "virtual":
-        request.getfixturevalue("vclock")
-    return request.param
-
-
 def parse(raw: bytes, err: Optional[BaseException] = None) -> Resp:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
