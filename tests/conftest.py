@@ -28,6 +28,15 @@ def vclock() -> Iterator[VirtualClock]:
         clock.close()
 
 
+@pytest.fixture(params=["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def clock(request) -> str:
+    """A test and its real-clock twin: "virtual" (default tier, under the vclock
+    fixture) or "real" (the slow tier, rawfetch.timing's real clock)."""
+    if request.param == "virtual":
+        request.getfixturevalue("vclock")
+    return request.param
+
+
 @pytest.fixture
 def body() -> bytes:
     return make_body(BODY_SIZE, seed=1)

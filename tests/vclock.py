@@ -28,6 +28,7 @@ needs them to look again or when their deadline arrives.
 """
 from __future__ import annotations
 
+import math
 import os
 import select
 import threading
@@ -43,6 +44,12 @@ SLICE = 0.02                   # s real; a waiter re-checks on its own at least 
 EVENT_SLICE = 0.002            # s real; an Event cannot wake a poll(): look this often
 GRACE = 0.001                  # s real; quiet time before a jump (belt and braces)
 NEW_THREAD_GRACE = 0.02        # s real; a just-started thread may be entering busy()
+# Virtual time stays on a grid of 2**-30 s (~1 ns) and a jump lands on the first grid
+# point at or after the deadline: `t0 + s` rounds in floating point, and without the
+# grid `now - t0` after a jump could come out 1e-13 short of `s` (a 0.3 s delay
+# measuring 0.29999999999995 s), or a deadline recomputed by its owner could lie one
+# ulp past the time it was woken at.
+GRID = 2.0 ** 30
 
 
 class _Party:
@@ -100,7 +107,7 @@ class VirtualClock(timing.Clock):
 
     def __init__(self, start: float = START) -> None:
         self._lock = threading.Lock()
-        self._now = start
+        self._now = math.ceil(start * GRID) / GRID
         self._epoch = 0
         self._epoch_at = time.monotonic()
         self._parties: Dict[threading.Thread, _Party] = {}
@@ -266,7 +273,7 @@ class VirtualClock(timing.Clock):
         deadlines = [p.deadline for p in parties if p.deadline is not None]
         if not deadlines:
             return None             # a deadlock: never invent a deadline
-        self._now = min(deadlines)  # type: ignore[type-var]
+        self._now = math.ceil(min(deadlines) * GRID) / GRID  # type: ignore[type-var]
         self.jumps += 1
         for party in parties:
             if party.deadline is not None and party.deadline <= self._now:
