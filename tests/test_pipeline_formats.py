@@ -26,7 +26,7 @@ RAW_SHA = hashlib.sha256(RAW).hexdigest()
 
 @functools.lru_cache(maxsize=None)
 def packed_raw(kind: str) -> bytes:
-    """RAW packed by `kind`, once per run (xz and bzip2 of 3 MiB cost ~0.3 s each)."""
+    """RAW packed by `kind`, once per run: packing dominates these tests' CPU time."""
     return PACK[kind](RAW)
 
 

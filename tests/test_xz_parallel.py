@@ -166,7 +166,7 @@ def pool_threads() -> int:
     return sum(t.name == "rawfetch-xz" for t in threading.enumerate())
 
 
-POOL_END_WAIT = 20.0   # s real; a pool thread ends after the block it decodes (~0.1 s)
+POOL_END_WAIT = 20.0   # s real; a pool thread ends after the block it decodes
 
 
 def wait_for_no_pool_threads() -> int:
