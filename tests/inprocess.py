@@ -3,9 +3,9 @@
 `run_cli(*argv)` gives what `python -m rawfetch ARGV` gives (exit code, stdout and stderr
 bytes, files) through the same entry point, `rawfetch.cli.main`, with file descriptors 1
 and 2 captured as a child's pipes would be. Two reasons: no new interpreter per run, and
-the command runs on the test's clock, so with the `vclock` fixture its
-timeouts, stalls and max_time take virtual seconds. Tests about the process itself (a
-signal, the environment, `-m` start-up) keep spawning a real child.
+the command runs on the test's clock, so with the `vclock` fixture its timeouts, stalls
+and max_time take virtual seconds. Tests about the process itself (a signal, `-m`
+start-up, a real pipe on stdout) keep spawning a real child.
 """
 from __future__ import annotations
 
