@@ -39,6 +39,6 @@ def argv(**overrides: Any) -> List[str]:
 
 QUICK_ARGV = tuple(argv(idle_timeout=CLI_IDLE_TIMEOUT))
 
-# Virtual seconds are floats far from zero (tests/vclock.py starts at 1000.0): an elapsed
-# time reads 0.29999999999995 for a 0.3 s timeout. Lower bounds allow this much rounding.
+# Float rounding an elapsed-time bound allows (virtual seconds are floats far from zero;
+# tests/vclock.py also lands jumps on a binary grid at or after each deadline).
 TICK = 1e-9
