@@ -56,7 +56,7 @@ class _Party:
     """One participant thread: whether and how it waits, and its wake-up pipe."""
 
     __slots__ = ("thread", "waiting", "deadline", "watches", "clean", "signaled",
-                 "busy", "waited", "rfd", "wfd", "sleeper")
+                 "busy", "waited", "rfd", "wfd", "sleeper", "closed")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
@@ -67,6 +67,7 @@ class _Party:
         self.signaled = False
         self.busy = 0
         self.waited = False
+        self.closed = False
         self.rfd, self.wfd = os.pipe()
         os.set_blocking(self.rfd, False)
         os.set_blocking(self.wfd, False)
@@ -74,8 +75,14 @@ class _Party:
         self.sleeper.register(self.rfd, select.POLLIN)
 
     def close(self) -> None:
-        os.close(self.rfd)
-        os.close(self.wfd)
+        if not self.closed:
+            self.closed = True
+            os.close(self.rfd)
+            os.close(self.wfd)
+
+    def __del__(self) -> None:
+        """A party no thread uses any more (its clock is gone): its pipe goes too."""
+        self.close()
 
     def drain(self) -> None:
         try:
@@ -195,15 +202,18 @@ class VirtualClock(timing.Clock):
                     self._parties[thread] = _Party(thread)
 
     def close(self) -> None:
-        """Uninstalled: wake every waiter (each returns as if timed out) and release
-        the pipes of threads that ended."""
+        """Uninstalled: wake every waiter (each returns as if timed out and lets go of
+        its pipe on the way out). The caller's pipe (the test's thread: 2 fds a test)
+        and those of ended threads go now; another live thread may be between two
+        steps of a wait, so its pipe goes when it leaves or when nothing holds it."""
         with self._lock:
             self._closed = True
+            me = threading.current_thread()
             for party in list(self._parties.values()):
-                if party.waiting:
-                    self._signal_locked(party)   # lets go of its pipe on its way out
+                if party.thread is me or not party.thread.is_alive():
+                    self._drop_locked(party)
                 else:
-                    self._drop_locked(party)     # e.g. the test's own thread: 2 fds a test
+                    self._signal_locked(party)
 
     # ---- the waiting loop -------------------------------------------------
     def _block(self, deadline: Optional[float], look: Optional[Callable[[Optional[float]], Any]],
