@@ -195,13 +195,15 @@ class VirtualClock(timing.Clock):
                     self._parties[thread] = _Party(thread)
 
     def close(self) -> None:
-        """Uninstalled: wake every waiter (each returns as if timed out) and release
-        the pipes of threads that ended."""
+        """Uninstalled: wake every waiter (each returns as if timed out, and releases
+        its pipe on the way out); release the other threads' pipes now."""
         with self._lock:
             self._closed = True
             for party in list(self._parties.values()):
-                self._signal_locked(party)
-            self._prune_locked()
+                if party.waiting:
+                    self._signal_locked(party)
+                else:
+                    self._drop_locked(party)
 
     # ---- the waiting loop -------------------------------------------------
     def _block(self, deadline: Optional[float], look: Optional[Callable[[Optional[float]], Any]],
@@ -242,6 +244,8 @@ class VirtualClock(timing.Clock):
         finally:
             with self._lock:
                 party.waiting, party.deadline, party.watches = False, None, False
+                if self._closed:
+                    self._drop_locked(party)
 
     def _due_locked(self, deadline: Optional[float]) -> bool:
         return self._closed or (deadline is not None and self._now >= deadline)
@@ -317,8 +321,9 @@ class VirtualClock(timing.Clock):
                 pass                            # means it is awake or gone anyway
 
     def _drop_locked(self, party: _Party) -> None:
-        self._parties.pop(party.thread, None)
-        party.close()
+        if self._parties.get(party.thread) is party:
+            del self._parties[party.thread]
+            party.close()
 
     def _prune_locked(self) -> None:
         dead = [p for p in self._parties.values() if not p.thread.is_alive()]
