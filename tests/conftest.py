@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Iterator, List
 
 import pytest
@@ -20,7 +21,10 @@ def vclock() -> Iterator[VirtualClock]:
     `watch = vclock.stopwatch(); ...; assert 2.0 <= watch.elapsed < 2.0 + step`."""
     clock = VirtualClock()
     previous = timing.use_clock(clock)
-    clock.adopt(clocked.long_lived())   # shared servers' acceptors, maybe in a real wait
+    # The test's own thread takes part from the start, so time never moves while it sets
+    # things up (a plain thread.join() from it would freeze time: use vclock.join); and
+    # shared servers' acceptors, which may still sit in a real-clock wait.
+    clock.adopt([threading.current_thread(), *clocked.long_lived()])
     try:
         yield clock
     finally:

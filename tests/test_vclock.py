@@ -79,6 +79,7 @@ def test_a_busy_thread_blocks_the_jump(vclock: VirtualClock) -> None:
     release = threading.Event()
     entered = threading.Event()
     seen: List[float] = []
+    at_release: List[float] = []
 
     def worker() -> None:
         with timing.busy():
@@ -89,14 +90,17 @@ def test_a_busy_thread_blocks_the_jump(vclock: VirtualClock) -> None:
         timing.sleep(5.0)
         seen.append(timing.now() - START)
 
+    def releaser() -> None:         # not on the clock: real time, then the release
+        time.sleep(0.2)             # plenty for a wrong jump to happen
+        at_release.append(vclock.now() - START)
+        release.set()
+
     busy = _spawn(worker)
     assert entered.wait(5)
     sleeping = _spawn(sleeper)
-    time.sleep(0.2)                 # real time: plenty for a wrong jump to happen
-    assert seen == [] and vclock.now() == START
-    release.set()
-    busy.join(5)
-    sleeping.join(5)
+    _spawn(releaser)
+    assert vclock.join(sleeping, 100) and vclock.join(busy, 100)
+    assert at_release == [0.0]      # while the worker was busy, time stood still
     assert seen == [5.0]
 
 
@@ -119,19 +123,42 @@ def test_a_deadlock_does_not_jump(vclock: VirtualClock) -> None:
     left, right = socket.socketpair()
     with left, right:
         outcome: List[object] = []
+        looked: List[Tuple[float, int]] = []
 
         def forever() -> None:
             poller = select.poll()
             poller.register(right.fileno(), select.POLLIN)
             outcome.append(timing.poll(poller, None))
 
+        def rescuer() -> None:      # not on the clock: looks after real time, then sends
+            time.sleep(0.3)
+            looked.append((vclock.now() - START, vclock.jumps))
+            left.send(b"!")         # the only thing that can end it
+
         thread = _spawn(forever)
-        time.sleep(0.3)
-        assert outcome == [] and vclock.now() == START and vclock.jumps == 0
-        left.send(b"!")             # the only thing that can end it
-        thread.join(5)
+        _spawn(rescuer)
+        assert vclock.join(thread)  # everyone waits, nobody has a deadline
+        assert looked == [(0.0, 0)]
         assert outcome == [[(right.fileno(), select.POLLIN)]]
         assert vclock.now() == START
+
+
+def test_the_tests_own_thread_holds_time_while_it_runs(vclock: VirtualClock) -> None:
+    """The fixture adopts the test's thread: threads it starts one by one all begin at
+    the same virtual instant, however slowly it starts them."""
+    started: List[float] = []
+
+    def sleeper() -> None:
+        started.append(timing.now() - START)
+        timing.sleep(1.0)
+
+    workers = []
+    for _ in range(4):
+        workers.append(_spawn(sleeper))
+        time.sleep(0.05)            # real time while the first ones already sleep
+    for worker in workers:
+        assert vclock.join(worker, 10)
+    assert started == [0.0] * 4 and vclock.now() - START == 1.0
 
 
 def test_an_event_wait_ends_when_set_or_at_its_deadline(vclock: VirtualClock) -> None:

@@ -331,7 +331,8 @@ class VirtualClock(timing.Clock):
                 pass                            # means it is awake or gone anyway
 
     def _drop_locked(self, party: _Party) -> None:
-        if self._parties.pop(party.thread, None) is party:   # never close fds twice
+        if self._parties.get(party.thread) is party:
+            del self._parties[party.thread]
             party.close()
 
     def _prune_locked(self) -> None:

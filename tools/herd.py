@@ -193,9 +193,14 @@ def _run_clients(features: FrozenSet[str], config: HerdConfig, origins: List[Fau
     gate = threading.Barrier(config.clients + 1, timeout=GATE_TIMEOUT,
                              action=lambda: released.__setitem__(0, timing.now()))
 
+    finished = [threading.Event() for _ in range(config.clients)]
+
     def node(index: int) -> None:
         with timing.busy():   # under a test's virtual clock: a node from its first step
-            _node(index)
+            try:
+                _node(index)
+            finally:
+                finished[index].set()
 
     def _node(index: int) -> None:
         outcome = outcomes[index]
@@ -215,7 +220,8 @@ def _run_clients(features: FrozenSet[str], config: HerdConfig, origins: List[Fau
     for thread in threads:
         thread.start()
     gate.wait()
-    for thread in threads:
+    for thread, done in zip(threads, finished):
+        timing.wait(done, None)   # on the clock: a virtual one keeps moving meanwhile
         thread.join()
     return outcomes
 
