@@ -39,6 +39,9 @@ def argv(**overrides: Any) -> List[str]:
 
 QUICK_ARGV = tuple(argv(idle_timeout=CLI_IDLE_TIMEOUT))
 
-# Float rounding an elapsed-time bound allows (virtual seconds are floats far from zero;
-# tests/vclock.py also lands jumps on a binary grid at or after each deadline).
+# On the virtual clock an elapsed time lands on the bound that ended the wait: a test
+# asserts `bound - TICK <= elapsed < bound + STEP`. TICK is float rounding (virtual
+# seconds are floats far from zero, jumps land on a binary grid at or after a deadline);
+# STEP is far below every timeout here, so a timer that fired late or twice fails.
 TICK = 1e-9
+STEP = 0.01
