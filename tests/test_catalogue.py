@@ -20,15 +20,17 @@ from rawfetch import errors as E, timing
 from rawfetch.http11 import (MAX_CHUNK_LINE, MAX_CHUNK_SIZE_DIGITS, MAX_HEAD, MAX_HEADERS,
                              MAX_INTERIM, MAX_LENGTH_DIGITS, MAX_LINE, MAX_TRAILER_BYTES)
 from tests.faultserver import FaultServer, actions as A
+from tests.timing_options import STEP
 
-# Every case on the virtual clock (tests/vclock.py): elapsed times below are virtual, so
-# "ended before idle_timeout" means no timer fired, however loaded the machine is.
+# Every case on the virtual clock (tests/vclock.py): elapsed times below are virtual, and
+# a case ends within STEP of its start: no timer fired (not idle_timeout, not a hold),
+# however loaded the machine is.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 KiB, MiB = 1024, 1024 * 1024
 BYTEWISE_CAP = 4 * KiB     # one send per byte costs ~15 us; bigger cases are served whole
 CASE_IDLE = 10.0           # s; idle_timeout of every request here: never what ends a case
-CASE_BOUND = CASE_IDLE / 2  # s; so every case must end well before it would fire
+CASE_BOUND = CASE_IDLE / 2  # s; the server sees the client hang up well before that
 MEMORY_BOUND = 2 * MiB     # tracemalloc peak allowed while a server floods the client
 FLOOD = 48 * MiB           # bytes the server tries to send in the endless cases
 
@@ -326,7 +328,7 @@ def serve(srv: FaultServer, case: Case, pieces) -> Tuple[object, float]:
 @pytest.mark.parametrize("case, split", PARAMS)
 def test_catalogue(srv, case, split):
     result, elapsed = serve(srv, case, split(case.data))
-    assert elapsed < CASE_BOUND, "took %.2fs" % elapsed
+    assert elapsed < STEP, "took %.2fs" % elapsed
     if isinstance(case.expected, Ok):
         assert not isinstance(result, Failure), "expected %r, got %r" % (case.expected, result)
         status, reason, body = result  # type: ignore[misc]
@@ -361,7 +363,7 @@ def test_complete_body_does_not_wait_for_the_server_to_close(srv, data, expected
     started = timing.now()
     with rawfetch.request("GET", srv.url("/held"), idle_timeout=CASE_IDLE) as response:
         assert response.read() == expected
-    assert timing.now() - started < CASE_BOUND   # not until the server or idle ends it
+    assert timing.now() - started < STEP   # not until the server or idle ends it
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND)   # the server holds CASE_IDLE
     assert srv.disconnects[-1].kind == "client_closed"
 
@@ -425,7 +427,7 @@ def test_endless_input_is_refused_early_in_bounded_memory(srv, prefix, pattern, 
     error, peak, elapsed, sent = drain_traced(srv, pieces)
     assert error.cls is E.ProtocolError and message in error.message
     assert peak < MEMORY_BOUND, "tracemalloc peak %d bytes" % peak
-    assert elapsed < CASE_BOUND   # refused at the limit, not left to idle_timeout
+    assert elapsed < STEP   # refused at the limit, not left to idle_timeout
     # The client stopped reading after ~64 KiB and hung up: the server could push only
     # what the kernel buffers held, a fraction of the flood.
     assert sent < flood_size(pieces) // 3, sent
