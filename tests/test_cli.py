@@ -13,9 +13,9 @@ from tests.faultserver import actions as A
 from tests.inprocess import run_cli
 from tests.timing_options import QUICK_ARGV, STEP, TICK
 
-# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
-# virtual seconds; the command runs in-process (tests/inprocess.py) on the same clock.
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
+# The command runs in-process (tests/inprocess.py); tests with a stall or a timeout take
+# the `vclock` fixture, so those take virtual seconds. spawn() runs on the real clock.
+pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,7 +38,7 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return err
 
 
-def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
+def test_download_through_faults_prints_verified_digest(vclock, server, body, tmp_path):
     server.script([A.rst(at=100000), A.stall(at=1000), A.normal()])
     digest = hashlib.sha256(body).hexdigest()
     out = tmp_path / "img"
@@ -58,7 +58,7 @@ def test_stdout_through_faults_has_no_duplicated_bytes(server, body):
 @pytest.mark.parametrize("action,code", [
     (A.status(404), 22), (A.fin(at=10), 18), (A.redirect(302, "/img"), 47),
     (A.raw(b"garbage\r\n\r\n"), 8), (A.stall(at=10), 28)])
-def test_exit_codes_follow_curl(server, tmp_path, action, code):
+def test_exit_codes_follow_curl(vclock, server, tmp_path, action, code):
     server.script([action])
     proc = run(server.url("/img"), "-o", str(tmp_path / "img"), "--retries", "1",
                "--max-redirs", "2", "--idle-timeout", "0.2", "--retry-delay", "0.01")
@@ -67,7 +67,7 @@ def test_exit_codes_follow_curl(server, tmp_path, action, code):
     assert not (tmp_path / "img").exists()
 
 
-def test_connect_refused_exit_7_and_dns_exit_6(tmp_path):
+def test_connect_refused_exit_7_and_dns_exit_6(vclock, tmp_path):
     log = tmp_path / "events.jsonl"
     proc = run("http://no-such-host.invalid/x", "-o", str(tmp_path / "x"), "--retries", "5",
                "--log-json", str(log))
