@@ -61,6 +61,7 @@ class TestProxy:
         self._listener.bind((self.host, 0))
         self._listener.listen(64)
         self._listener.setblocking(False)
+        self._waker.open()
         self._spawn(self._accept_loop, long_lived=True)
         return self
 

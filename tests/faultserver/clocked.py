@@ -29,17 +29,24 @@ class Waker:
     (it is never read, so it stays readable)."""
 
     def __init__(self) -> None:
+        self.fd = self._wfd = -1
+        self.stopping = threading.Event()
+
+    def open(self) -> None:
+        """The pipe, made when the server starts (a server never started holds none)."""
         self.fd, self._wfd = os.pipe()
         os.set_blocking(self.fd, False)
-        self.stopping = threading.Event()
 
     def stop(self) -> None:
         self.stopping.set()
-        os.write(self._wfd, b"!")
+        if self._wfd >= 0:
+            os.write(self._wfd, b"!")
 
     def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._wfd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            os.close(self._wfd)
+            self.fd = self._wfd = -1
 
     def poller(self) -> Any:
         poller = select.poll()

@@ -151,6 +151,7 @@ class DNSResponder:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((self.host, self._want_port))
         sock.setblocking(False)
+        self._waker.open()
         self._sock = sock
         self._thread = start_thread(self._loop, name="faultserver-dns",
                                     long_lived=True)

@@ -13,8 +13,6 @@ import threading
 import time
 from typing import (Any, Callable, Dict, List, Optional, Sequence, Union)
 
-from rawfetch import timing
-
 from .actions import ACTION_TYPES, Action, normal
 from .clocked import Changes, Stopped, Waker, idle_poll, start_thread
 from .conn import POLL, Handler
@@ -134,6 +132,7 @@ class FaultServer:
             self._tls = tls_mod.build(self.tls)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         lsock = socket.socket(family, socket.SOCK_STREAM)
+        self._waker.open()
         try:
             if os.name != "nt":
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,6 +141,7 @@ class FaultServer:
             lsock.setblocking(False)
         except OSError:
             lsock.close()
+            self._waker.close()
             self._cleanup_tls()
             raise
         self._listener = lsock
