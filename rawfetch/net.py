@@ -130,12 +130,13 @@ def resolve(host: str, port: int, dns_timeout: float, deadline: Deadline,
     finished = threading.Event()
 
     def work() -> None:
-        try:
-            outcome["addresses"] = list((resolver or _system_resolve)(host, port))
-        except BaseException as exc:  # handed to the caller's thread below
-            outcome["error"] = exc
-        finally:
-            finished.set()
+        with timing.busy():  # a virtual clock must not jump past a lookup in progress
+            try:
+                outcome["addresses"] = list((resolver or _system_resolve)(host, port))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+            finally:
+                finished.set()
 
     threading.Thread(target=work, name="rawfetch-dns", daemon=True).start()
     if not timing.wait(finished, deadline.bound(dns_timeout)):

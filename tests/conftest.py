@@ -2,13 +2,43 @@
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Iterator, List
 
 import pytest
 
-from tests.faultserver import FaultServer, make_body
+from rawfetch import timing
+from tests.faultserver import FaultServer, clocked, make_body
+from tests.vclock import VirtualClock
 
 BODY_SIZE = 1 << 20
+
+
+@pytest.fixture
+def vclock() -> Iterator[VirtualClock]:
+    """rawfetch and every fault server on a fresh virtual clock for this test (see
+    tests/vclock.py); the real clock is back afterwards. Assert virtual elapsed time:
+    `watch = vclock.stopwatch(); ...; assert 2.0 <= watch.elapsed < 2.0 + step`."""
+    clock = VirtualClock()
+    previous = timing.use_clock(clock)
+    # The test's own thread takes part from the start, so time never moves while it sets
+    # things up (a plain thread.join() from it would freeze time: use vclock.join); and
+    # shared servers' acceptors, which may still sit in a real-clock wait.
+    clock.adopt([threading.current_thread(), *clocked.long_lived()])
+    try:
+        yield clock
+    finally:
+        timing.use_clock(previous)
+        clock.close()
+
+
+@pytest.fixture(params=["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def clock(request) -> str:
+    """A test and its real-clock twin: "virtual" (default tier, under the vclock
+    fixture) or "real" (the slow tier, rawfetch.timing's real clock)."""
+    if request.param == "virtual":
+        request.getfixturevalue("vclock")
+    return request.param
 
 
 @pytest.fixture

@@ -2,8 +2,12 @@
 
 Each path is one way a user gets the bytes: a driver runs the download and returns what
 the user ended up holding (file contents, stdout, bytes read) with the exit code or the
-exception. Command paths run the real `rawfetch` command in a subprocess; the API paths
-run in-process. The matrix crosses every path with every fault of test_matrix.py.
+exception. Every path runs in this process, so the matrix runs on the virtual clock
+(tests/vclock.py): the command's own entry point (cli.run) with fd 1 on a real pipe for
+the stdout paths, the API paths as a program calls them. The real `python3 -m rawfetch`
+in a subprocess, on the real clock, is the slow tier's row (COMMAND_PATHS). Elapsed
+times are read from rawfetch.timing: virtual seconds under the virtual clock. The
+matrix crosses every path with every fault of test_matrix.py.
 """
 from __future__ import annotations
 
@@ -14,11 +18,12 @@ import itertools
 import os
 import subprocess
 import sys
-import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import rawfetch
 from rawfetch import errors as E
+from rawfetch import timing
 from rawfetch.compat import HttpUrl
 from rawfetch.compat.ironic import ImageDownload
 from tests.faultserver import make_body
@@ -94,44 +99,73 @@ def flags(options: Dict[str, Any]) -> List[str]:
 
 
 def run_command(urls: Sequence[str], options: Dict[str, Any], output: str) -> Got:
-    """`rawfetch URL [MIRROR...] -o OUTPUT -q FLAGS`; reads OUTPUT back. To a file the
-    command's own entry point runs in this process (cli.run: argument parsing, exit
-    codes, one-line errors; ~0.15 s of interpreter start saved per cell); to stdout it
-    runs as `python3 -m rawfetch`, since the bytes must cross a real fd 1."""
-    if output != "-":
-        return _run_in_process([*urls, "-o", output, "-q", *flags(options)], output)
-    argv = [sys.executable, "-m", "rawfetch", *urls, "-o", output, "-q", *flags(options)]
-    started = time.monotonic()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=COMMAND_TIMEOUT)
-    elapsed = time.monotonic() - started
-    stderr = proc.stderr.decode("utf-8", "replace")
+    """`rawfetch URL [MIRROR...] -o OUTPUT -q FLAGS` by the command's own entry point in
+    this process (cli.run: argument parsing, exit codes, one-line errors); reads OUTPUT
+    back, or for `-o -` what crossed fd 1 (a real pipe)."""
+    argv = [*urls, "-o", output, "-q", *flags(options)]
     if output == "-":
-        return Got(proc.stdout, proc.returncode, None, None, stderr, elapsed)
+        return _run_to_stdout(argv)
+    code, stderr, elapsed = _run_in_process(argv)
     data = b""
     if os.path.exists(output):
         with open(output, "rb") as handle:
             data = handle.read()
-    return Got(data, proc.returncode, None, output, stderr, elapsed)
+    return Got(data, code, None, output, stderr, elapsed)
 
 
-def _run_in_process(argv: List[str], output: str) -> Got:
+def run_process(urls: Sequence[str], options: Dict[str, Any]) -> Got:
+    """`python3 -m rawfetch URL... -o - -q FLAGS` in a subprocess, on the real clock."""
+    argv = [sys.executable, "-m", "rawfetch", *urls, "-o", "-", "-q", *flags(options)]
+    started = timing.now()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=COMMAND_TIMEOUT)
+    elapsed = timing.now() - started
+    return Got(proc.stdout, proc.returncode, None, None,
+               proc.stderr.decode("utf-8", "replace"), elapsed)
+
+
+def _run_in_process(argv: List[str]) -> Tuple[int, str, float]:
+    """cli.run(argv) with stderr captured: (exit code, stderr, elapsed seconds)."""
     import contextlib
     import io
     from rawfetch.cli import run
     errors = io.StringIO()
-    started = time.monotonic()
+    started = timing.now()
     with contextlib.redirect_stderr(errors):
         try:
             code = run(argv)
         except SystemExit as exc:      # argparse's usage errors
             code = exc.code if isinstance(exc.code, int) else 2
-    elapsed = time.monotonic() - started
-    data = b""
-    if os.path.exists(output):
-        with open(output, "rb") as handle:
-            data = handle.read()
-    return Got(data, code, None, output, errors.getvalue(), elapsed)
+    return code, errors.getvalue(), timing.now() - started
+
+
+def _run_to_stdout(argv: List[str]) -> Got:
+    """cli.run(argv) with fd 1 on a pipe that a reader thread empties: the bytes cross
+    a real fd 1 with os.write, as in the command, without leaving this process."""
+    read_end, write_end = os.pipe()
+    chunks: List[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(read_end, chunks), daemon=True)
+    reader.start()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        code, stderr, elapsed = _run_in_process(argv)
+    finally:
+        os.dup2(saved, 1)       # the pipe's last write end is gone: the reader sees EOF
+        os.close(saved)
+    reader.join(COMMAND_TIMEOUT)
+    os.close(read_end)
+    return Got(b"".join(chunks), code, None, None, stderr, elapsed)
+
+
+def _read_all(fd: int, chunks: List[bytes]) -> None:
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return
+        chunks.append(chunk)
 
 
 def drive_file(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
@@ -149,11 +183,15 @@ def drive_stdout(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     return run_command(urls, options, "-")
 
 
+def drive_stdout_process(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    return run_process(urls, options)
+
+
 def drive_open(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     """rawfetch.open() read with readinto() at odd sizes, cycling through READ_SIZES."""
     got = bytearray()
     error: Optional[BaseException] = None
-    started = time.monotonic()
+    started = timing.now()
     try:
         with rawfetch.open(urls[0], urls=list(urls[1:]), **options) as stream:
             for size in itertools.cycle(READ_SIZES):
@@ -164,20 +202,20 @@ def drive_open(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
                 got += buffer[:count]
     except E.FetchError as exc:
         error = exc
-    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+    return Got(bytes(got), None, error, None, "", timing.now() - started)
 
 
 def drive_httpurl(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     """compat.HttpUrl iterated in HTTPURL_CHUNK pieces, as fuel-agent's chain reads it."""
     got = bytearray()
     error: Optional[BaseException] = None
-    started = time.monotonic()
+    started = timing.now()
     try:
         for chunk in HttpUrl(urls[0], chunk_size=HTTPURL_CHUNK, **options):
             got += chunk
     except E.FetchError as exc:
         error = exc
-    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+    return Got(bytes(got), None, error, None, "", timing.now() - started)
 
 
 def drive_ironic(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
@@ -189,13 +227,13 @@ def drive_ironic(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     info = {"id": "matrix", "urls": list(urls), "os_hash_algo": algo, "os_hash_value": value}
     got = bytearray()
     error: Optional[BaseException] = None
-    started = time.monotonic()
+    started = timing.now()
     try:
         for chunk in ImageDownload(info, **config):
             got += chunk
     except E.FetchError as exc:
         error = exc
-    return Got(bytes(got), None, error, None, "", time.monotonic() - started)
+    return Got(bytes(got), None, error, None, "", timing.now() - started)
 
 
 PATHS = [
@@ -229,6 +267,10 @@ PATHS = [
     DataPath("httpurl", drive_httpurl, stream=True),
     DataPath("ironic", drive_ironic, checksum=True, stream=True),
 ]
+
+
+# The real command in a subprocess to a real stdout, on the real clock: the slow tier.
+COMMAND_PATHS = [DataPath("stdout-command", drive_stdout_process, stream=True)]
 
 
 def first_difference(got: bytes, want: bytes) -> int:

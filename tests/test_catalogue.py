@@ -10,24 +10,27 @@ that endless or enormous input keeps memory under a small fixed bound.
 """
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import (MAX_CHUNK_LINE, MAX_CHUNK_SIZE_DIGITS, MAX_HEAD, MAX_HEADERS,
                              MAX_INTERIM, MAX_LENGTH_DIGITS, MAX_LINE, MAX_TRAILER_BYTES)
 from tests.faultserver import FaultServer, actions as A
+from tests.timing_options import STEP
 
-pytestmark = pytest.mark.timeout(60)
+# Every case on the virtual clock (tests/vclock.py): elapsed times below are virtual, and
+# a case ends within STEP of its start: no timer fired (not idle_timeout, not a hold),
+# however loaded the machine is.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 KiB, MiB = 1024, 1024 * 1024
 BYTEWISE_CAP = 4 * KiB     # one send per byte costs ~15 us; bigger cases are served whole
 CASE_IDLE = 10.0           # s; idle_timeout of every request here: never what ends a case
-CASE_BOUND = CASE_IDLE / 2  # s; so every case must end well before it would fire
+CASE_BOUND = CASE_IDLE / 2  # s; the server sees the client hang up well before that
 MEMORY_BOUND = 2 * MiB     # tracemalloc peak allowed while a server floods the client
 FLOOD = 48 * MiB           # bytes the server tries to send in the endless cases
 
@@ -308,14 +311,14 @@ def serve(srv: FaultServer, case: Case, pieces) -> Tuple[object, float]:
     """Serve the pieces to one request; ((status, reason, body) or a Failure, elapsed)."""
     srv.script([A.raw(pieces)])
     requests, ended = len(srv.requests), len(srv.disconnects)
-    started = time.monotonic()
+    started = timing.now()
     try:
         url = srv.url("/case/" + case.id)
         with rawfetch.request(case.method, url, idle_timeout=CASE_IDLE) as resp:
             result: object = (resp.status, resp.reason, resp.read())
     except E.FetchError as exc:
         result = failure(exc)
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     seen = srv.requests[requests:]
     assert [(r.method, r.target) for r in seen] == [(case.method, "/case/" + case.id)]
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND), "client kept the connection open"
@@ -325,7 +328,7 @@ def serve(srv: FaultServer, case: Case, pieces) -> Tuple[object, float]:
 @pytest.mark.parametrize("case, split", PARAMS)
 def test_catalogue(srv, case, split):
     result, elapsed = serve(srv, case, split(case.data))
-    assert elapsed < CASE_BOUND, "took %.2fs" % elapsed
+    assert elapsed < STEP, "took %.2fs" % elapsed
     if isinstance(case.expected, Ok):
         assert not isinstance(result, Failure), "expected %r, got %r" % (case.expected, result)
         status, reason, body = result  # type: ignore[misc]
@@ -357,10 +360,10 @@ def test_complete_body_does_not_wait_for_the_server_to_close(srv, data, expected
     """The server holds the connection open after the body: the body ends at its framing."""
     srv.script([A.raw(data, close=None, hold=CASE_IDLE)])
     ended = len(srv.disconnects)
-    started = time.monotonic()
+    started = timing.now()
     with rawfetch.request("GET", srv.url("/held"), idle_timeout=CASE_IDLE) as response:
         assert response.read() == expected
-    assert time.monotonic() - started < CASE_BOUND   # not until the server or idle ends it
+    assert timing.now() - started < STEP   # not until the server or idle ends it
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND)   # the server holds CASE_IDLE
     assert srv.disconnects[-1].kind == "client_closed"
 
@@ -385,7 +388,7 @@ def drain_traced(srv: FaultServer, pieces: Tuple[bytes, ...]) -> Tuple[Failure, 
     ended = len(srv.disconnects)
     buffer = bytearray(65536)
     result: Optional[Failure] = None
-    started = time.monotonic()
+    started = timing.now()
     tracemalloc.start()
     try:
         try:
@@ -397,7 +400,7 @@ def drain_traced(srv: FaultServer, pieces: Tuple[bytes, ...]) -> Tuple[Failure, 
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     assert result is not None, "the flood was accepted"
     assert srv.wait_disconnects(ended + 1, timeout=CASE_BOUND), "client kept the connection open"
     return result, peak, elapsed, srv.disconnects[-1].body_bytes_sent
@@ -424,7 +427,7 @@ def test_endless_input_is_refused_early_in_bounded_memory(srv, prefix, pattern, 
     error, peak, elapsed, sent = drain_traced(srv, pieces)
     assert error.cls is E.ProtocolError and message in error.message
     assert peak < MEMORY_BOUND, "tracemalloc peak %d bytes" % peak
-    assert elapsed < CASE_BOUND   # refused at the limit, not left to idle_timeout
+    assert elapsed < STEP   # refused at the limit, not left to idle_timeout
     # The client stopped reading after ~64 KiB and hung up: the server could push only
     # what the kernel buffers held, a fraction of the flood.
     assert sent < flood_size(pieces) // 3, sent

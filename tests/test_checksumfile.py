@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from typing import List, Tuple
 
 import pytest
@@ -21,8 +20,12 @@ from rawfetch.cli import build_parser, options_from
 from rawfetch.options import DEFAULTS, Options, parse_size
 from rawfetch.digest import parse_checksum
 from tests.faultserver import actions as A
+from tests.inprocess import run_cli
+from tests.timing_options import QUICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds; the command runs in-process (tests/inprocess.py) on the same clock.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 URL = "http://master/images/SHA256SUMS"
 NAME = "disk.raw.xz"
@@ -32,7 +35,6 @@ SHA512 = hashlib.sha512(IMAGE).hexdigest()
 MD5 = hashlib.md5(IMAGE).hexdigest()
 SHA1 = hashlib.sha1(IMAGE).hexdigest()
 OTHER = hashlib.sha256(b"another file").hexdigest()
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 
 
 def parse(text: str, name: str = NAME) -> Tuple[str, str]:
@@ -274,12 +276,6 @@ def test_command_flags_map_onto_options():
     defaults = options_from(build_parser().parse_args(["http://h/i", "-o", "x"]))
     assert (defaults["decompress"], defaults["xz_memlimit"]) == ("none", 256 << 20)
     Options(**defaults)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT),
-                          timeout=50)
 
 
 def test_command_usage_errors(server):

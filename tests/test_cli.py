@@ -6,21 +6,29 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.faultserver import actions as A
+from tests.inprocess import run_cli
+from tests.timing_options import QUICK_ARGV, STEP, TICK
 
+# The command runs in-process (tests/inprocess.py); tests with a stall or a timeout take
+# the `vclock` fixture, so those take virtual seconds. spawn() runs on the real clock.
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--retry-delay", "0.01", "--retry-max-delay", "0.05", "--idle-timeout", "1"]
 
 
-def run(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+def spawn(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """`python -m rawfetch ARGS` as a real child process."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=stdout,
                           stderr=subprocess.PIPE, env=env, timeout=50)
+
+
+# The same command in this process (tests/inprocess.py): same entry point, exit code and
+# output bytes, on the test's clock. spawn() keeps the checks of the process itself.
+run = run_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -30,11 +38,11 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return err
 
 
-def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
+def test_download_through_faults_prints_verified_digest(vclock, server, body, tmp_path):
     server.script([A.rst(at=100000), A.stall(at=1000), A.normal()])
     digest = hashlib.sha256(body).hexdigest()
     out = tmp_path / "img"
-    proc = run(server.url("/img"), "-o", str(out), "--sha256", digest, *QUICK,
+    proc = run(server.url("/img"), "-o", str(out), "--sha256", digest, *QUICK_ARGV,
                "--idle-timeout", "0.3")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == body
@@ -43,14 +51,14 @@ def test_download_through_faults_prints_verified_digest(server, body, tmp_path):
 
 def test_stdout_through_faults_has_no_duplicated_bytes(server, body):
     server.script([A.fin(at=70000), A.rst(at=90000), A.normal(ignore_range=True)])
-    proc = run(server.url("/img"), "-o", "-", "-q", *QUICK)
+    proc = spawn(server.url("/img"), "-o", "-", "-q", *QUICK_ARGV)   # a real pipe on fd 1
     assert proc.returncode == 0 and proc.stdout == body
 
 
 @pytest.mark.parametrize("action,code", [
     (A.status(404), 22), (A.fin(at=10), 18), (A.redirect(302, "/img"), 47),
     (A.raw(b"garbage\r\n\r\n"), 8), (A.stall(at=10), 28)])
-def test_exit_codes_follow_curl(server, tmp_path, action, code):
+def test_exit_codes_follow_curl(vclock, server, tmp_path, action, code):
     server.script([action])
     proc = run(server.url("/img"), "-o", str(tmp_path / "img"), "--retries", "1",
                "--max-redirs", "2", "--idle-timeout", "0.2", "--retry-delay", "0.01")
@@ -59,7 +67,7 @@ def test_exit_codes_follow_curl(server, tmp_path, action, code):
     assert not (tmp_path / "img").exists()
 
 
-def test_connect_refused_exit_7_and_dns_exit_6(tmp_path):
+def test_connect_refused_exit_7_and_dns_exit_6(vclock, tmp_path):
     log = tmp_path / "events.jsonl"
     proc = run("http://no-such-host.invalid/x", "-o", str(tmp_path / "x"), "--retries", "5",
                "--log-json", str(log))
@@ -111,13 +119,14 @@ def test_headers_resolve_and_fractional_seconds(server, body, tmp_path):
     assert seen["x-agent"] == "node-7" and seen["host"] == "img.test:%d" % server.port
 
 
-def test_max_time_bounds_the_command(server, tmp_path):
+def test_max_time_bounds_the_command(vclock, server, tmp_path):
     server.script([A.stall(at=1000)])
     idle = 30.0   # what would end the stall without max_time (also exit 28)
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     proc = run(server.url("/img"), "-o", str(tmp_path / "img"), "--max-time", "1",
                "--idle-timeout", str(idle), "--speed-limit", "0")
-    assert proc.returncode == 28 and time.monotonic() - started < idle / 2
+    elapsed = watch.stop()   # max_time, not the idle timeout (also exit 28)
+    assert proc.returncode == 28 and 1.0 - TICK <= elapsed < 1.0 + STEP < idle
     assert "max_time" in one_line_error(proc)
 
 

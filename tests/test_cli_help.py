@@ -12,15 +12,22 @@ import pytest
 import rawfetch
 from rawfetch import cli, cliopts
 from rawfetch.options import DEFAULTS
+from tests.inprocess import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """The command in-process (tests/inprocess.py), on a 100-column terminal."""
+    return run_cli(*args, cwd=cwd, env={"COLUMNS": "100"})
+
+
+def spawn(*args: str) -> subprocess.CompletedProcess:
+    """`python -m rawfetch ARGS` as a real child: the entry point itself."""
     env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="100")
     return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env, timeout=50, cwd=cwd)
+                          stderr=subprocess.PIPE, env=env, timeout=50, cwd=ROOT)
 
 
 def help_text() -> str:
@@ -118,7 +125,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
 
 
 def test_version_prints_the_package_version():
-    proc = run("--version")
+    proc = spawn("--version")     # `python -m rawfetch` really starts
     assert proc.returncode == 0
     assert proc.stdout.decode() == "rawfetch %s\n" % rawfetch.__version__
 

@@ -15,11 +15,13 @@ import rawfetch
 from rawfetch import errors as E
 from tests.faultserver import FaultServer
 from tests.proxyserver import TestProxy
+from tests.timing_options import quick
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 BODY = bytes(range(256)) * 400
-FAST = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0)
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_missing_client_certificate_is_exit_35_and_never_retried(mtls, route, tm
         before = mtls.connection_count
         with pytest.raises(E.ClientCertificateError) as caught:
             rawfetch.download(mtls.url("/img"), tmp_path / "img", cafile=mtls.ca_path,
-                              retries=5, **dict(FAST, **route))
+                              retries=5, **quick(**route))
         assert caught.value.exit_code == 35 and not caught.value.retryable
         assert mtls.connection_count == before + 1, "retried"
         assert "client certificate" in str(caught.value)
@@ -86,7 +88,7 @@ def test_a_certificate_from_another_ca_is_refused_the_same_way(mtls, make_server
     before = mtls.connection_count
     with pytest.raises(E.ClientCertificateError):
         rawfetch.download(mtls.url("/img"), tmp_path / "img", cafile=mtls.ca_path,
-                          cert=stranger.client_cert, retries=5, **dict(FAST, **route))
+                          cert=stranger.client_cert, retries=5, **quick(**route))
     assert mtls.connection_count == before + 1
 
 
@@ -141,7 +143,7 @@ def test_tls13_minimum_refuses_a_tls12_server_once(make_server, route, tmp_path)
     before = server.connection_count
     with pytest.raises(E.TLSHandshakeError) as caught:
         rawfetch.download(server.url("/img"), tmp_path / "img", cafile=server.ca_path,
-                          tls_min="1.3", retries=3, **dict(FAST, **route))
+                          tls_min="1.3", retries=3, **quick(**route))
     assert caught.value.exit_code == 35 and not caught.value.retryable
     assert server.connection_count == before + 1
 

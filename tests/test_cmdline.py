@@ -5,20 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 
 from rawfetch.cmdline import KernelCmdlineError, merge, split_params, to_argv
+from tests.inprocess import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT),
-                          timeout=50, cwd=cwd)
+    """The command in-process (tests/inprocess.py): same exit code and output."""
+    return run_cli(*args, cwd=cwd)
 
 
 # ---------------------------------------------------------------- the kernel's next_arg()

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import os
 import threading
-import time
 
 import pytest
 
@@ -16,13 +15,15 @@ from rawfetch.compat import HttpUrl as ReExported
 from rawfetch.compat.fuel import (LOW_SPEED_WINDOWS, RETRY_FOREVER, GunzipStream, HttpUrl,
                                   conf_options, fuel_options)
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.timing_options import QUICK, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and max_time
+# bounds take virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 IMAGE = make_body((2 << 20) + 5, seed=31)
 NEW = make_body((2 << 20) + 5, seed=32)
 GZ = gzip.compress(IMAGE, compresslevel=1)
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 
 
 def sha(data: bytes) -> str:
@@ -60,17 +61,19 @@ def test_conf_options_read_anything_with_fuel_agents_names():
     assert opts["retries"] == RETRY_FOREVER and opts["idle_timeout"] == 4.0
 
 
-def test_retry_for_ever_ends_at_an_explicit_max_time(origin):
+def test_retry_for_ever_ends_at_an_explicit_max_time(vclock, origin):
     """http_max_retries=0 never gives up on a 503 by count; max_time (documented as the
-    bound for "for ever") ends it, within one backoff of the limit."""
+    bound for "for ever") ends it, within one backoff of the limit (virtual seconds)."""
     origin.script([A.status(503)])
-    started = time.monotonic()
+    max_time, backoff = 1.5, 0.1
+    watch = vclock.stopwatch()
     with pytest.raises((E.HTTPStatusError, E.DeadlineExceeded)) as caught:
-        HttpUrl(origin.url("/img"), **dict(fuel_options(0, 0.05, 2.0, max_time=1.5),
-                                          retry_max_delay=0.1))
-    elapsed = time.monotonic() - started
+        HttpUrl(origin.url("/img"), **dict(fuel_options(0, 0.05, 2.0, max_time=max_time),
+                                          retry_max_delay=backoff))
+    elapsed = watch.stop()
     assert "max_time" in str(caught.value) or isinstance(caught.value, E.DeadlineExceeded)
-    assert 1.0 <= elapsed <= 3.0 and len(origin.requests) > 5
+    assert max_time - backoff - TICK <= elapsed <= max_time + TICK, elapsed
+    assert len(origin.requests) > max_time / backoff     # at least one try per backoff
 
 
 def test_target_file_resumes_and_fsyncs(origin, tmp_path):

@@ -12,20 +12,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import time
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.compat import ironic_contract
 from rawfetch.compat.ironic import (IPA_DEFAULTS, RETRY_CEILING_FACTOR, ImageDownload,
                                     agent_options, image_plan, stream_to_device)
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.ironic_origin import image_origin
 from tests.proxyserver import TestProxy
+from tests.timing_options import STEP, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and max_time
+# bounds take virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
 BODY = make_body((3 << 20) + 17, seed=12)
 SHA256 = hashlib.sha256(BODY).hexdigest()
@@ -373,19 +375,20 @@ def test_image_info_not_a_dict():
 
 
 # ------------------------------------------------------------------ bounds and finality
-def test_max_duration_bounds_a_stalled_server(origin):
+def test_max_duration_bounds_a_stalled_server(vclock, origin):
     """The server stalls mid-body for ever; the idle timeout (60 s, the agent's default)
-    would take a minute: image_download_max_duration ends the whole download."""
+    would take a minute: image_download_max_duration ends the whole download (virtual
+    seconds)."""
     origin.script([A.stall(at=1100000)], path="/images/disk.raw")
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     download = ImageDownload(image_info([origin.url("/images/disk.raw")]),
                              image_download_max_duration=1, trust_env=False)
     got = bytearray()
     with pytest.raises(E.DeadlineExceeded) as caught:
         for chunk in download:
             got += chunk
-    elapsed = time.monotonic() - started
-    assert 1 <= elapsed < IPA_DEFAULTS["image_download_connection_timeout"]
+    elapsed = watch.stop()
+    assert 1 - TICK <= elapsed < 1 + STEP < IPA_DEFAULTS["image_download_connection_timeout"]
     assert caught.value.exit_code == 28 and BODY.startswith(bytes(got))
     assert len(origin.requests) == 1
 
@@ -394,11 +397,11 @@ def test_max_duration_counts_from_time_obj(origin):
     """time_obj is when the agent's first try began: a budget already spent is refused
     at once, without a request."""
     with pytest.raises(E.DeadlineExceeded, match="before this download started"):
-        ImageDownload(image_info([origin.url("/images/disk.raw")]), time_obj=time.time() - 5,
+        ImageDownload(image_info([origin.url("/images/disk.raw")]), time_obj=timing.wall() - 5,
                       image_download_max_duration=2, **QUICK)
     assert origin.requests == []
     download = ImageDownload(image_info([origin.url("/images/disk.raw")]),
-                             time_obj=time.time() - 5, image_download_max_duration=600,
+                             time_obj=timing.wall() - 5, image_download_max_duration=600,
                              **QUICK)
     assert download.options.max_time <= 595 and download.elapsed >= 5
     download.close()
@@ -503,7 +506,7 @@ def test_the_agents_next_try_continues_the_same_job(origin):
     the same class; another time_obj (a new prepare_image) is a new job."""
     origin.script([A.status(503, {"Retry-After": "0"})], path="/images/disk.raw")
     info = image_info([origin.url("/images/disk.raw")])
-    started = time.time()
+    started = timing.wall()
     config = dict(QUICK, image_download_connection_retries=2)
     for _ in range(3):                         # the agent's loop
         with pytest.raises(E.HTTPStatusError):
@@ -522,7 +525,7 @@ def test_a_verified_image_leaves_the_registry(origin, tmp_path):
                   path="/images/disk.raw")
     info = image_info([origin.url("/images/disk.raw")],
                       os_hash_value=hashlib.sha256(BODY[::-1]).hexdigest())
-    started, path = time.time(), tmp_path / "image"
+    started, path = timing.wall(), tmp_path / "image"
     with pytest.raises(E.ResourceChanged):
         write_image(ImageDownload(info, time_obj=started, **QUICK), path)
     download = ImageDownload(info, time_obj=started, **QUICK)

@@ -7,26 +7,27 @@ import base64
 import logging
 import os
 import subprocess
-import sys
-from typing import List
+from typing import Dict, List, Optional
 
 import pytest
 
 from rawfetch import cli
 from tests.faultserver import actions as A
+from tests.inprocess import run_cli
 from tests.proxyserver import TestProxy
+from tests.timing_options import QUICK_ARGV
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--retry-delay", "0.01", "--retry-max-delay", "0.05", "--idle-timeout", "1"]
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def run(*args: str, env_extra=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    for name in ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env, timeout=50)
+    """The command in-process (tests/inprocess.py), no inherited proxy, `env_extra` set."""
+    env: Dict[str, Optional[str]] = {name: None for name in PROXY_VARIABLES}
+    env.update(env_extra or {})
+    return run_cli(*args, env=env)
 
 
 def basic(pair: str) -> str:
@@ -147,7 +148,7 @@ def test_no_output_channel_shows_a_secret(server, tmp_path, caplog, capsys):
     out = tmp_path / "img"
     url = server.url("/img").replace("://", "://alice:%s@" % SECRETS["url"])
     with TestProxy(auth="px:" + SECRETS["proxy_user"]) as relay:
-        argv = [url, "-o", str(out), "--retries", "1", *QUICK, "--log-json", str(log),
+        argv = [url, "-o", str(out), "--retries", "1", *QUICK_ARGV, "--log-json", str(log),
                 "-u", "bob:" + SECRETS["user"],
                 "-x", relay.url("px:" + SECRETS["proxy_url"]),
                 "--proxy-user", "px:" + SECRETS["proxy_user"],

@@ -27,11 +27,11 @@ from rawfetch.options import Options
 from rawfetch.sinks import InPlace, SafeDisk
 from tests.disk_helpers import feed, flip_byte_after
 from tests.faultserver import actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 IMAGE = make_body(3 * MiB + 12345, seed=21)   # not a whole number of MiB
 OLD = b"OLD!" * (MiB // 4)                      # one MiB of the "old system"
 KILL_WAIT = 30.0   # s; generous bound for a loopback child to receive 2 MiB on 2 busy cores

@@ -1,15 +1,32 @@
-"""The single-attempt engine against the fault server: every fault class, every bound."""
+"""The single-attempt engine against the fault server: every fault class, every bound.
+
+On the virtual clock (tests/vclock.py): the elapsed times asserted are virtual seconds,
+and where nothing but the bound under test takes time the upper bound is the bound
+itself. The stall, trickle (low-speed) and max_time tests have real-clock twins (slow)."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 import rawfetch
 from rawfetch import errors as E
+from rawfetch import timing
 from tests.faultserver import actions as A
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
+    with its real-clock twin."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
 
 FAST = dict(idle_timeout=2.0, connect_timeout=2.0, dns_timeout=2.0)
 # Upper time bounds: the bound under test is small, and whatever would end the wait if it
@@ -83,19 +100,25 @@ def test_fin_mid_chunked_body_is_incomplete(server):
     expect(E.IncompleteBody, server.url("/img"))
 
 
-def test_stall_mid_body_trips_idle_timeout_in_bound(server):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_stall_mid_body_trips_idle_timeout_in_bound(server, clock):
     server.script([A.stall(at=1000, seconds=ALTERNATIVE)])   # then FIN: IncompleteBody
-    started = time.monotonic()
+    started = timing.now()
     error = expect(E.IdleTimeout, server.url("/img"), idle_timeout=0.5, speed_limit=0)
-    assert 0.45 <= time.monotonic() - started < ALTERNATIVE / 2
+    elapsed = timing.now() - started
+    assert 0.45 <= elapsed < ALTERNATIVE / 2
+    if clock == "virtual":
+        assert 0.5 <= elapsed < 0.5 + 1e-6, elapsed
     assert error.exit_code == 28 and error.retryable
 
 
 def test_silence_after_accept_trips_idle_timeout_in_head(server):
     server.script([A.silence(ALTERNATIVE)])   # then FIN: a ProtocolError, not a timeout
-    started = time.monotonic()
+    started = timing.now()
     error = expect(E.IdleTimeout, server.url("/img"), idle_timeout=0.4)
-    assert 0.35 <= time.monotonic() - started < ALTERNATIVE / 2
+    elapsed = timing.now() - started
+    assert 0.35 <= elapsed < ALTERNATIVE / 2
+    assert 0.4 <= elapsed < 0.4 + 1e-6, elapsed   # virtual
     assert "response" in str(error)
 
 
@@ -107,32 +130,41 @@ def test_stall_after_headers(server):
             response.read()
 
 
-def test_trickle_never_trips_idle_but_trips_low_speed(server):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_trickle_never_trips_idle_but_trips_low_speed(server, clock):
     server.script([A.trickle(at=100, gap=0.05, step=1)])
-    started = time.monotonic()
+    started = timing.now()
     error = expect(E.LowSpeed, server.url("/img"), idle_timeout=ALTERNATIVE, speed_limit=1000,
                    speed_time=0.6, max_time=ALTERNATIVE)   # else DeadlineExceeded
-    assert 0.55 <= time.monotonic() - started < ALTERNATIVE / 2
+    elapsed = timing.now() - started
+    assert 0.55 <= elapsed < ALTERNATIVE / 2
+    if clock == "virtual":   # judged at a sample (every speed_time / SPEED_SAMPLES)
+        assert 0.6 <= elapsed <= 0.6 + 0.6 / timing.SPEED_SAMPLES + 1e-6, elapsed
     assert "1000 bytes/s" in str(error)
 
 
-def test_max_time_cuts_a_stall_in_progress(server):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_max_time_cuts_a_stall_in_progress(server, clock):
     server.script([A.stall(at=1000)])
-    started = time.monotonic()
+    started = timing.now()
     error = expect(E.DeadlineExceeded, server.url("/img"), idle_timeout=ALTERNATIVE,
                    max_time=0.5, speed_limit=0)   # else IdleTimeout
-    assert 0.45 <= time.monotonic() - started < ALTERNATIVE / 2
+    elapsed = timing.now() - started
+    assert 0.45 <= elapsed < ALTERNATIVE / 2
+    if clock == "virtual":
+        assert 0.5 <= elapsed < 0.5 + 1e-6, elapsed
     assert not error.retryable and error.exit_code == 28
 
 
 def test_max_time_cuts_a_slow_resolver():
     def slow(host, port):
-        time.sleep(ALTERNATIVE)   # in rawfetch's daemon worker thread
+        timing.sleep(ALTERNATIVE)   # in rawfetch's daemon worker thread
         return ["127.0.0.1"]
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.DeadlineExceeded):   # else DNSTimeout
         fetch("http://slow.test/x", resolver=slow, dns_timeout=ALTERNATIVE, max_time=0.3)
-    assert time.monotonic() - started < ALTERNATIVE / 2
+    assert timing.now() - started < ALTERNATIVE / 2
+    assert 0.3 <= timing.now() - started < 0.3 + 1e-6   # virtual
 
 
 @pytest.mark.parametrize("code,retryable", [(503, True), (429, True), (500, True),
@@ -203,19 +235,21 @@ def test_connection_refused_is_connect_error():
 
 def test_all_addresses_blackholed_is_connect_timeout(blackhole):
     port = blackhole("127.0.0.2")
-    started = time.monotonic()
+    started = timing.now()
     error = expect(E.ConnectTimeout, "http://127.0.0.2:%d/x" % port, connect_timeout=0.5,
                    max_time=ALTERNATIVE)   # else DeadlineExceeded
-    assert 0.45 <= time.monotonic() - started < ALTERNATIVE / 2 and error.exit_code == 28
+    elapsed = timing.now() - started
+    assert 0.45 <= elapsed < ALTERNATIVE / 2 and error.exit_code == 28
+    assert 0.5 <= elapsed < 0.5 + 1e-6, elapsed   # virtual
 
 
 def test_happy_eyeballs_skips_a_blackholed_first_address(server, blackhole, body):
     blackhole("127.0.0.2", server.port)
     pin = "img.test:%d:127.0.0.2,127.0.0.1" % server.port
-    started = time.monotonic()
+    started = timing.now()
     assert fetch("http://img.test:%d/img" % server.port, resolve=[pin],
                  connect_timeout=ALTERNATIVE) == body
-    assert time.monotonic() - started < ALTERNATIVE / 2   # the stagger, not connect_timeout
+    assert timing.now() - started < ALTERNATIVE / 2   # the stagger, not connect_timeout
     assert server.requests[0].headers["host"] == "img.test:%d" % server.port
     from rawfetch.net import ADDRESS_MEMORY
     import socket
@@ -226,7 +260,7 @@ def test_happy_eyeballs_skips_a_blackholed_first_address(server, blackhole, body
 
 def test_refused_first_address_moves_on_at_once(server, body):
     pin = "img.test:%d:127.0.0.3,127.0.0.1" % server.port
-    started = time.monotonic()
+    started = timing.now()
     assert fetch("http://img.test:%d/img" % server.port, resolve=[pin],
                  connect_timeout=ALTERNATIVE) == body
-    assert time.monotonic() - started < ALTERNATIVE / 2   # not held until connect_timeout
+    assert timing.now() - started < ALTERNATIVE / 2   # not held until connect_timeout

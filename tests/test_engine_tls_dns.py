@@ -1,16 +1,31 @@
-"""TLS verification and handshake faults; name resolution through the fault DNS responder."""
-from __future__ import annotations
+"""TLS verification and handshake faults; name resolution through the fault DNS responder.
 
-import time
+On the virtual clock (tests/vclock.py): the slow DNS answer and the TLS stall take no
+real time, and the elapsed times asserted are virtual."""
+from __future__ import annotations
 
 import pytest
 
 import rawfetch
 from rawfetch import errors as E
+from rawfetch import timing
 from tests.faultserver import (DNSResponder, actions as A, dns_answer, dns_nxdomain,
                                dns_query, dns_servfail, make_body)
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
+    with its real-clock twin."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
 BODY = make_body(200000, seed=3)
 # Upper time bounds: whatever would end the wait if the bound under test failed is made
 # ALTERNATIVE seconds long, and the test asserts an elapsed time under ALTERNATIVE / 2.
@@ -80,10 +95,11 @@ def test_handshake_failures_are_tls_errors(make_server, mode):
 def test_handshake_stall_is_bounded_by_idle_timeout(make_server):
     srv = tls(make_server, "ok")
     srv.script([A.tls_stall(ALTERNATIVE)])   # then FIN: a handshake error, not a timeout
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.IdleTimeout) as info:
         fetch(srv.url("/img"), cafile=srv.ca_path, idle_timeout=0.4)
-    assert time.monotonic() - started < ALTERNATIVE / 2
+    assert timing.now() - started < ALTERNATIVE / 2
+    assert 0.4 <= timing.now() - started < 0.4 + 1e-6   # virtual: the bound, exactly
     assert "TLS handshake" in str(info.value)
 
 
@@ -125,11 +141,12 @@ def test_resolver_answer_is_used_and_host_kept(dns, server, body):
 
 def test_slow_dns_trips_dns_timeout(dns, server):
     dns.script([dns_answer(delay=ALTERNATIVE)])   # else the answer comes and the GET works
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.DNSTimeout) as info:
         fetch("http://img.test:%d/img" % server.port,
               resolver=resolver_for(dns, timeout=ALTERNATIVE), dns_timeout=0.3)
-    assert time.monotonic() - started < ALTERNATIVE / 2
+    assert timing.now() - started < ALTERNATIVE / 2
+    assert 0.3 <= timing.now() - started < 0.3 + 1e-6   # virtual: the bound, exactly
     assert info.value.retryable and info.value.exit_code == 28
 
 

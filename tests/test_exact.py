@@ -14,13 +14,13 @@ from rawfetch import errors as E
 from rawfetch.pipeline import check_invariants
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.test_cli import run
+from tests.timing_options import quick
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = (3 << 20) + 17            # past the 1 MiB splice pipe, odd on purpose
 BODY = make_body(SIZE, seed=10)
 DIGEST = hashlib.sha256(BODY).hexdigest()
-SPEED = dict(speed_limit=200000, speed_time=0.5, idle_timeout=5, retry_delay=0.01,
-             retry_max_delay=0.05)
+SPEED = quick(speed_limit=200000, speed_time=0.5, idle_timeout=5)   # the low-speed rule on
 
 
 @pytest.fixture
@@ -39,11 +39,26 @@ def starts(server):
 ALIGNED = 0.5 / 10
 
 
-@pytest.mark.parametrize("gap", [ALIGNED] * 4 + [2 * ALIGNED],
-                         ids=["aligned-1", "aligned-2", "aligned-3", "aligned-4", "double"])
-def test_low_speed_abort_mid_splice_keeps_every_byte_in_place(origin, tmp_path, gap):
+GAPS = pytest.mark.parametrize("gap", [ALIGNED] * 4 + [2 * ALIGNED],
+                               ids=["aligned-1", "aligned-2", "aligned-3", "aligned-4", "double"])
+
+
+@GAPS
+def test_low_speed_abort_mid_splice_keeps_every_byte_in_place(vclock, origin, tmp_path, gap):
     """The reported corruption: bytes spliced into the pipe when the low-speed check fired
-    were left there and shifted the next attempt's bytes (exit 0, wrong file)."""
+    were left there and shifted the next attempt's bytes (exit 0, wrong file). On the
+    virtual clock the trickle's sends and the check fall due at the same instant."""
+    low_speed_abort_mid_splice(origin, tmp_path, gap)
+
+
+@pytest.mark.slow
+@GAPS
+def test_low_speed_abort_mid_splice_on_the_real_clock(origin, tmp_path, gap):
+    """The same on the real clock, where the two meet by the scheduler's timing."""
+    low_speed_abort_mid_splice(origin, tmp_path, gap)
+
+
+def low_speed_abort_mid_splice(origin: FaultServer, tmp_path, gap: float) -> None:
     origin.script([A.trickle(at=(2 << 20) + 5, gap=gap), A.normal()])
     out = tmp_path / "img"
     proc = run(origin.url("/img"), "-o", str(out), "-q", "--speed-limit", "200000",

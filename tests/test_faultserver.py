@@ -1,17 +1,28 @@
-"""Self-tests for tests/faultserver, using raw sockets only (no mocks)."""
+"""Self-tests for tests/faultserver, using raw sockets only (no mocks).
+
+The raw client reads through rawfetch.timing (non-blocking socket + timing.poll, its
+socket timeout as patience), so the tests of delays, stalls, trickles and slow DNS
+answers run on the virtual clock and assert virtual elapsed time; each also runs on the
+real clock in the slow tier. A virtual-clock client runs inside timing.busy(): it takes
+part in the clock before it connects, so time cannot jump past its request.
+"""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
+
+from rawfetch import timing
 
 from tests.faultserver import (DNSResponder, FaultServer, actions as A,
                                dns_answer, dns_drop, dns_nxdomain, dns_query,
@@ -47,16 +58,34 @@ def exchange(sock: socket.socket, path: str = "/img", method: str = "GET",
 
 
 def read_all(sock: socket.socket) -> Tuple[bytes, Optional[BaseException]]:
-    """Everything until EOF, plus the exception that ended reading, if any."""
+    """Everything until EOF, plus the exception that ended reading, if any; waits on
+    the installed clock, at most the socket's timeout between two reads."""
+    patience = sock.gettimeout()
+    sock.setblocking(False)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
     out = bytearray()
     try:
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                if not timing.poll(poller, patience):
+                    raise socket.timeout("no data for %ss" % patience)
+                continue
             if not chunk:
                 return bytes(out), None
             out += chunk
     except (OSError, ssl.SSLError) as exc:
         return bytes(out), exc
+
+
+@contextmanager
+def client_on(clock: str) -> Iterator[None]:
+    """Around a raw client's whole exchange: on the virtual clock it takes part in the
+    clock (busy, or waiting in read_all) from before it connects."""
+    with timing.busy():
+        yield
 
 
 def parse(raw: bytes, err: Optional[BaseException] = None) -> Resp:
@@ -234,52 +263,66 @@ def test_last_action_repeats_and_ignore_range(srv: FaultServer) -> None:
         assert r.status == 200 and r.body == DATA
 
 
-def test_stall_holds_then_fins(srv: FaultServer) -> None:
+def test_stall_holds_then_fins(srv: FaultServer, clock: str) -> None:
     srv.script([A.stall(at=500, seconds=0.6)])
     patience = 20.0   # the client's recv timeout: a stall that never ends is an error
-    with socket.create_connection((srv.host, srv.port), timeout=patience) as s:
-        t0 = time.monotonic()
+    with client_on(clock), socket.create_connection((srv.host, srv.port),
+                                                    timeout=patience) as s:
+        t0 = timing.now()
         s.sendall(b"GET /img HTTP/1.1\r\nHost: x\r\n\r\n")
         raw, err = read_all(s)
-        elapsed = time.monotonic() - t0
+        elapsed = timing.now() - t0
     assert parse(raw).body == DATA[:500] and err is None   # ended by the FIN
     assert 0.5 <= elapsed < patience / 2
+    if clock == "virtual":   # the stall and nothing else took time
+        assert elapsed == pytest.approx(0.6, abs=1e-6)
     assert srv.wait_disconnects(1)
     assert srv.disconnects[0].kind == "fin"
 
 
-def test_trickle_paces_the_rest() -> None:
+def test_trickle_paces_the_rest(clock: str) -> None:
     with FaultServer() as s:
         s.add("/t", b"0123456789" * 2)
         s.script([A.trickle(at=10, gap=0.05, step=2)])
-        t0 = time.monotonic()
-        r = get(s, "/t")
+        with client_on(clock):
+            t0 = timing.now()
+            r = get(s, "/t")
+            elapsed = timing.now() - t0
         assert r.body == b"0123456789" * 2
-        assert time.monotonic() - t0 >= 0.2  # 5 steps x 0.05 s
+        assert elapsed >= 0.2  # 5 steps x 0.05 s
+        if clock == "virtual":
+            assert elapsed == pytest.approx(0.25, abs=1e-6)
         assert s.wait_disconnects(1) and s.disconnects[0].kind == "complete"
 
 
-def test_trickle_ends_when_client_closes(srv: FaultServer) -> None:
+def test_trickle_ends_when_client_closes(srv: FaultServer, vclock) -> None:
     srv.script([A.trickle(at=100, gap=0.02, step=1)])
-    s = socket.create_connection((srv.host, srv.port), timeout=5)
-    s.sendall(b"GET /img HTTP/1.1\r\n\r\n")
-    got = b""
-    while len(got) < 400:
-        got += s.recv(4096)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    s.close()  # RST, so the server's next send fails at once
-    assert srv.wait_disconnects(1)
+    with client_on("virtual"):
+        s = socket.create_connection((srv.host, srv.port), timeout=5)
+        s.sendall(b"GET /img HTTP/1.1\r\n\r\n")
+        poller = select.poll()
+        poller.register(s.fileno(), select.POLLIN)
+        got = b""
+        while len(got) < 400:
+            assert timing.poll(poller, 5.0)
+            got += s.recv(4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        s.close()  # RST, so the server's next send fails at once
+        assert srv.wait_disconnects(1)
     d = srv.disconnects[0]
     assert d.kind == "client_closed" and 100 <= d.body_bytes_sent < 1000
 
 
-def test_silence_status_redirect(srv: FaultServer) -> None:
+def test_silence_status_redirect(srv: FaultServer, vclock) -> None:
     srv.script([A.silence(seconds=0.3),
                 A.status(503, {"Retry-After": "2"}, b"busy"),
                 A.redirect(302, "/elsewhere")])
-    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+    with client_on("virtual"), socket.create_connection((srv.host, srv.port),
+                                                        timeout=5) as s:
+        t0 = timing.now()
         s.sendall(b"GET /img HTTP/1.1\r\n\r\n")
         assert read_all(s) == (b"", None)
+        assert timing.now() - t0 == pytest.approx(0.3, abs=1e-6)   # then the FIN
     assert srv.requests[0].target == "/img"
     r = get(srv)
     assert r.status == 503 and r.headers["retry-after"] == "2"
@@ -289,10 +332,15 @@ def test_silence_status_redirect(srv: FaultServer) -> None:
     assert r.headers["content-length"] == "0" and r.body == b""
 
 
-def test_raw_variants(srv: FaultServer) -> None:
+def test_raw_variants(srv: FaultServer, vclock) -> None:
     srv.script([A.raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
                 A.raw(lambda req: req.target.encode(), close="rst"),
                 A.raw([b"ab", b"cd"], close=None, hold=0.2)])
+    with client_on("virtual"):
+        _raw_variants(srv)
+
+
+def _raw_variants(srv: FaultServer) -> None:
     with socket.create_connection((srv.host, srv.port), timeout=5) as s:
         s.sendall(b"GET /img HTTP/1.1\r\n\r\n")
         assert read_all(s) == (
@@ -365,11 +413,15 @@ def test_per_path_script_overrides_global() -> None:
         assert len(get(s, "/a").body) == 1
 
 
-def test_delay_before_head(srv: FaultServer) -> None:
+def test_delay_before_head(srv: FaultServer, clock: str) -> None:
     srv.script([A.normal(delay=0.3)])
-    t0 = time.monotonic()
-    assert get(srv).body == DATA
-    assert time.monotonic() - t0 >= 0.3
+    with client_on(clock):
+        t0 = timing.now()
+        assert get(srv).body == DATA
+        elapsed = timing.now() - t0
+    assert elapsed >= 0.3
+    if clock == "virtual":
+        assert elapsed == pytest.approx(0.3, abs=1e-6)
 
 
 def test_stop_is_quick_with_stalled_clients() -> None:
@@ -438,7 +490,12 @@ def test_tls_stall_never_answers_hello() -> None:
 
 # ---- DNS ----------------------------------------------------------------
 
-def test_dns_responder_script() -> None:
+def test_dns_responder_script(clock: str) -> None:
+    with client_on(clock):
+        _dns_responder_script(clock)
+
+
+def _dns_responder_script(clock: str) -> None:
     recs = {"img.test": ["127.0.0.1", "127.0.0.2", "::1"]}
     with DNSResponder(recs) as d:
         port = d.port
@@ -457,11 +514,16 @@ def test_dns_responder_script() -> None:
         with pytest.raises(socket.gaierror) as ei:
             dns_query("127.0.0.1", port, "img.test")
         assert ei.value.errno == socket.EAI_NONAME
+        t0 = timing.now()
         with pytest.raises(socket.timeout):
             dns_query("127.0.0.1", port, "img.test", timeout=0.3)
-        t0 = time.monotonic()
+        assert timing.now() - t0 >= 0.3
+        t0 = timing.now()
         assert dns_query("127.0.0.1", port, "img.test")[0] == "127.0.0.1"
-        assert time.monotonic() - t0 >= 0.2
+        elapsed = timing.now() - t0
+        assert elapsed >= 0.2
+        if clock == "virtual":
+            assert elapsed == pytest.approx(0.2, abs=1e-6)
         names = [(q[1], q[2]) for q in d.queries]
         assert names[:2] == [("img.test", "A"), ("img.test", "AAAA")]
         assert len(names) == 7

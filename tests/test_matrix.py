@@ -5,22 +5,27 @@ server saw starts where the bytes the client held end (no overlap, no gap).
 
 The data paths and their drivers are in tests/matrix_paths.py. Fault offsets lie past
 1 MiB (one splice moves up to 1 MiB through the pipe) and at odd values.
+
+Every cell runs on the virtual clock (tests/vclock.py): stalls, trickles and max_time
+cost no real time, and the max-time cells assert the virtual time the job took. The
+real command in a subprocess on the real clock crosses every fault in the slow tier.
 """
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
 
 from rawfetch import errors as E
+from rawfetch import timing
 from rawfetch.timing import SPEED_SAMPLES
 from tests.faultserver import FaultServer, actions as A
 from tests.faultserver.actions import Action, Serve
 from tests.proxyserver import TestProxy
-from tests.matrix_paths import (BODY, PATHS, STALE, DataPath, Got, describe,
-                                first_difference, sha256)
+from tests.matrix_paths import (BODY, COMMAND_PATHS, PATHS, STALE, DataPath, Got,
+                                describe, first_difference, sha256)
+from tests.vclock import VirtualClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,6 +162,7 @@ def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
 class Served(NamedTuple):
     """One request of the cell as a server saw it, with the action that answered it."""
     time: float
+    seq: int            # the order among requests stamped with the same (virtual) time
     start: int          # Range start asked for (0 without Range)
     action: Action
     sent: int           # body bytes the server sent on that connection
@@ -168,16 +174,16 @@ def served_log(scripts: Script, name: str) -> List[Served]:
     for srv, script in scripts:
         requests = [r for r in srv.requests if r.path == name]
         conns = {r.conn for r in requests}
-        deadline = time.monotonic() + DISCONNECT_WAIT
-        while not conns <= {d.conn for d in srv.disconnects} and time.monotonic() < deadline:
+        deadline = timing.now() + DISCONNECT_WAIT
+        while not conns <= {d.conn for d in srv.disconnects} and timing.now() < deadline:
             srv.wait_disconnects(len(srv.disconnects) + 1, timeout=0.1)
         sent = {d.conn: d.body_bytes_sent for d in srv.disconnects}
         assert conns <= set(sent), "a connection of this cell never ended on the server"
         for index, request in enumerate(requests):
             action = script[min(index, len(script) - 1)]
-            rows.append(Served(request.time, range_start(request.range), action,
+            rows.append(Served(request.time, request.seq, range_start(request.range), action,
                                sent[request.conn]))
-    return sorted(rows)
+    return sorted(rows, key=lambda row: (row.time, row.seq))
 
 
 def range_start(value: Optional[str]) -> int:
@@ -213,8 +219,11 @@ def check_success(got: Got, rows: List[Served]) -> None:
     assert exact, "%s; served %s" % (describe(got, BODY), summary(rows))
 
 
-def check_failure(path: DataPath, fault: Fault, got: Got, rows: List[Served]) -> None:
-    """An error cell: the right error, only a byte-exact prefix delivered, no final file."""
+def check_failure(path: DataPath, fault: Fault, got: Got, rows: List[Served],
+                  virtual: bool = True) -> None:
+    """An error cell: the right error, only a byte-exact prefix delivered, no final file;
+    on the virtual clock the deadline fires at max_time exactly (nothing else takes
+    virtual time: any later is a wait that overshot its bound)."""
     assert fault.error is not None
     context = "%s; served %s" % (describe(got, BODY), summary(rows))
     if got.code is None:
@@ -222,6 +231,8 @@ def check_failure(path: DataPath, fault: Fault, got: Got, rows: List[Served]) ->
     else:
         assert got.code == fault.error.exit_code and "max_time" in got.stderr, context
     assert got.elapsed >= MAX_TIME, context    # the deadline cannot fire early
+    if virtual:
+        assert got.elapsed < MAX_TIME + CHECK / 10, context
     if path.stream:
         assert got.data == BODY[:len(got.data)], context
     elif path.in_place:   # (head wiped or BODY's), BODY up to where it stopped, STALE after
@@ -241,7 +252,19 @@ def summary(rows: List[Served]) -> str:
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
-def test_cell(servers, tmp_path, path: DataPath, fault: Fault) -> None:
+def test_cell(servers, vclock: VirtualClock, tmp_path, path: DataPath, fault: Fault) -> None:
+    run_cell(servers, tmp_path, path, fault, virtual=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[p.name for p in COMMAND_PATHS])
+def test_cell_real_clock(servers, tmp_path, path: DataPath, fault: Fault) -> None:
+    """The real-clock twin: `python3 -m rawfetch -o -` in a subprocess, every fault."""
+    run_cell(servers, tmp_path, path, fault, virtual=False)
+
+
+def run_cell(servers, tmp_path, path: DataPath, fault: Fault, virtual: bool) -> None:
     name = "/%s/%s" % (path.name, fault.name)
     urls, scripts, failing = cell_scripts(servers, path, fault, name)
     got = path.driver(urls, cell_options(path, fault, servers), str(tmp_path))
@@ -249,7 +272,7 @@ def test_cell(servers, tmp_path, path: DataPath, fault: Fault) -> None:
     if fault.error is None:
         check_success(got, rows)
     else:
-        check_failure(path, fault, got, rows)
+        check_failure(path, fault, got, rows, virtual)
     check_ranges(rows)
     if fault.error is None and not path.mirrors:   # every scripted fault was served
         assert len(rows) >= failing + 1, summary(rows)

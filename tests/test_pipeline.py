@@ -7,8 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -16,10 +14,13 @@ import rawfetch
 from rawfetch import errors as E
 from rawfetch.compat import HttpUrl, fuel_options
 from tests.faultserver import actions as A, make_body
+from tests.inprocess import run_cli
+from tests.timing_options import QUICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds; the command runs in-process (tests/inprocess.py) on the same clock.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 RAW = make_body(3 << 20, seed=11)[: 1 << 20] * 3   # compressible but not trivial
 GZ = gzip.compress(RAW, compresslevel=1)
 
@@ -107,7 +108,8 @@ def test_gunzip_through_faults_writes_the_image(gz_server, tmp_path):
 
 
 @pytest.mark.parametrize("blob,words", [(GZ[:-7], "truncated"), (GZ + b"junk", "garbage"),
-                                        (GZ[:-8] + b"\0\0\0\0" + GZ[-4:], "corrupt")])
+                                        (GZ[:-8] + b"\0\0\0\0" + GZ[-4:], "corrupt")],
+                         ids=["truncated", "garbage", "corrupt"])
 def test_bad_gzip_is_its_own_error_and_leaves_nothing(make_server, tmp_path, blob, words):
     srv = make_server()
     srv.add("/img.gz", blob)
@@ -130,12 +132,6 @@ def test_gunzip_restart_after_change_rewrites_from_the_start(gz_server, tmp_path
     gz_server.script([A.fin(at=40000), A.replace(new_gz, etag='"gz2"')])
     result = rawfetch.download(gz_server.url("/img.gz"), tmp_path / "img", gunzip=True, **QUICK)
     assert (tmp_path / "img").read_bytes() == new_raw and result.restarts == 1
-
-
-def run_cli(*args, stdout=subprocess.PIPE):
-    return subprocess.run([sys.executable, "-m", "rawfetch", *args], stdout=stdout,
-                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT),
-                          timeout=50)
 
 
 def test_cli_gunzip_to_stdout_through_faults(gz_server):

@@ -4,25 +4,34 @@ and the rack flags as a user types them."""
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import hashlib
 import json
 import lzma
-import time
 
 import pytest
 
 from tests.faultserver import FaultServer, actions as A, make_body
-from tests.test_cli import QUICK, run
+from tests.test_cli import run
+from tests.timing_options import QUICK_ARGV, STEP, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, backoffs and timeouts take
+# virtual seconds; the command runs in-process (tests/inprocess.py) on the same clock.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 RAW = make_body(3 << 20, seed=31)[: 1 << 20] * 3           # compressible, not trivial
 PACK = {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress}
 RAW_SHA = hashlib.sha256(RAW).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
+def packed_raw(kind: str) -> bytes:
+    """RAW packed by `kind`, once per run: packing dominates these tests' CPU time."""
+    return PACK[kind](RAW)
+
+
 def served(kind: str, srv: FaultServer) -> bytes:
-    packed = PACK[kind](RAW)
+    packed = packed_raw(kind)
     srv.add("/img." + kind, packed, etag='"%s"' % kind)
     return packed
 
@@ -34,7 +43,7 @@ def test_each_codec_through_faults_to_a_file(server, tmp_path, kind, mode):
     cut = len(packed) // 3
     server.script([A.fin(at=cut), A.rst(at=7000), A.normal()])
     out = tmp_path / "img"
-    proc = run(server.url("/img." + kind), "-o", str(out), "-q", *QUICK,
+    proc = run(server.url("/img." + kind), "-o", str(out), "-q", *QUICK_ARGV,
                "--decompress", kind if mode == "named" else "auto",
                "--sha256", hashlib.sha256(packed).hexdigest())
     assert proc.returncode == 0, proc.stderr
@@ -53,7 +62,7 @@ def test_auto_passes_an_uncompressed_image_through(server, body, tmp_path):
 @pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2"])
 @pytest.mark.parametrize("damage", ["truncated", "corrupt", "garbage"])
 def test_a_broken_stream_is_exit_92_and_no_file(server, tmp_path, kind, damage):
-    packed = bytearray(PACK[kind](RAW))
+    packed = bytearray(packed_raw(kind))
     if damage == "truncated":
         packed = packed[: len(packed) * 2 // 3]
     elif damage == "corrupt":
@@ -62,7 +71,7 @@ def test_a_broken_stream_is_exit_92_and_no_file(server, tmp_path, kind, damage):
         packed += b"trailing garbage"
     server.add("/bad", bytes(packed), etag='"bad"')
     out = tmp_path / "img"
-    proc = run(server.url("/bad"), "-o", str(out), "--decompress", kind, *QUICK)
+    proc = run(server.url("/bad"), "-o", str(out), "--decompress", kind, *QUICK_ARGV)
     assert proc.returncode == 92, proc.stderr
     assert b"Traceback" not in proc.stderr and proc.stderr.count(b"\n") == 1
     assert not out.exists() and not (tmp_path / "img.part").exists()
@@ -91,7 +100,7 @@ def test_checksum_url_verifies_the_image_through_faults(server, body, tmp_path, 
     server.script([A.normal()], path="/SHA256SUMS")
     server.script([A.fin(at=5), A.normal()], path="/SHA256SUMS")
     log = tmp_path / "events.jsonl"
-    proc = run(server.url("/img"), "-o", str(tmp_path / "img"), *QUICK,
+    proc = run(server.url("/img"), "-o", str(tmp_path / "img"), *QUICK_ARGV,
                "--checksum-url", server.url("/SHA256SUMS"), "--log-json", str(log))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "img").read_bytes() == body and ("sha256:" + sha).encode() in proc.stderr
@@ -110,13 +119,14 @@ def test_checksum_file_without_the_entry_is_exit_94(server, tmp_path):
     assert [r.path for r in server.requests] == ["/SHA256SUMS"]   # the image is never asked
 
 
-def test_checksum_file_fetch_counts_against_max_time(server, tmp_path):
+def test_checksum_file_fetch_counts_against_max_time(vclock, server, tmp_path):
     checksum_server(server, "a" * 64)
     server.script([A.stall(at=0)], path="/SHA256SUMS")
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     proc = run(server.url("/img"), "-o", str(tmp_path / "img"), "--checksum-url",
                server.url("/SHA256SUMS"), "--max-time", "1", "--idle-timeout", "30")
-    assert proc.returncode == 28 and time.monotonic() - started < 30   # max_time, not idle
+    elapsed = watch.stop()   # max_time, not the idle timeout
+    assert proc.returncode == 28 and 1 - TICK <= elapsed < 1 + STEP < 30
     assert not (tmp_path / "img").exists()
 
 

@@ -13,21 +13,22 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from typing import Iterator, List, Optional
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import HeadParser
 from tests.faultserver import FaultServer, actions as A
 from tests.proxyserver import TestProxy
 from tests.test_catalogue import CASES, CONTINUE, STATUS, flood, split_params
+from tests.timing_options import QUICK, STEP, TICK
 
-pytestmark = pytest.mark.timeout(60)
+# Every test on the virtual clock (tests/vclock.py): stalls, trickles and the timeouts
+# they trip take virtual seconds.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("vclock")]
 
-FAST = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0)
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_plain_http_goes_in_absolute_form_and_resumes_with_range_unchanged(
     server.script([A.rst(at=300000), A.normal()])
     events: List[dict] = []
     result = rawfetch.download(server.url("/img"), tmp_path / "img", proxy=proxy.url(),
-                               on_event=events.append, **FAST)
+                               on_event=events.append, **QUICK)
     assert (tmp_path / "img").read_bytes() == body and result.attempts == 2
     absolute = server.url("/img")
     assert [(r.method, r.target) for r in proxy.requests] == [("GET", absolute)] * 2
@@ -76,7 +77,7 @@ def test_origin_faults_through_the_proxy_end_byte_exact(make_server, proxy, body
     digest = hashlib.sha256(body).hexdigest()
     result = rawfetch.download(origin.url("/img"), tmp_path / "img", proxy=proxy.url(),
                                cafile=origin.ca_path, checksum="sha256:" + digest,
-                               speed_limit=2000, speed_time=1.0, **FAST)
+                               speed_limit=2000, speed_time=1.0, **QUICK)
     assert (tmp_path / "img").read_bytes() == body
     assert result.attempts == 2 and len(proxy.requests) == 2
     assert [r.method for r in proxy.requests] == (["CONNECT"] * 2 if scheme == "https"
@@ -111,7 +112,7 @@ def test_origin_certificate_failures_through_the_tunnel_are_final(make_server, p
     origin.add("/img", b"x" * 1000)
     with pytest.raises(error) as caught:
         rawfetch.download(origin.url("/img"), tmp_path / "img", proxy=proxy.url(),
-                          cafile=origin.ca_path, retries=3, **FAST)
+                          cafile=origin.ca_path, retries=3, **QUICK)
     assert caught.value.exit_code == 60 and not caught.value.retryable
     assert len(proxy.requests) == 1                        # never retried
 
@@ -149,7 +150,7 @@ def test_wrong_proxy_password_is_refused_once(make_server, tmp_path, scheme, err
     with TestProxy(auth="px:right") as relay:
         with pytest.raises(error) as caught:
             rawfetch.download(origin.url("/img"), tmp_path / "img", retries=5,
-                              proxy=relay.url("px:wrong"), cafile=origin.ca_path, **FAST)
+                              proxy=relay.url("px:wrong"), cafile=origin.ca_path, **QUICK)
         assert len(relay.requests) == 1                    # no retry storm
         shown = relay.url()
     assert caught.value.status == 407 and not caught.value.retryable
@@ -169,7 +170,7 @@ def test_connect_refusals_are_exit_56_and_retried_only_when_transient(status, re
         fake_proxy.script([A.status(status, {"Retry-After": "0"})])
         shown = "http://127.0.0.1:%d" % fake_proxy.port
         with pytest.raises(E.ProxyTunnelError) as caught:
-            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **FAST)
+            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **QUICK)
         requests = fake_proxy.requests
     error = caught.value
     assert error.exit_code == 56 and error.status == status and error.retryable is retried
@@ -190,7 +191,7 @@ def test_connect_answer_cut_short_is_exit_56_and_retried(cut):
         fake_proxy.script([A.raw(CUT_CONNECT[cut])])
         shown = "http://127.0.0.1:%d" % fake_proxy.port
         with pytest.raises(E.ProxyTunnelClosed) as caught:
-            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **FAST)
+            rawfetch.open("https://origin.example/img", proxy=shown, retries=2, **QUICK)
         requests = fake_proxy.requests
         curl = _curl_exit(shown)
     error = caught.value
@@ -221,7 +222,7 @@ def test_proxy_gateway_errors_for_plain_http_are_retried(status, server, body, t
         fake_proxy.script([A.status(status, {"Retry-After": "0"})])
         with pytest.raises(E.HTTPStatusError) as caught:
             rawfetch.download(server.url("/img"), tmp_path / "img", retries=2,
-                              proxy="127.0.0.1:%d" % fake_proxy.port, **FAST)
+                              proxy="127.0.0.1:%d" % fake_proxy.port, **QUICK)
         assert len(fake_proxy.requests) == 3
         assert fake_proxy.requests[0].target == server.url("/img")
     assert caught.value.status == status and caught.value.retryable
@@ -252,51 +253,51 @@ def test_unresolvable_proxy_is_exit_5_and_the_origin_is_never_resolved():
     assert asked == ["proxy.invalid"]
 
 
-def test_slow_proxy_lookup_is_bounded_by_dns_timeout():
+def test_slow_proxy_lookup_is_bounded_by_dns_timeout(vclock):
     def resolver(host: str, port: int) -> List[str]:
-        time.sleep(3)
+        timing.sleep(3)          # a slow name server, on the test's clock
         return ["127.0.0.1"]
 
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.DNSTimeout) as caught:
         rawfetch.request("GET", "http://origin.example/img", proxy="proxy.lan:3128",
                          resolver=resolver, dns_timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert 0.3 - TICK <= watch.stop() < 0.3 + STEP   # not the lookup's own 3 s
     assert caught.value.exit_code == 28 and "proxy http://proxy.lan:3128" in str(caught.value)
 
 
-def test_blackholed_proxy_is_bounded_by_connect_timeout(blackhole):
+def test_blackholed_proxy_is_bounded_by_connect_timeout(vclock, blackhole):
     port = blackhole()
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.ConnectTimeout) as caught:
         rawfetch.request("GET", "http://origin.example/img", proxy="127.0.0.2:%d" % port,
                          connect_timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 0.3 + 2.0
+    assert 0.3 - TICK <= watch.stop() < 0.3 + STEP
     assert "proxy http://127.0.0.2:%d" % port in str(caught.value)
 
 
-def test_silent_proxy_is_bounded_by_idle_timeout():
+def test_silent_proxy_is_bounded_by_idle_timeout(vclock):
     with FaultServer() as fake_proxy:
         fake_proxy.script([A.silence()])
-        started = time.monotonic()
+        watch = vclock.stopwatch()
         with pytest.raises(E.IdleTimeout) as caught:
             rawfetch.request("GET", "https://origin.example/img", idle_timeout=0.5,
                              proxy="127.0.0.1:%d" % fake_proxy.port)
-        elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 0.5 + 5.0
+        elapsed = watch.stop()
+    assert 0.5 - TICK <= elapsed < 0.5 + STEP
     assert "proxy http://127.0.0.1:" in str(caught.value) and "CONNECT" in str(caught.value)
 
 
-def test_trickling_proxy_is_bounded_by_max_time():
+def test_trickling_proxy_is_bounded_by_max_time(vclock):
     """A CONNECT answer trickled a byte every 0.2 s never trips idle_timeout: max_time ends it."""
     with FaultServer() as fake_proxy:
         fake_proxy.script([A.raw(tuple([b"HTTP/1.1 200 OK\r\n"] + [b"X"] * 1000), close=None)])
-        started = time.monotonic()
+        watch = vclock.stopwatch()
         with pytest.raises(E.DeadlineExceeded):
             rawfetch.open("https://origin.example/img", idle_timeout=10, max_time=1.0,
                           proxy="127.0.0.1:%d" % fake_proxy.port, retries=5, **dict(
                               retry_delay=0.01))
-        assert 1.0 <= time.monotonic() - started < 1.0 + 5.0
+        assert 1.0 - TICK <= watch.stop() < 1.0 + STEP   # not idle_timeout=10
 
 
 # ---------------------------------------------------------------- hostile CONNECT answers
@@ -325,16 +326,17 @@ def test_the_catalogue_selection_is_not_empty():
 
 
 @pytest.mark.parametrize("case, split", CONNECT_PARAMS)
-def test_hostile_connect_answers_are_refused_like_origin_heads(fake_proxy, case, split):
+def test_hostile_connect_answers_are_refused_like_origin_heads(vclock, fake_proxy, case,
+                                                                split):
     """Every head the origin parser refuses is refused in a CONNECT answer too, whole
     and one byte per send, at once, and the connection is dropped."""
     fake_proxy.script([A.raw(split(case.data))])
     ended = len(fake_proxy.disconnects)
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.ProtocolError) as caught:
         rawfetch.request("GET", "https://origin.example/img", idle_timeout=2,
                          proxy="127.0.0.1:%d" % fake_proxy.port)
-    assert time.monotonic() - started < 1.5
+    assert watch.stop() < STEP       # at once: not the idle timeout
     assert case.match in caught.value.message
     assert caught.value.message.startswith("proxy http://127.0.0.1:%d" % fake_proxy.port)
     assert fake_proxy.wait_disconnects(ended + 1, timeout=0.5)
@@ -391,7 +393,7 @@ def test_each_mirror_gets_its_own_proxy_decision(server, make_server, proxy, bod
     mirror.script([A.status(404)])
     rawfetch.download(mirror.url("/img").replace("127.0.0.1", "localhost"), tmp_path / "img",
                       urls=[server.url("/img")], proxy=proxy.url(), no_proxy="127.0.0.1",
-                      **FAST)
+                      **QUICK)
     assert (tmp_path / "img").read_bytes() == body
     assert [r.target for r in proxy.requests] == ["http://localhost:%d/img" % mirror.port]
     assert [r.target for r in server.requests] == ["/img"]

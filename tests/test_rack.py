@@ -1,13 +1,17 @@
-"""A rack against one master: --limit-rate, --splay and --mirror-order."""
+"""A rack against one master: --limit-rate, --splay and --mirror-order.
+
+On the virtual clock (tests/vclock.py): the pacing, the splay and max_time take no real
+time, and the elapsed times asserted are virtual, so their bounds are tight; the
+limit-rate test has a real-clock twin in the slow tier."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
 import rawfetch
 from rawfetch import errors as E
+from rawfetch import timing
 from rawfetch.mirrors import arrange
 from rawfetch.options import Options
 from tests.faultserver import FaultServer, actions as A, make_body
@@ -21,33 +25,51 @@ QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=5)
 
 
 @pytest.fixture
-def origin():
+def origin(clock):
+    """The master, on the clock of the test (virtual unless it is a real-clock twin)."""
     with FaultServer() as srv:
         srv.add("/img", BODY, etag='"r1"')
         yield srv
 
 
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock, unless parametrized otherwise."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
+
+
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("path", ["splice", "copy"])
-def test_limit_rate_paces_the_whole_transfer(origin, tmp_path, path):
+def test_limit_rate_paces_the_whole_transfer(origin, tmp_path, path, clock):
     """(size / rate) x 0.9 <= elapsed <= x 1.3 on the splice path and the copy path
-    (a checksum forces every byte through Python)."""
+    (a checksum forces every byte through Python); on the virtual clock only the pacing
+    takes time: within 5 % of size / rate."""
     extra = dict(checksum="sha256:" + DIGEST) if path == "copy" else {}
-    started = time.monotonic()
+    started = timing.now()
     rawfetch.download(origin.url("/img"), tmp_path / "img", limit_rate=RATE, **QUICK, **extra)
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     assert hashlib.sha256((tmp_path / "img").read_bytes()).hexdigest() == DIGEST
     ideal = SIZE / RATE
     assert ideal * 0.9 <= elapsed <= ideal * 1.3, elapsed
+    if clock == "virtual":
+        assert ideal * 0.95 <= elapsed <= ideal * 1.05, elapsed
 
 
 def test_limit_rate_holds_across_a_resume(origin, tmp_path):
     """One bucket per job: a cut and a resume do not reset the average."""
     origin.script([A.rst(at=SIZE // 2), A.normal()])
-    started = time.monotonic()
+    started = timing.now()
     rawfetch.download(origin.url("/img"), tmp_path / "img", limit_rate=RATE, **QUICK)
-    elapsed = time.monotonic() - started
+    elapsed = timing.now() - started
     assert (tmp_path / "img").read_bytes() == BODY and len(origin.requests) == 2
     assert elapsed >= SIZE / RATE * 0.9
+    assert elapsed <= SIZE / RATE * 1.05 + QUICK["retry_max_delay"], elapsed
 
 
 def test_limit_rate_never_trips_the_low_speed_rule():
@@ -59,11 +81,13 @@ def test_limit_rate_never_trips_the_low_speed_rule():
 
 
 def test_limit_rate_is_bounded_by_max_time(origin, tmp_path):
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.DeadlineExceeded):
         rawfetch.download(origin.url("/img"), tmp_path / "img", limit_rate=64 * 1024,
                           max_time=1.0, **QUICK)
-    assert time.monotonic() - started < SIZE / (64 * 1024)   # long before the 16 s transfer
+    elapsed = timing.now() - started
+    assert elapsed < SIZE / (64 * 1024)   # long before the 16 s transfer
+    assert 1.0 <= elapsed < 1.0 + 1e-6, elapsed   # virtual: at the deadline exactly
     assert not (tmp_path / "img").exists()
 
 
@@ -92,11 +116,13 @@ def test_seeded_splay_is_reproducible_and_spreads_by_seed(origin, tmp_path):
 
 
 def test_splay_longer_than_max_time_fails_at_the_deadline(origin, tmp_path):
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.DeadlineExceeded) as info:
         rawfetch.download(origin.url("/img"), tmp_path / "img", splay=30, splay_seed="late",
                           max_time=0.5, **QUICK)
-    assert info.value.exit_code == 28 and time.monotonic() - started < 30 * 0.5
+    elapsed = timing.now() - started
+    assert info.value.exit_code == 28 and elapsed < 30 * 0.5
+    assert 0.5 <= elapsed < 0.5 + 1e-6, elapsed   # virtual: at the deadline exactly
     assert origin.requests == []
 
 

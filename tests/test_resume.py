@@ -1,18 +1,34 @@
-"""Resume engine: Range/If-Range resumption, identity checks, budgets and deadlines."""
+"""Resume engine: Range/If-Range resumption, identity checks, budgets and deadlines.
+
+On the virtual clock (tests/vclock.py): stalls, backoffs, Retry-After and max_time take
+no real time, and the elapsed times asserted are virtual; the stall, Retry-After and
+max_time tests have real-clock twins (slow)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
-
 import pytest
 
 import rawfetch
 from rawfetch import errors as E
+from rawfetch import timing
 from tests.faultserver import actions as A, make_body
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
+    with its real-clock twin."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
 
 QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 SIZE = 1 << 20
@@ -50,7 +66,8 @@ def test_cut_transfer_resumes_at_exact_offset_with_if_range(server, body, tmp_pa
     assert not os.path.exists(str(target) + ".part")
 
 
-def test_stall_is_detected_then_resumed(server, body, tmp_path):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_stall_is_detected_then_resumed(server, body, tmp_path, clock):
     server.script([A.stall(at=200000), A.normal()])
     result, target = get(server, tmp_path, idle_timeout=0.3, speed_limit=0)
     assert target.read_bytes() == body
@@ -102,29 +119,32 @@ def test_416_for_exactly_the_bytes_held_means_complete(server, body, tmp_path):
 
 def test_404_is_one_request_and_leaves_nothing(server, tmp_path):
     server.script([A.status(404)])
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.HTTPStatusError) as info:   # a retry would first sleep ALTERNATIVE
         get(server, tmp_path, retries=10, retry_delay=ALTERNATIVE,
             retry_max_delay=ALTERNATIVE, retry_jitter=False)
-    assert info.value.status == 404 and time.monotonic() - started < ALTERNATIVE / 2
+    assert info.value.status == 404 and timing.now() - started < ALTERNATIVE / 2
     assert len(server.requests) == 1
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_retry_after_is_honoured(server, body, tmp_path):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_retry_after_is_honoured(server, body, tmp_path, clock):
     server.script([A.status(503, {"Retry-After": "1"}), A.normal()])
     result, target = get(server, tmp_path)
     first, second = server.requests
     assert second.time - first.time >= 0.95
+    if clock == "virtual":   # the Retry-After and nothing else (no jitter on it)
+        assert second.time - first.time <= 1.0 + QUICK["retry_max_delay"], second.time - first.time
     assert target.read_bytes() == body and result.history[0].error == "HTTPStatusError"
 
 
 def test_retry_after_never_sleeps_past_max_time(server, tmp_path):
     server.script([A.status(503, {"Retry-After": "100"})])
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.HTTPStatusError) as info:   # sleeping would end in DeadlineExceeded
         get(server, tmp_path, max_time=ALTERNATIVE)
-    assert time.monotonic() - started < ALTERNATIVE / 2
+    assert timing.now() - started < ALTERNATIVE / 2
     assert "max_time" in str(info.value) and len(server.requests) == 1
 
 
@@ -136,16 +156,20 @@ def test_one_budget_over_every_reconnect(server, tmp_path):
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_max_time_bounds_a_server_that_stalls_forever(server, tmp_path):
+@pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def test_max_time_bounds_a_server_that_stalls_forever(server, tmp_path, clock):
     server.script([A.stall(at=1000)])
     options = dict(retries=1000, idle_timeout=0.2, speed_limit=0, max_time=1.5)
-    started = time.monotonic()
+    started = timing.now()
     with pytest.raises(E.FetchTimeout):
         get(server, tmp_path, **options)
     # The job stops at max_time (a backoff that would cross it fails at once), and every
     # attempt lasts at least idle_timeout, so at most max_time / idle_timeout + 1 attempts
     # fit; ignoring max_time would make all 1001 (or hit the test timeout).
-    assert time.monotonic() - started >= options["max_time"] - QUICK["retry_max_delay"]
+    elapsed = timing.now() - started
+    assert elapsed >= options["max_time"] - QUICK["retry_max_delay"]
+    if clock == "virtual":
+        assert elapsed < options["max_time"] + 1e-6, elapsed
     assert len(server.requests) <= options["max_time"] / options["idle_timeout"] + 1
 
 

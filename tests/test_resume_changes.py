@@ -1,5 +1,7 @@
 """What a resume does when the server's object changed under it, over real sockets (the
-in-repo fault server): the verdicts of judge.py carried out end to end. Issue 23."""
+in-repo fault server): the verdicts of judge.py carried out end to end. Issue 23.
+
+On the virtual clock (tests/vclock.py), like every resume test."""
 from __future__ import annotations
 
 import email.utils
@@ -15,6 +17,19 @@ from rawfetch import errors as E
 from tests.faultserver import actions as A, make_body
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
+    with its real-clock twin."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
 
 QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 SIZE = 1 << 20

@@ -9,20 +9,19 @@ import base64
 import os
 import socket
 import threading
-import time
 from typing import Iterator, List
 
 import pytest
 
 import rawfetch
-from rawfetch import errors as E
+from rawfetch import errors as E, timing
 from rawfetch.http11 import build_request
 from rawfetch.url import parse_url
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.timing_options import QUICK, STEP, TICK, quick
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = dict(idle_timeout=2.0, connect_timeout=2.0, dns_timeout=2.0)
 # Upper time bounds: whatever would end the wait if the behaviour under test failed (a
 # retry's backoff, a slow answer) is made ALTERNATIVE seconds long, and the test asserts
 # an elapsed time under ALTERNATIVE / 2.
@@ -31,7 +30,7 @@ BODY = make_body(100000, seed=7)
 
 
 def fetch(url: str, method: str = "GET", **options) -> bytes:
-    with rawfetch.request(method, url, **{**FAST, **options}) as response:
+    with rawfetch.request(method, url, **quick(**options)) as response:
         return response.read()
 
 
@@ -76,7 +75,7 @@ def test_controls_refused_before_any_connection(sentinel, place, char):
     method = args.pop("method", "GET")
     url = args.pop("url")
     with pytest.raises(E.InvalidRequest) as info:
-        rawfetch.request(method, url, **FAST, **args)
+        rawfetch.request(method, url, **QUICK, **args)
     assert info.value.exit_code == 3 and not info.value.retryable
     assert sentinel.connection_count == 0
 
@@ -102,7 +101,7 @@ def test_other_invalid_requests_refused_before_any_connection(sentinel, kwargs):
     method = kwargs.pop("method", "GET")
     url = kwargs.pop("url", sentinel.url("/a"))
     with pytest.raises(E.InvalidRequest):
-        rawfetch.request(method, url, **FAST, **kwargs)
+        rawfetch.request(method, url, **QUICK, **kwargs)
     assert sentinel.connection_count == 0
 
 
@@ -228,7 +227,7 @@ def test_credentials_dropped_for_another_origin_and_not_restored(server, make_se
     server.script([A.redirect(302, away)], path="/start")
     assert fetch(server.url("/start"), headers=dict(CREDENTIALS, **{"X-Keep": "1"})) == body
     log = sorted(server.requests + (other.requests if other is not server else []),
-                 key=lambda r: r.time)
+                 key=lambda r: r.seq)   # the order the servers saw them
     assert [r.target for r in log] == ["/start", "/img" if other is not server else "/away",
                                        "/img?home"]
     assert _credentials(log[0]) == ["authorization", "cookie", "proxy-authorization"]
@@ -297,27 +296,28 @@ def test_location_with_controls_is_refused(server, make_server, location, error)
     assert other.connection_count == 0
 
 
-def test_redirect_chain_runs_under_max_time(server):
+def test_redirect_chain_runs_under_max_time(vclock, server):
     """Three redirects of 0.3 s each, then one answered only after ALTERNATIVE seconds:
-    max_time=1.0 must cut the chain in the middle of that wait."""
+    max_time=1.0 must cut the chain in the middle of that wait (virtual seconds: the
+    server's waits are on the test's clock too)."""
     release = threading.Event()
 
     def slow_redirect(request) -> bytes:
         if len(server.requests) > 3:
-            release.wait(ALTERNATIVE)
+            timing.wait(release, ALTERNATIVE)
         else:
-            time.sleep(0.3)
+            timing.sleep(0.3)
         return _raw_redirect(b"/loop")
 
     server.script([A.raw(slow_redirect)])
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     try:
         with pytest.raises(E.DeadlineExceeded):   # idle_timeout would be an IdleTimeout
             fetch(server.url("/loop"), max_time=1.0, max_redirs=50, idle_timeout=ALTERNATIVE)
-        elapsed = time.monotonic() - started
+        elapsed = watch.stop()
     finally:
         release.set()
-    assert 0.95 <= elapsed < ALTERNATIVE / 2, elapsed
+    assert 1.0 - TICK <= elapsed < 1.0 + STEP < ALTERNATIVE / 2, elapsed
     assert 3 <= len(server.requests) <= 4
 
 
@@ -330,7 +330,7 @@ def test_download_never_takes_a_filename_from_the_server(server, body, tmp_path,
                                       "filename*=UTF-8''..%2F..%2Fevil2"}
     server.script([A.redirect(302, "/evil"), A.normal(headers=hostile)])
     target = work / "chosen.bin"
-    result = rawfetch.download(server.url("/img"), str(target), retries=0, **FAST)
+    result = rawfetch.download(server.url("/img"), str(target), retries=0, **QUICK)
     assert result.path == str(target) and result.bytes == len(body)
     assert [r.target for r in server.requests] == ["/img", "/evil"]
     assert server.requests[1].headers.get("authorization") is None
@@ -350,15 +350,15 @@ def _tls(make_server, mode: str) -> FaultServer:
 
 
 @pytest.mark.parametrize("mode", ["expired", "wrong_host", "untrusted"])
-def test_certificate_failure_is_never_retried_by_download(make_server, tmp_path, mode):
+def test_certificate_failure_is_never_retried_by_download(vclock, make_server, tmp_path, mode):
     srv = _tls(make_server, mode)
     path = tmp_path / "img"
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.CertificateError) as info:   # a retry would first sleep ALTERNATIVE
         rawfetch.download(srv.url("/img"), str(path), cafile=srv.ca_path, retries=5,
-                          retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
-                          retry_jitter=False, **FAST)
-    assert time.monotonic() - started < ALTERNATIVE / 2
+                          **quick(retry_delay=ALTERNATIVE, retry_max_delay=ALTERNATIVE,
+                                  retry_jitter=False))
+    assert watch.stop() < STEP < ALTERNATIVE / 2   # at once: no backoff before a retry
     assert (info.value.exit_code, info.value.retryable) == (60, False)
     assert srv.connection_count == 1 and srv.requests == []
     assert not os.listdir(str(tmp_path))
@@ -369,22 +369,24 @@ def test_handshake_failure_is_a_tls_error_and_not_retried(make_server, tmp_path,
     srv = _tls(make_server, mode)
     with pytest.raises(E.TLSHandshakeError) as info:
         rawfetch.download(srv.url("/img"), str(tmp_path / "img"), cafile=srv.ca_path,
-                          retries=5, retry_delay=0.01, **FAST)
+                          retries=5, **QUICK)
     assert (info.value.exit_code, info.value.retryable) == (35, False)
     assert srv.connection_count == 1 and srv.requests == []
     assert not os.listdir(str(tmp_path))
 
 
-def test_handshake_stall_is_bounded_at_download_level(make_server, tmp_path):
+def test_handshake_stall_is_bounded_at_download_level(vclock, make_server, tmp_path):
     srv = _tls(make_server, "ok")
     srv.script([A.tls_stall()])
     options = dict(retries=50, retry_delay=0.01, idle_timeout=0.3, max_time=1.0)
-    started = time.monotonic()
+    watch = vclock.stopwatch()
     with pytest.raises(E.FetchTimeout) as info:
         rawfetch.download(srv.url("/img"), str(tmp_path / "img"), cafile=srv.ca_path,
                           **options)
     # Without max_time the 51 attempts of idle_timeout each would take 15 s or more.
-    assert time.monotonic() - started < (options["retries"] + 1) * options["idle_timeout"] / 2
+    elapsed = watch.stop()
+    unbounded = (options["retries"] + 1) * options["idle_timeout"]
+    assert options["max_time"] - TICK <= elapsed < options["max_time"] + STEP < unbounded / 2
     assert info.value.exit_code == 28 and srv.requests == []
     # Idle timeouts are retried, within max_time: each attempt lasts idle_timeout.
     assert 2 <= srv.connection_count <= options["max_time"] / options["idle_timeout"] + 1

@@ -1,5 +1,8 @@
 """Seeded fault storms: every success byte-exact, every failure leaves no final file, and
-on a Range-honouring server the bytes fetched stay close to the file size."""
+on a Range-honouring server the bytes fetched stay close to the file size.
+
+On the virtual clock (tests/vclock.py): the storm's stalls and backoffs take no real
+time."""
 from __future__ import annotations
 
 import random
@@ -11,6 +14,19 @@ from rawfetch import errors as E
 from tests.faultserver import FaultServer, actions as A, make_body
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def clock():
+    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
+    with its real-clock twin."""
+    return "virtual"
+
+
+@pytest.fixture(autouse=True)
+def _on_clock(clock, request):
+    if clock == "virtual":
+        request.getfixturevalue("vclock")
 SIZE = 256 * 1024
 SEEDS = range(40)
 OPTIONS = dict(retries=25, retry_delay=0.001, retry_max_delay=0.01, idle_timeout=0.2,

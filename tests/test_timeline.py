@@ -13,7 +13,9 @@ from typing import List, Set, Tuple
 import pytest
 
 from rawfetch import timeline as T
-from tests.faultserver import actions as A
+from tests.conftest import BODY_SIZE
+from tests.inprocess import run_main
+from tests.faultserver import FaultServer, actions as A, make_body
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,35 +121,44 @@ def test_cluster_marks_counts_a_stall_at_the_same_offset():
 
 
 # ---------------------------------------------------------------- the command, for real
+def draw(*args: str):
+    """`python -m rawfetch.timeline ARGS` in this process (tests/inprocess.py): the same
+    main(), exit code and output, without importing matplotlib again per picture."""
+    return run_main(T.main, *args)
+
+
 def command(*args: str, python: Tuple[str, ...] = (sys.executable,)):
     return subprocess.run(list(python) + ["-m", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT),
                           timeout=100)
 
 
-@pytest.fixture
-def faulty_log(make_server, body, tmp_path) -> str:
-    """--log-json of a real download: a mirror that resets then 404s, then a master
+@pytest.fixture(scope="module")
+def faulty_log(tmp_path_factory) -> str:
+    """--log-json of a real download (the command in its own process, on the real clock),
+    made once for the module's readers: a mirror that resets then 404s, then a master
     that is busy (503), stalls and cuts, before it completes."""
-    mirror, master = make_server(), make_server()
-    for server in (mirror, master):
-        server.add("/img", body, etag='"v1"')
-    mirror.script([A.rst(at=len(body) // 8), A.status(404)])
-    master.script([A.status(503, {"Retry-After": "0"}), A.stall(at=len(body) // 5),
-                   A.fin(at=len(body) // 3), A.normal()])
-    log = str(tmp_path / "events.jsonl")
-    proc = command("rawfetch", mirror.url("/img"), master.url("/img"), "-o",
-                   str(tmp_path / "img"), "--log-json", log, "--idle-timeout", "0.3",
-                   "--retry-delay", "0.05", "--retry-max-delay", "0.2", "-q")
+    body = make_body(BODY_SIZE, seed=1)
+    folder = tmp_path_factory.mktemp("faulty")
+    with FaultServer() as mirror, FaultServer() as master:
+        for server in (mirror, master):
+            server.add("/img", body, etag='"v1"')
+        mirror.script([A.rst(at=len(body) // 8), A.status(404)])
+        master.script([A.status(503, {"Retry-After": "0"}), A.stall(at=len(body) // 5),
+                       A.fin(at=len(body) // 3), A.normal()])
+        log = str(folder / "events.jsonl")
+        proc = command("rawfetch", mirror.url("/img"), master.url("/img"), "-o",
+                       str(folder / "img"), "--log-json", log, "--idle-timeout", "0.3",
+                       "--retry-delay", "0.05", "--retry-max-delay", "0.2", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "img").read_bytes() == body
+    assert (folder / "img").read_bytes() == body
     return log
 
 
 @needs_matplotlib
 def test_png_of_a_real_faulty_download(faulty_log, tmp_path):
     picture = str(tmp_path / "timeline.png")
-    proc = command("rawfetch.timeline", faulty_log, "-o", picture)
+    proc = draw(faulty_log, "-o", picture)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().strip() == picture
     width, height, pixels = read_png(picture)
@@ -164,13 +175,13 @@ def test_png_of_a_real_faulty_download(faulty_log, tmp_path):
 @needs_matplotlib
 def test_svg_and_size_option(faulty_log, tmp_path):
     picture = str(tmp_path / "timeline.svg")
-    proc = command("rawfetch.timeline", faulty_log, "-o", picture, "--size", "640x320")
+    proc = draw(faulty_log, "-o", picture, "--size", "640x320")
     assert proc.returncode == 0, proc.stderr
     with open(picture, encoding="utf-8") as handle:
         text = handle.read()
     assert text.startswith("<?xml") and "<svg" in text and 'width="460.8pt"' in text
     png = str(tmp_path / "small.png")
-    assert command("rawfetch.timeline", faulty_log, "-o", png, "--size", "640x320"
+    assert draw(faulty_log, "-o", png, "--size", "640x320"
                    ).returncode == 0
     assert read_png(png)[:2] == (640, 320)
 
@@ -197,16 +208,16 @@ def test_without_matplotlib_exit_2_with_the_install_line(faulty_log, tmp_path):
 def test_bad_logs_fail_in_one_line(tmp_path, content, code, message):
     log = tmp_path / "events.jsonl"
     log.write_text(content)
-    proc = command("rawfetch.timeline", str(log), "-o", str(tmp_path / "t.png"))
+    proc = draw(str(log), "-o", str(tmp_path / "t.png"))
     err = proc.stderr.decode()
     assert proc.returncode == code and message in err and err.count("\n") == 1
 
 
 def test_missing_log_and_bad_arguments(tmp_path):
-    proc = command("rawfetch.timeline", str(tmp_path / "none.jsonl"), "-o", "t.png")
+    proc = draw(str(tmp_path / "none.jsonl"), "-o", "t.png")
     assert proc.returncode in (1, 2) and b"Traceback" not in proc.stderr
-    assert command("rawfetch.timeline", "x.jsonl").returncode == 2          # no -o
-    assert command("rawfetch.timeline", "x", "-o", "t.png", "--size", "big").returncode == 2
+    assert draw("x.jsonl").returncode == 2          # no -o
+    assert draw("x", "-o", "t.png", "--size", "big").returncode == 2
 
 
 # ---------------------------------------------------------------- PNG, by hand

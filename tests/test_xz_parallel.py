@@ -32,6 +32,10 @@ IMAGE = make_body(3 << 20, seed=25) + bytes(1 << 20) + b"text line\n" * 50000
 BLOCK = 256 << 10
 MULTI = xz_blocks(IMAGE, BLOCK)
 FEEDS = (1, 7, 4093, 65537, 1 << 20)   # input chunk sizes: header bytes split every way
+# Tiny feeds split every header and index byte just as well over four blocks as over
+# eighteen: a million 3-byte feeds of MULTI would only repeat the same splits.
+SHORT = IMAGE[:3 * BLOCK] + IMAGE[-BLOCK:]
+SHORT_MULTI = xz_blocks(SHORT, BLOCK)
 
 
 def sha(data: bytes) -> str:
@@ -63,10 +67,11 @@ def assert_refused(stream: bytes, want: bytes = IMAGE, threads: int = 3,
 
 @pytest.mark.parametrize("chunk", FEEDS)
 def test_multi_block_decodes_on_the_pool(chunk: int) -> None:
-    got, error, decoder = decode(MULTI, chunk=chunk if chunk > 1 else 3)
-    assert error is None and sha(got) == sha(IMAGE)
+    stream, image = (SHORT_MULTI, SHORT) if chunk < 4093 else (MULTI, IMAGE)
+    got, error, decoder = decode(stream, chunk=chunk if chunk > 1 else 3)
+    assert error is None and sha(got) == sha(image)
     assert isinstance(decoder, ParallelXzDecoder) and decoder.parallel_streams == 1
-    assert decoder.total_in == len(MULTI) and decoder.total_out == len(IMAGE)
+    assert decoder.total_in == len(stream) and decoder.total_out == len(image)
 
 
 def test_one_thread_and_no_sizes_keep_the_one_thread_path() -> None:
@@ -161,10 +166,15 @@ def pool_threads() -> int:
     return sum(t.name == "rawfetch-xz" for t in threading.enumerate())
 
 
+POOL_END_WAIT = 20.0   # s real; a pool thread ends after the block it decodes
+
+
 def wait_for_no_pool_threads() -> int:
-    deadline = time.monotonic() + 20   # a pool thread ends after the block it decodes
-    while pool_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """Join the pool's threads (their end is the signal), POOL_END_WAIT in all; how many
+    are left."""
+    deadline = time.monotonic() + POOL_END_WAIT
+    for thread in [t for t in threading.enumerate() if t.name == "rawfetch-xz"]:
+        thread.join(max(0.0, deadline - time.monotonic()))
     return pool_threads()
 
 
@@ -220,9 +230,10 @@ def test_download_with_a_cut_restarts_and_resumes_byte_exact(tmp_path: object) -
         assert result.attempts >= 2   # the cut did happen
 
 
-def test_a_failed_download_leaves_no_pool_thread(tmp_path: object) -> None:
+def test_a_failed_download_leaves_no_pool_thread(vclock: object, tmp_path: object) -> None:
     """max_time over a stall after two blocks went to the pool: DeadlineExceeded, no file,
-    and the pool's threads end (a long-running agent retrying must not gather threads)."""
+    and the pool's threads end (a long-running agent retrying must not gather threads).
+    The stall and max_time run on the virtual clock."""
     from rawfetch.errors import DeadlineExceeded
     assert wait_for_no_pool_threads() == 0
     with FaultServer() as srv:

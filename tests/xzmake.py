@@ -4,6 +4,7 @@ raw LZMA2 pieces; the `xz` binary is not needed. `lie` edits one block header's 
 (with a valid header CRC32), so a decoder must notice the data disagrees."""
 from __future__ import annotations
 
+import functools
 import lzma
 import struct
 import zlib
@@ -34,6 +35,14 @@ def block_header(compressed: Optional[int], uncompressed: Optional[int]) -> byte
     return raw + struct.pack("<I", zlib.crc32(raw))
 
 
+@functools.lru_cache(maxsize=64)
+def lzma2(chunk: bytes) -> bytes:
+    """One block's raw LZMA2 data. Cached: the tests cut the same image into the same
+    blocks again and again (with and without sizes, with lying headers)."""
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 0, "dict_size": DICT}]
+    return lzma.compress(chunk, format=lzma.FORMAT_RAW, filters=filters)
+
+
 def xz_blocks(data: bytes, block_size: Union[int, Sequence[int]], sizes: bool = True,
               lie: Optional[Dict[int, Tuple[int, int]]] = None) -> bytes:
     """One stream of `data` in blocks of `block_size` (or of these sizes, the last one
@@ -43,12 +52,11 @@ def xz_blocks(data: bytes, block_size: Union[int, Sequence[int]], sizes: bool = 
     while at < len(data):
         starts.append(at)
         at += plan[min(len(starts) - 1, len(plan) - 1)]
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 0, "dict_size": DICT}]
     out = bytearray(MAGIC + FLAGS_CRC32 + struct.pack("<I", zlib.crc32(FLAGS_CRC32)))
     records: List[Tuple[int, int]] = []
     for number, start in enumerate(starts):
         chunk = data[start:(starts + [len(data)])[number + 1]]
-        packed = lzma.compress(chunk, format=lzma.FORMAT_RAW, filters=filters)
+        packed = lzma2(chunk)
         dcomp, duncomp = (lie or {}).get(number, (0, 0))
         header = block_header(len(packed) + dcomp if sizes else None,
                               len(chunk) + duncomp if sizes else None)

@@ -41,6 +41,7 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import rawfetch  # noqa: E402
+from rawfetch import timing  # noqa: E402
 from rawfetch.cliopts import rate as parse_rate, size as parse_size  # noqa: E402
 from tests.faultserver import FaultServer, actions as A, make_body  # noqa: E402
 
@@ -190,15 +191,24 @@ def _run_clients(features: FrozenSet[str], config: HerdConfig, origins: List[Fau
                 for i in range(config.clients)]
     released = [0.0]
     gate = threading.Barrier(config.clients + 1, timeout=GATE_TIMEOUT,
-                             action=lambda: released.__setitem__(0, time.monotonic()))
+                             action=lambda: released.__setitem__(0, timing.now()))
+
+    finished = [threading.Event() for _ in range(config.clients)]
 
     def node(index: int) -> None:
+        with timing.busy():   # under a test's virtual clock: a node from its first step
+            try:
+                _node(index)
+            finally:
+                finished[index].set()
+
+    def _node(index: int) -> None:
         outcome = outcomes[index]
         options = client_options(features, config, index, proxy)
         gate.wait()
         try:
             result = rawfetch.download(urls[0], outcome.path, urls=urls[1:], **options)
-            outcome.seconds = time.monotonic() - released[0]
+            outcome.seconds = timing.now() - released[0]
             outcome.mirror = urls.index(result.segments[0].url) if result.segments else -1
         except rawfetch.FetchError as exc:
             outcome.error = "exit %d: %s" % (exc.exit_code, exc)
@@ -210,7 +220,8 @@ def _run_clients(features: FrozenSet[str], config: HerdConfig, origins: List[Fau
     for thread in threads:
         thread.start()
     gate.wait()
-    for thread in threads:
+    for thread, done in zip(threads, finished):
+        timing.wait(done, None)   # on the clock: a virtual one keeps moving meanwhile
         thread.join()
     return outcomes
 

@@ -11,6 +11,11 @@ Typical use::
         assert srv.requests[1].range == "bytes=1000-"
 
 Only the standard library is needed unless a TLS mode is used (trustme).
+
+Every wait of the servers (delays, stalls, trickle gaps, holds, lingers, request and
+handshake timeouts) goes through rawfetch.timing (clocked.py), and records are stamped
+with timing.now(): under the suite's virtual clock (tests/vclock.py) they cost no real
+time; otherwise (the standalone server, demo.py, the real-clock tiers) they are real.
 """
 from __future__ import annotations
 

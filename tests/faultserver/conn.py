@@ -1,34 +1,38 @@
 """One connection: read the request head, run the scripted action.
 
-Every blocking socket call uses a short timeout and re-checks the server's
-stop flag, and stop() also shuts the sockets down, so stalls, silences and
-trickles end within a fraction of a second when the server stops.
+The socket is non-blocking and every wait (for bytes, for room to send, a
+delay, a stall, a trickle's gap, the linger after FIN) is a timing.poll() that
+also watches the server's Waker (clocked.py): on the virtual clock a 30 s
+stall takes no real time, and stop() ends any wait at once on either clock.
 """
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import struct
 import sys
-import time
 import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Deque, List, Optional, Union
 
+from rawfetch import timing
+
 from . import respond
 from .actions import Action, Raw, Replace, Serve, Status, TlsStall, normal
+from .clocked import Stopped, await_fd
 from .model import Disconnect, Request, Resource, default_etag, later_date
 from .tls import PROTOCOL_VERSION_ALERT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import FaultServer
 
-POLL = 0.1
-MAX_HEAD = 64 * 1024
-REQUEST_TIMEOUT = 30.0
-HANDSHAKE_TIMEOUT = 10.0
-LINGER_DRAIN = 1.0
-SEND_PIECE = 256 * 1024
+POLL = 0.1                 # s; the acceptor's back-off after e.g. EMFILE
+MAX_HEAD = 64 * 1024       # request head cap (nginx's large_client_header_buffers order)
+REQUEST_TIMEOUT = 30.0     # s; a client that never finishes its head is dropped
+HANDSHAKE_TIMEOUT = 10.0   # s; likewise a TLS handshake
+LINGER_DRAIN = 1.0         # s; after FIN, read the client's leftovers so close() sends no RST
+SEND_PIECE = 256 * 1024    # bytes per send(): `sent` counts payload as it leaves
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
@@ -37,8 +41,7 @@ class _ClientGone(Exception):
     """The peer closed or reset the connection."""
 
 
-class _Stopped(Exception):
-    """The server is stopping."""
+_Stopped = Stopped
 
 
 class _Finished(Exception):
@@ -61,6 +64,10 @@ class Handler:
         self.sent = 0
         self.tls_active = False
         self.admitted = False
+        self._fd = sock.fileno()
+        self._poller = srv._waker.poller()
+        self._poller.register(self._fd, 0)
+        self._napper = srv._waker.poller()
 
     # ---- lifecycle -------------------------------------------------------
     def run(self) -> None:
@@ -84,7 +91,7 @@ class Handler:
             self.srv._opened(-1)
             if self.admitted:
                 self.srv._release()
-        self.srv._record(Disconnect(time.monotonic(), self.index, kind,
+        self.srv._record(Disconnect(timing.now(), self.index, kind,
                                     self.sent, detail))
 
     def _run(self) -> str:
@@ -122,6 +129,15 @@ class Handler:
     def _stopping(self) -> bool:
         return self.srv._stopping.is_set()
 
+    def _await(self, events: int, deadline: Optional[float]) -> bool:
+        """Until the socket is ready for `events` (True) or `deadline` (False)."""
+        return await_fd(self.srv._waker, self._poller, self._fd, events, deadline)
+
+    def _await_tls(self, exc: Exception, deadline: Optional[float]) -> bool:
+        """Wait for what a non-blocking (TLS) call said it needs."""
+        wants_write = isinstance(exc, ssl.SSLWantWriteError)
+        return self._await(select.POLLOUT if wants_write else select.POLLIN, deadline)
+
     # ---- TLS -------------------------------------------------------------
     def _handshake(self) -> None:
         """Wrap and handshake if this is a TLS server; failures end quietly."""
@@ -129,7 +145,7 @@ class Handler:
         if setup is None:
             return
         if setup.alert_only:
-            self._recv_some(time.monotonic() + HANDSHAKE_TIMEOUT)
+            self._recv_some(timing.now() + HANDSHAKE_TIMEOUT)
             self._send(PROTOCOL_VERSION_ALERT, payload=False)
             self._close_fin()
             raise _Finished("tls_error", "TLS 1.0 only (alert sent)")
@@ -138,16 +154,14 @@ class Handler:
         self.sock = setup.context.wrap_socket(
             self.sock, server_side=True, do_handshake_on_connect=False)
         self.srv._track(self.index, self.sock)
-        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        deadline = timing.now() + HANDSHAKE_TIMEOUT
         while True:
             try:
                 self.sock.do_handshake()  # type: ignore[union-attr]
                 self.tls_active = True
                 return
-            except socket.timeout:
-                if self._stopping():
-                    raise _Stopped()
-                if time.monotonic() > deadline:
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if not self._await_tls(exc, deadline):
                     raise _Finished("tls_error", "handshake timeout")
             except (ssl.SSLError, OSError) as exc:
                 if self._stopping():
@@ -162,8 +176,12 @@ class Handler:
                 raise _Stopped()
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, ssl.SSLWantReadError):
-                if time.monotonic() > deadline:
+            except BlockingIOError:
+                if not self._await(select.POLLIN, deadline):
+                    raise _Finished("request_timeout")
+                continue
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if not self._await_tls(exc, deadline):
                     raise _Finished("request_timeout")
                 continue
             except OSError:
@@ -175,7 +193,7 @@ class Handler:
     def _read_request(self) -> Request:
         """Read up to the blank line (bounded) and parse the head."""
         buf = bytearray()
-        deadline = time.monotonic() + REQUEST_TIMEOUT
+        deadline = timing.now() + REQUEST_TIMEOUT
         while True:
             end = _head_end(buf)
             if end:
@@ -213,7 +231,11 @@ class Handler:
                 raise _Stopped()
             try:
                 n = self.sock.send(view[off:off + SEND_PIECE])
-            except (socket.timeout, ssl.SSLWantWriteError):
+            except BlockingIOError:
+                self._await(select.POLLOUT, None)
+                continue
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                self._await_tls(exc, None)
                 continue
             except OSError:
                 raise _ClientGone()
@@ -240,27 +262,27 @@ class Handler:
 
     def _wait(self, seconds: float) -> None:
         """Sleep that the server's stop interrupts."""
-        if seconds > 0 and self.srv._stopping.wait(seconds):
-            raise _Stopped()
+        if seconds > 0:
+            self.srv._waker.nap(self._napper, seconds)
 
     def _hold(self, seconds: Optional[float]) -> None:
         """Stay silent; return when time is up, raise on stop or peer close."""
-        deadline = None if seconds is None else time.monotonic() + seconds
+        deadline = None if seconds is None else timing.now() + seconds
         while True:
             if self._stopping():
                 raise _Stopped()
-            left = POLL if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.sock.settimeout(min(POLL, left))
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, ssl.SSLWantReadError):
+            except BlockingIOError:
+                if not self._await(select.POLLIN, deadline):
+                    return
+                continue
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if not self._await_tls(exc, deadline):
+                    return
                 continue
             except OSError:
                 raise _ClientGone()
-            finally:
-                self.sock.settimeout(POLL)
             if not data:
                 raise _Stopped() if self._stopping() else _ClientGone()
 
@@ -365,16 +387,19 @@ class Handler:
             socket.socket.shutdown(self.sock, socket.SHUT_WR)
         except OSError:
             return "fin"
-        deadline = time.monotonic() + LINGER_DRAIN
-        self.sock.settimeout(POLL)
-        while time.monotonic() < deadline and not self._stopping():
-            try:
-                if not socket.socket.recv(self.sock, 65536):
+        deadline = timing.now() + LINGER_DRAIN
+        try:
+            while True:
+                try:
+                    if not socket.socket.recv(self.sock, 65536):
+                        break
+                except BlockingIOError:
+                    if not self._await(select.POLLIN, deadline):
+                        break
+                except OSError:  # reset or gone: nothing left to drain
                     break
-            except socket.timeout:
-                continue
-            except OSError:
-                break
+        except _Stopped:
+            pass
         self.sock.close()
         return "fin"
 
@@ -421,5 +446,5 @@ def parse_head(raw: bytes, conn: int) -> Optional[Request]:
         if not sep or not name.strip() or name != name.strip():
             return None
         headers[name.lower()] = value.strip()
-    return Request(time.monotonic(), conn, parts[0], parts[1], parts[2],
+    return Request(timing.now(), conn, parts[0], parts[1], parts[2],
                    headers, raw, headers.get("range"), headers.get("if-range"))

@@ -7,17 +7,20 @@ without touching the system resolver.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from rawfetch import timing
+
+from .clocked import Changes, Stopped, Waker, idle_poll, start_thread
 
 QTYPES = {"A": 1, "AAAA": 28}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
 RCODE_NOERROR, RCODE_SERVFAIL, RCODE_NXDOMAIN = 0, 2, 3
-POLL = 0.1
 TTL = 60
 
 __all__ = ["DNSResponder", "DnsAction", "dns_query", "dns_answer",
@@ -105,10 +108,12 @@ class DNSResponder:
         self._used = 0
         self._queries: List[Tuple[float, str, str]] = []
         self._cond = threading.Condition()
-        self._stopping = threading.Event()
+        self._changes = Changes(self._cond)
+        self._waker = Waker()
+        self._stopping = self._waker.stopping
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
-        self._timers: List[threading.Timer] = []
+        self._timers: List[threading.Thread] = []   # delayed answers
 
     def set(self, name: str, addresses: Sequence[str]) -> None:
         """Add or replace the addresses for `name`."""
@@ -132,40 +137,40 @@ class DNSResponder:
 
     @property
     def queries(self) -> List[Tuple[float, str, str]]:
-        """Snapshot of (time.monotonic(), name, qtype) for every query."""
+        """Snapshot of (timing.now(), name, qtype) for every query."""
         with self._cond:
             return list(self._queries)
 
     def wait_queries(self, n: int, timeout: float = 5.0) -> bool:
         """Block until `n` queries arrived; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self._queries) >= n,
-                                       timeout)
+        return self._changes.wait_for(lambda: len(self._queries) >= n, timeout)
 
     def start(self) -> "DNSResponder":
         """Bind the UDP socket and serve in a background thread."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((self.host, self._want_port))
-        sock.settimeout(POLL)
+        sock.setblocking(False)
+        self._waker.open()
         self._sock = sock
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name="faultserver-dns")
-        self._thread.start()
+        self._thread = start_thread(self._loop, name="faultserver-dns",
+                                    long_lived=True)
         return self
 
     def stop(self) -> None:
         """Stop serving, cancel delayed answers, close the socket."""
         if self._sock is None or self._stopping.is_set():
             return
-        self._stopping.set()
+        self._waker.stop()      # ends the loop and every delayed answer's wait
         with self._cond:
-            timers = list(self._timers)
-        for timer in timers:
-            timer.cancel()
+            threads = list(self._timers)
         if self._thread is not None:
-            self._thread.join(1.0)
+            threads.append(self._thread)
+        for thread in threads:
+            thread.join(1.0)
         self._sock.close()
+        if not any(thread.is_alive() for thread in threads):
+            self._waker.close()
 
     def __enter__(self) -> "DNSResponder":
         return self.start()
@@ -176,10 +181,13 @@ class DNSResponder:
     def _loop(self) -> None:
         """Receive queries until stopped; malformed packets are ignored."""
         assert self._sock is not None
+        poller = self._waker.poller()
+        poller.register(self._sock.fileno(), select.POLLIN)
         while not self._stopping.is_set():
             try:
                 msg, addr = self._sock.recvfrom(4096)
-            except socket.timeout:
+            except BlockingIOError:
+                idle_poll(poller)   # a query, or the waker on stop
                 continue
             except OSError:
                 if self._stopping.is_set():
@@ -198,23 +206,31 @@ class DNSResponder:
         name, off = _read_name(msg, 12)
         qtype, _qclass = struct.unpack("!HH", msg[off:off + 4])
         with self._cond:
-            self._queries.append((time.monotonic(), _norm(name),
+            self._queries.append((timing.now(), _norm(name),
                                   QTYPE_NAMES.get(qtype, "TYPE%d" % qtype)))
             act = self._actions[min(self._used, len(self._actions) - 1)]
             self._used += 1
             self._cond.notify_all()
+            self._changes.notify_locked()
         if act.kind == "drop":
             return
         reply = self._reply(qid, flags, msg[12:off + 4], _norm(name), qtype,
                             act.kind)
         if act.delay > 0:
-            timer = threading.Timer(act.delay, self._send, (reply, addr))
-            timer.daemon = True
+            timer = start_thread(self._send_later, act.delay, reply, addr,
+                                 name="faultserver-dns-later")
             with self._cond:
-                self._timers.append(timer)
-            timer.start()
+                self._timers = [t for t in self._timers if t.is_alive()] + [timer]
         else:
             self._send(reply, addr)
+
+    def _send_later(self, delay: float, reply: bytes, addr: object) -> None:
+        """A slow answer: `delay` seconds on the clock, unless the responder stops."""
+        try:
+            self._waker.nap(self._waker.poller(), delay)
+        except Stopped:
+            return
+        self._send(reply, addr)
 
     def _send(self, reply: bytes, addr: object) -> None:
         if self._sock is not None and not self._stopping.is_set():
@@ -292,19 +308,21 @@ def dns_query(server_host: str, server_port: int, name: str,
     msg = struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + \
         _encode_name(name) + struct.pack("!HH", code, 1)
     family = socket.AF_INET6 if ":" in server_host else socket.AF_INET
-    deadline = time.monotonic() + timeout
+    deadline = timing.now() + timeout
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((server_host, server_port))
+        sock.setblocking(False)
         sock.send(msg)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            left = deadline - timing.now()
+            if left <= 0 or not timing.poll(poller, left):
                 raise socket.timeout("DNS query for %s timed out" % name)
-            sock.settimeout(left)
             try:
                 data = sock.recv(4096)
-            except socket.timeout:
-                raise socket.timeout("DNS query for %s timed out" % name)
+            except BlockingIOError:
+                continue
             try:
                 result = _parse_reply(data, qid, code, name)
             except (ValueError, IndexError, struct.error):

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Dict, Optional
 
 DEFAULT_LAST_MODIFIED = "Thu, 01 Jan 2026 00:00:00 GMT"
+# Records of every server in this process, in the order they happened: on the virtual
+# clock several share a time stamp, and this orders them.
+_SEQUENCE = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class Request:
     raw_head: bytes
     range: Optional[str]
     if_range: Optional[str]
+    seq: int = field(default_factory=lambda: next(_SEQUENCE), compare=False)
 
     @property
     def path(self) -> str:
@@ -43,6 +48,7 @@ class Disconnect:
     kind: str
     body_bytes_sent: int
     detail: str = ""
+    seq: int = field(default_factory=lambda: next(_SEQUENCE), compare=False)
 
 
 @dataclass(frozen=True)

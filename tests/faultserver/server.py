@@ -7,18 +7,20 @@ every connection ended so tests can assert on what the client did.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
 from typing import (Any, Callable, Dict, List, Optional, Sequence, Union)
 
 from .actions import ACTION_TYPES, Action, normal
+from .clocked import Changes, Stopped, Waker, idle_poll, start_thread
 from .conn import POLL, Handler
 from .model import (DEFAULT_LAST_MODIFIED, Disconnect, Request, Resource,
                     default_etag, target_path)
 
 _DEFAULT: Any = object()
-STOP_JOIN = 1.0
+STOP_JOIN = 1.0   # s real; stop() waits this long for the connection threads
 Record = Union[Request, Disconnect]
 
 
@@ -71,7 +73,9 @@ class FaultServer:
         self._want_port = port
         self._log = log
         self._lock = threading.Condition()
-        self._stopping = threading.Event()
+        self._changes = Changes(self._lock)
+        self._waker = Waker()
+        self._stopping = self._waker.stopping
         self._resources: Dict[str, Resource] = {}
         self._script = _Script([normal()])
         self._path_scripts: Dict[str, _Script] = {}
@@ -128,33 +132,29 @@ class FaultServer:
             self._tls = tls_mod.build(self.tls)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         lsock = socket.socket(family, socket.SOCK_STREAM)
+        self._waker.open()
         try:
             if os.name != "nt":
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsock.bind((self.host, self._want_port))
             lsock.listen(self.backlog)
-            lsock.settimeout(POLL)
+            lsock.setblocking(False)
         except OSError:
             lsock.close()
+            self._waker.close()
             self._cleanup_tls()
             raise
         self._listener = lsock
         self._started = True
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name="faultserver-accept", daemon=True)
-        self._acceptor.start()
+        self._acceptor = start_thread(self._accept_loop, name="faultserver-accept",
+                                     long_lived=True)
         return self
 
     def stop(self) -> None:
         """Stop accepting, end every connection, clean up; returns in ~1 s."""
         if not self._started or self._stopping.is_set():
             return
-        self._stopping.set()
-        if self._listener is not None:
-            try:  # wakes a blocked accept() at once on Linux
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # elsewhere the accept poll notices within POLL
+        self._waker.stop()    # every wait of every server thread ends now
         if self._acceptor is not None:
             self._acceptor.join(STOP_JOIN)
         if self._listener is not None:
@@ -167,13 +167,15 @@ class FaultServer:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
-        deadline = time.monotonic() + STOP_JOIN
+        deadline = time.monotonic() + STOP_JOIN   # real: threads end in real time
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             leftovers = list(self._socks.values())
         for sock in leftovers:  # a wedged handler must not leak its socket
             sock.close()
+        if not any(thread.is_alive() for thread in threads):
+            self._waker.close()   # else a wedged thread may still poll it: leave it
         self._cleanup_tls()
 
     def __enter__(self) -> "FaultServer":
@@ -230,36 +232,40 @@ class FaultServer:
             return self._count
 
     def wait_requests(self, n: int, timeout: float = 5.0) -> bool:
-        """Block until at least `n` requests were logged; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: len(self._requests) >= n,
-                                       timeout)
+        """Block until at least `n` requests were logged; False on timeout (seconds
+        of the installed clock: virtual under the vclock fixture)."""
+        return self._changes.wait_for(lambda: len(self._requests) >= n, timeout)
 
     def wait_disconnects(self, n: int, timeout: float = 5.0) -> bool:
         """Block until at least `n` connections have ended; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: len(self._disconnects) >= n,
-                                       timeout)
+        return self._changes.wait_for(lambda: len(self._disconnects) >= n, timeout)
 
     # ---- internals used by conn.Handler ----------------------------------
     def _accept_loop(self) -> None:
         """Accept until stopped; each connection gets the next action."""
         assert self._listener is not None
+        poller = self._waker.poller()
+        poller.register(self._listener.fileno(), select.POLLIN)
+        napper = self._waker.poller()
         while not self._stopping.is_set():
             try:
                 sock, _addr = self._listener.accept()
-            except socket.timeout:
+            except BlockingIOError:
+                idle_poll(poller)   # a connection, or the waker on stop
                 continue
             except OSError:
                 if self._stopping.is_set():
                     return
-                time.sleep(POLL)  # e.g. EMFILE: back off, don't spin
+                try:
+                    self._waker.nap(napper, POLL)  # e.g. EMFILE: back off, don't spin
+                except Stopped:
+                    return
                 continue
             self._spawn(sock)
 
     def _spawn(self, sock: socket.socket) -> None:
         """Register the connection and start its handler thread."""
-        sock.settimeout(POLL)
+        sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -271,10 +277,9 @@ class FaultServer:
             self._socks[index] = sock
             self._threads = [t for t in self._threads if t.is_alive()]
             handler = Handler(self, index, sock, action)
-            thread = threading.Thread(target=handler.run, daemon=True,
-                                      name="faultserver-conn-%d" % index)
+        thread = start_thread(handler.run, name="faultserver-conn-%d" % index)
+        with self._lock:
             self._threads.append(thread)
-        thread.start()
 
     def _admit(self) -> bool:
         """Take a serving slot, or count a busy answer when all max_inflight are taken."""
@@ -321,6 +326,7 @@ class FaultServer:
             else:
                 self._disconnects.append(rec)
             self._lock.notify_all()
+            self._changes.notify_locked()
         if self._log is not None:
             self._log(rec)
 
