@@ -12,6 +12,7 @@ import rawfetch
 from rawfetch import errors as E
 from rawfetch import timing
 from tests.faultserver import actions as A
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,7 +29,8 @@ def _on_clock(clock, request):
     if clock == "virtual":
         request.getfixturevalue("vclock")
 
-FAST = dict(idle_timeout=2.0, connect_timeout=2.0, dns_timeout=2.0)
+# the shared bounded waits, without QUICK's short backoff: engine tests keep the default retry
+FAST = {name: QUICK[name] for name in ("idle_timeout", "connect_timeout", "dns_timeout")}
 # Upper time bounds: the bound under test is small, and whatever would end the wait if it
 # failed (another timeout, the server giving up) is made ALTERNATIVE seconds long; the
 # test then asserts an elapsed time under ALTERNATIVE / 2 and, where it differs, the

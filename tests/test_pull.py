@@ -13,10 +13,10 @@ from rawfetch.options import Options
 from rawfetch.pipeline import MODES, choose_mode
 from rawfetch.resume import Stream
 from tests.faultserver import actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 CUT = 400000
 
 

@@ -15,13 +15,14 @@ from rawfetch import timing
 from rawfetch.mirrors import arrange
 from rawfetch.options import Options
 from tests.faultserver import FaultServer, actions as A, make_body
+from tests.timing_options import quick
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = 1 << 20
 BODY = make_body(SIZE, seed=21)
 DIGEST = hashlib.sha256(BODY).hexdigest()
 RATE = 512 * 1024                      # bytes/s: the 1 MiB body takes ~2 s
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=5)
+QUICK = quick(idle_timeout=5)   # the paced transfers here take seconds of (virtual) time
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import rawfetch
 from rawfetch import errors as E
 from rawfetch import timing
 from tests.faultserver import actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,7 +31,6 @@ def _on_clock(clock, request):
     if clock == "virtual":
         request.getfixturevalue("vclock")
 
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 SIZE = 1 << 20
 # Upper time bounds: whatever would end the wait if the behaviour under test failed (a
 # backoff sleep, max_time) is made ALTERNATIVE seconds long, and the test asserts an

@@ -15,6 +15,7 @@ import pytest
 import rawfetch
 from rawfetch import errors as E
 from tests.faultserver import actions as A, make_body
+from tests.timing_options import QUICK
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,7 +32,6 @@ def _on_clock(clock, request):
     if clock == "virtual":
         request.getfixturevalue("vclock")
 
-QUICK = dict(retry_delay=0.01, retry_max_delay=0.05, idle_timeout=2.0, connect_timeout=2.0)
 SIZE = 1 << 20
 
 
