@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, REPO, human, parse_size  # noqa: E402
 from harness import Harness, log  # noqa: E402
 from report import today, versions  # noqa: E402
-from scenarios import (footprint, pipeline, plain, prototypes, recovery, rss,  # noqa: E402
-                       sha256, storm, tls, xzparallel)
+from scenarios import (baseline, footprint, pipeline, plain, prototypes, recovery,  # noqa: E402
+                       rss, sha256, storm, tls, xzparallel)
 
 # Every scenario, in the order a full run takes them. Explicit: a name maps to a function.
 SCENARIOS: Dict[str, Callable[[Harness], None]] = {
@@ -45,6 +45,7 @@ SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "storm": storm.run,
     "recovery": recovery.run,
     "prototypes": prototypes.run,
+    "baseline": baseline.run,     # only with --baseline-tree: this tree against another
 }
 QUICK = {"size": "8M", "big_size": "32M", "reps": 1, "storm_reps": 1, "proto_reps": 1,
          "storm_every": "2M", "image_size": "4M"}
@@ -71,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rawfetch-tree", default=REPO, metavar="DIR",
                    help="measure the rawfetch/ package of this checkout (default: the one "
                    "bench/ is in), e.g. a clone of another branch")
+    p.add_argument("--baseline-tree", metavar="DIR",
+                   help="scenario baseline: the same commands from this checkout's rawfetch/ "
+                   "too, side by side in alternating rounds (e.g. the tree before a refactor)")
     p.add_argument("--only", help="comma list of: " + ",".join(SCENARIOS))
     p.add_argument("--skip", default="", help="comma list of scenarios to skip")
     p.add_argument("--out", help="markdown report (default docs/benchmarks.md; quick: none)")
@@ -91,6 +95,9 @@ def settle(args: argparse.Namespace) -> None:
     args.image_cache = os.path.abspath(args.image_cache)    # nginx follows symlinks to it
     if not os.path.isfile(os.path.join(args.rawfetch_tree, "rawfetch", "__init__.py")):
         raise SystemExit("bench: no rawfetch/ package in %s" % args.rawfetch_tree)
+    if args.baseline_tree and not os.path.isfile(
+            os.path.join(args.baseline_tree, "rawfetch", "__init__.py")):
+        raise SystemExit("bench: no rawfetch/ package in %s" % args.baseline_tree)
 
 
 def wanted(p: argparse.ArgumentParser, args: argparse.Namespace) -> List[str]:
