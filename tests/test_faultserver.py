@@ -434,8 +434,7 @@ def test_stop_is_quick_with_stalled_clients() -> None:
              for _ in range(4)]
     for sock in socks[:3]:
         sock.sendall(b"GET /img HTTP/1.1\r\n\r\n")
-    assert s.wait_requests(3)
-    time.sleep(0.1)
+    assert s.wait_requests(3) and s.wait_connections(4)   # every handler is in its wait
     s.stop()
     # Each handler records its disconnect as its last step, so all four had ended when
     # stop() returned, though two would wait forever and one sleeps through a 10 s gap.

@@ -236,6 +236,11 @@ class FaultServer:
         of the installed clock: virtual under the vclock fixture)."""
         return self._changes.wait_for(lambda: len(self._requests) >= n, timeout)
 
+    def wait_connections(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until at least `n` connections were accepted, each with its handler
+        running; False on timeout."""
+        return self._changes.wait_for(lambda: self._count >= n, timeout)
+
     def wait_disconnects(self, n: int, timeout: float = 5.0) -> bool:
         """Block until at least `n` connections have ended; False on timeout."""
         return self._changes.wait_for(lambda: len(self._disconnects) >= n, timeout)
@@ -280,6 +285,7 @@ class FaultServer:
         thread = start_thread(handler.run, name="faultserver-conn-%d" % index)
         with self._lock:
             self._threads.append(thread)
+            self._changes.notify_locked()   # wait_connections
 
     def _admit(self) -> bool:
         """Take a serving slot, or count a busy answer when all max_inflight are taken."""
