@@ -254,6 +254,35 @@ def test_each_enumeration_is_written_once():
     assert set(homes) <= found    # the check sees the definitions themselves
 
 
+CLOCK_CALLS = {("time", "monotonic"), ("time", "time"), ("time", "sleep"),
+               ("time", "perf_counter")}
+
+
+def direct_clock_uses(root: str = ROOT) -> Iterator[str]:
+    """`time.monotonic()`-style calls, `from time import ...` and `.poll(` on a poller
+    anywhere in rawfetch/ but timing.py: each would be a wait or a time read that the
+    virtual clock cannot see."""
+    for module, path in sorted(source_files(root).items()):
+        if module == PACKAGE + ".timing":
+            continue
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, ast.ImportFrom) and node.module == "time" and not node.level:
+                yield "%s:%d from time import" % (module, node.lineno)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                name = owner.id if isinstance(owner, ast.Name) else ""
+                if (name, node.func.attr) in CLOCK_CALLS:
+                    yield "%s:%d %s.%s()" % (module, node.lineno, name, node.func.attr)
+                elif node.func.attr == "poll" and name not in ("timing", "select"):
+                    yield "%s:%d .poll()" % (module, node.lineno)
+
+
+def test_every_time_read_and_wait_goes_through_the_clock():
+    """The one clock (rawfetch/timing.py): tests swap it for a virtual one, which only
+    works if nothing reads the time or waits behind its back."""
+    assert list(direct_clock_uses()) == []
+
+
 def main(argv: List[str]) -> int:
     """`python3 tests/test_layout.py [CHECKOUT]`: the graph of this tree, or another's."""
     root = argv[0] if argv else ROOT
