@@ -24,7 +24,11 @@ from .decompress import make_decoder
 from .digest import FileHasher, Verifier, Worker, new_hasher
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
                      ResourceChanged, mapped)
+from .events import reporter
+from .metalink import Pieces
 from .options import Options
+from .piececheck import PieceCheck, checks
+from .pieces import Verdict
 from .resume import Stream
 from .splice import Splicer
 
@@ -112,8 +116,10 @@ class Pipeline:
     """
 
     def __init__(self, sink: Any, opts: Options, checksum: Optional[Tuple[str, str]],
-                 held: int) -> None:
+                 held: int, size: Optional[int] = None, pieces: Optional[Pieces] = None
+                 ) -> None:
         self.sink = sink
+        self.size = size            # the total a Metalink promised (None: the server's)
         self.decoder: Any = None if opts.decompress == "none" else make_decoder(
             opts.decompress, opts.xz_memlimit, opts.decode_threads)
         self.part = sink.part
@@ -125,6 +131,8 @@ class Pipeline:
         self.splicer = Splicer.create(sink.fd, sink.path) if self.mode.splices else None
         self._restarts = 0          # the stream generation the output holds
         self._identity: Any = None  # the identity last recorded or checked
+        self.check = PieceCheck(pieces, size, sink, held, reporter(opts)) if (
+            size is not None and checks(sink, pieces, self.decoder is not None)) else None
 
     def _worker(self, checksum: Optional[Tuple[str, str]], held: int) -> Worker:
         """The mode's worker thread, and the Verifier over it when there is a checksum."""
@@ -170,9 +178,11 @@ class Pipeline:
             self.worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
             view = ring[turn]
             size = stream.readinto(view)
+            if size and self._wrong_size(stream, size):
+                continue
             self._follow(stream, size)
             if size:
-                self._take(view[:size])
+                self._take(stream, view[:size])
                 turn = (turn + 1) % RING_BUFFERS
                 _report(progress, stream)
                 continue
@@ -190,10 +200,33 @@ class Pipeline:
         self._follow(stream, moved)
         self.splicer.drain(moved)
         self.sink.spliced(moved)
-        if self.verifier is not None:
-            self.verifier.spliced(moved)
-        self.fed += moved
-        self.written += moved
+        for offset, size in self._runs(moved):
+            if self.check is not None:
+                self._mark(offset)
+                bad = self.check.feed_back(offset, size, stream.url)
+                if bad is not None:
+                    self._rewind(stream, bad)
+                    break
+            if self.verifier is not None:
+                self.verifier.spliced(size)
+            self.fed += size
+            self.written += size
+        return True
+
+    def _runs(self, size: int) -> Any:
+        """The next `size` bytes as runs that stay inside one piece (one run without)."""
+        if self.check is None:
+            return ((self.fed, size),)
+        return self.check.parts(self.fed, size)
+
+    def _wrong_size(self, stream: Stream, size: int) -> bool:
+        """A mirror serving another length than the Metalink's <size> is not serving
+        this image: its bytes are dropped and it is left (non-retryable: the next mirror)."""
+        identity = stream.ledger.identity
+        if self.size is None or identity is None or identity.total in (None, self.size):
+            return False
+        stream.rewind(ProtocolError("the server's object is %d bytes; the Metalink says %d"
+                                    % (identity.total, self.size), retryable=False), self.fed)
         return True
 
     def _follow(self, stream: Stream, size: int) -> None:
@@ -212,8 +245,39 @@ class Pipeline:
             if self.decoder is None and identity.total is not None:
                 self.sink.expect_size(identity.total)
 
-    def _take(self, view: memoryview) -> None:
-        """One received buffer into the mode's stages (the worker does not copy it)."""
+    def _take(self, stream: Stream, view: memoryview) -> None:
+        """One received buffer into the mode's stages, each piece checked first."""
+        start = self.fed
+        for offset, size in self._runs(len(view)):
+            part = view[offset - start:offset - start + size]
+            if self.check is not None:
+                self._mark(offset)
+                bad = self.check.feed(offset, part, stream.url)
+                if bad is not None:
+                    self._rewind(stream, bad)
+                    return
+            self._pass(part)
+
+    def _mark(self, offset: int) -> None:
+        """At a piece's first byte: a copy of the whole-file digest to rewind to."""
+        assert self.check is not None
+        if self.verifier is not None and self.check.at_start(offset):
+            self.check.mark = self.verifier.snapshot()
+
+    def _rewind(self, stream: Stream, bad: Verdict) -> None:
+        """A bad piece: the output cut back to its first byte, the whole-file digest
+        restored, and the stream asked to fetch from there (it may raise: give up)."""
+        assert self.check is not None
+        error = self.check.bad(bad, stream.url)
+        self.worker.drain()
+        if self.verifier is not None:
+            self.verifier.restore(self.check.mark, bad.start)
+        self.sink.rewind(bad.start)
+        self.fed = self.written = bad.start
+        stream.rewind(error, bad.start)
+
+    def _pass(self, view: memoryview) -> None:
+        """Bytes into the mode's stages (the worker does not copy them)."""
         self.fed += len(view)
         if self.verifier is not None:
             self.verifier.update(view)
@@ -269,6 +333,8 @@ class Pipeline:
         """Threads and pipes released, whatever happened (a failed xz download leaves no
         pool thread behind)."""
         self.worker.close()
+        if self.check is not None:
+            self.check.close()
         if self.decoder is not None:
             self.decoder.close()
         if self.splicer is not None:

@@ -81,6 +81,12 @@ class Ledger:
         self.segments = []
         self.restarts += 1
 
+    def rewind(self, offset: int) -> None:
+        """Bytes from `offset` on were found bad (a piece hash): forget them."""
+        self.offset = self._start = offset
+        self.segments = [s._replace(end=min(s.end, offset)) for s in self.segments
+                         if s.start < offset]
+
     def adopt(self, identity: Optional[Identity], url: str) -> None:
         """Resumes are validated against `identity` (None: unknown) as served by `url`."""
         self.identity = identity
@@ -142,6 +148,7 @@ class StreamView(Readable):
     started = property(lambda self: self.budget.started)
     history = property(lambda self: self.budget.policy.history)
     digest: Optional[str] = None        # a VerifiedStream's "algo:hex"
+    pieces_checked = False              # the consumer verifies every piece (Metalink)
 
     def __iter__(self) -> Iterator[bytes]:
         return self.iter_bytes()
@@ -161,7 +168,7 @@ class StreamView(Readable):
 
     def _held(self) -> Held:
         return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
-                    bool(self.checksum), self.restartable,
+                    bool(self.checksum) or self.pieces_checked, self.restartable,
                     accepted_codings(image_name_from_url(self.url), self.options.decompress))
 
     def _emit(self, name: str, **fields: Any) -> None:
@@ -253,6 +260,19 @@ class Stream(StreamView):
         self.ledger.adopt(None, self.url)
         self.deadline.check()
         self._ended = False
+
+    def rewind(self, error: FetchError, offset: int) -> None:
+        """The consumer found the bytes from `offset` on bad (a piece hash, a size the
+        Metalink contradicts): they are forgotten, the failure is charged to the mirror
+        in use (retry.Budget: it raises, hands over or backs off), and the next attempt
+        asks `Range: bytes=<offset>-` (If-Range when the validator is strong)."""
+        self._end_attempt()
+        self.ledger.rewind(offset)
+        if offset == 0:
+            self.ledger.adopt(None, self.url)
+        self._ended = False
+        error.url = error.url or self.url
+        self.budget.recover(error, self.mirrors, offset, 0, self._emit)
 
     # -------------------------------------------------------------- attempts
     def _check_open(self) -> None:

@@ -209,6 +209,15 @@ class PartFile:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
 
+    def rewind(self, offset: int) -> None:
+        """A bad piece: the sidecar stops claiming past `offset`, then the .part is cut
+        back to it and the next byte is written there."""
+        require(self.state, (PartState.OPEN,), "rewind", self.path)
+        self.claim.cut(offset)
+        with mapped("write", path=self.part):
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+
     def write(self, view: Any) -> None:
         require(self.state, (PartState.OPEN,), "write", self.path)
         write_all(self.fd, view, self.part)

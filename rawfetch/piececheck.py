@@ -1,0 +1,129 @@
+"""Per-piece verification inside a download (issue 24): the pipeline's stage around
+pieces.PieceVerifier.
+
+Every byte is checked against its Metalink piece hash (RFC 5854 4.1.3) before it reaches
+the whole-file hasher and the output: received buffers are split at piece boundaries,
+spliced regions are read back from the output (as digest.FileHasher does). At each
+piece start the whole-file digest is copied, so a bad piece costs one rewind: the output
+is cut back to the piece's first byte, the digest restored from its copy, and the stream
+asks `Range: bytes=<piece start>-` -- from the next mirror when there is one
+(resume.Stream.rewind, retry.Budget.decide). Only the bad piece is fetched again.
+
+Piece checking needs an output that can be cut back: a .part (sinks.PartFile). On the
+other paths (--in-place files and devices, a decoder, stdout, rawfetch.open) the pieces
+are not checked and the whole-file hash decides (README, "Metalink").
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Optional, Set, Tuple
+
+from .errors import PieceMismatch, mapped
+from .metalink import Pieces
+from .pieces import PieceVerifier, Verdict
+
+Emit = Callable[..., None]
+
+
+class PieceCheck:
+    """The piece stage of one download into a cuttable output (`sink.rewind`)."""
+
+    def __init__(self, pieces: Pieces, size: int, sink: Any, held: int, emit: Emit) -> None:
+        """`held`: bytes verify_held() checked, a piece start (or the end)."""
+        self.verifier = PieceVerifier(pieces, size, start=held)
+        self.length = pieces.length
+        self.path = sink.part
+        self.emit = emit
+        self.mark: Any = None       # the whole-file digest at the current piece's start
+        self._bad: Set[int] = set()  # pieces found bad and not fixed yet
+        self._fd = -1
+
+    def parts(self, offset: int, size: int) -> Iterator[Tuple[int, int]]:
+        """(offset, size) runs of [offset, offset+size) that stay inside one piece."""
+        end = offset + size
+        while offset < end:
+            step = min(end, (offset // self.length + 1) * self.length) - offset
+            yield offset, step
+            offset += step
+
+    def at_start(self, offset: int) -> bool:
+        return offset % self.length == 0
+
+    def feed(self, offset: int, view: Any, url: str) -> Optional[Verdict]:
+        """Check bytes of one piece; the piece's bad verdict when they complete it."""
+        return self._judged(self.verifier.feed(offset, view), url)
+
+    def feed_back(self, offset: int, size: int, url: str) -> Optional[Verdict]:
+        """Check bytes of one piece the kernel spliced into the output: read them back."""
+        return self._judged(self.verifier.feed_file(self._reader(), offset, size, self.path),
+                            url)
+
+    def _judged(self, verdicts: Any, url: str) -> Optional[Verdict]:
+        for verdict in verdicts:    # a part lies in one piece: at most one verdict
+            if not verdict.ok:
+                return verdict
+            if self._was_bad(verdict.index):
+                self.emit("piece_fixed", index=verdict.index, offset=verdict.start, url=url)
+        return None
+
+    def _was_bad(self, index: int) -> bool:
+        """The piece had a bad verdict before this good one."""
+        if index in self._bad:
+            self._bad.discard(index)
+            return True
+        return False
+
+    def bad(self, verdict: Verdict, url: str) -> PieceMismatch:
+        """Record a bad piece; the error to charge its mirror with."""
+        self._bad.add(verdict.index)
+        self.verifier.rewind(verdict.start)
+        self.emit("piece_bad", index=verdict.index, offset=verdict.start,
+                  length=verdict.length, url=url)
+        return PieceMismatch("piece %d (bytes %d-%d) does not match its %s hash in the "
+                             "Metalink" % (verdict.index, verdict.start, verdict.end - 1,
+                                           self.verifier.pieces.algorithm),
+                             index=verdict.index, offset=verdict.start, url=url)
+
+    def _reader(self) -> int:
+        if self._fd < 0:
+            with mapped("write", path=self.path):
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def verify_held(pieces: Optional[Pieces], size: Optional[int], sink: Any, held: int,
+                emit: Emit) -> int:
+    """An earlier run's bytes are checked piece by piece before anything is asked: the
+    output is cut back to the first bad piece (the sidecar claims only fsynced bytes, not
+    verified ones), or else to the start of the piece in flight, so that every piece
+    this run checks starts with a copy of the whole-file digest. Returns the bytes kept."""
+    if not (pieces and held and size is not None and checks(sink, pieces)) or held > size:
+        return held
+    verifier = PieceVerifier(pieces, size)
+    with mapped("write", path=sink.part):
+        fd = os.open(sink.part, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        verifier.feed_file(fd, 0, held, sink.part)
+    finally:
+        os.close(fd)
+    first = verifier.first_bad()
+    if first is None:
+        start = held - held % pieces.length if held < size else held
+    else:
+        start = verifier.start_of(first)
+        emit("piece_bad", index=first, offset=start, length=pieces.span(first, size)[1],
+             url="an earlier run")
+    if start != held:
+        sink.rewind(start)
+    return start
+
+
+def checks(sink: Any, pieces: Optional[Pieces], decoding: bool = False) -> bool:
+    """Can pieces be checked on this path? Only into an output that can be cut back."""
+    return pieces is not None and not decoding and callable(getattr(sink, "rewind", None)) \
+        and getattr(sink, "part", None) is not None
