@@ -46,8 +46,21 @@ class PieceCheck:
             yield offset, step
             offset += step
 
-    def at_start(self, offset: int) -> bool:
-        return offset % self.length == 0
+    def starting(self, offset: int, whole: Any) -> None:
+        """At a piece's first byte: a copy of the whole-file digest (`whole`, a
+        digest.Verifier or None) to restore if the piece turns out bad."""
+        if whole is not None and offset % self.length == 0:
+            self.mark = whole.snapshot()
+
+    def refetch(self, bad: Verdict, stream: Any, worker: Any, whole: Any, sink: Any) -> None:
+        """A bad piece: the output cut back to its first byte, the whole-file digest
+        restored, the stream asked to fetch from there (it raises when it gives up)."""
+        error = self.bad(bad, stream.url)
+        worker.drain()
+        if whole is not None:
+            whole.restore(self.mark, bad.start)
+        sink.rewind(bad.start)
+        stream.rewind(error, bad.start)
 
     def feed(self, offset: int, view: Any, url: str) -> Optional[Verdict]:
         """Check bytes of one piece; the piece's bad verdict when they complete it."""

@@ -28,7 +28,6 @@ from .events import reporter
 from .metalink import Pieces
 from .options import Options
 from .piececheck import PieceCheck, checks
-from .pieces import Verdict
 from .resume import Stream
 from .splice import Splicer
 
@@ -178,7 +177,7 @@ class Pipeline:
             self.worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
             view = ring[turn]
             size = stream.readinto(view)
-            if size and self._wrong_size(stream, size):
+            if size and wrong_size(stream, self.size, self.fed):
                 continue
             self._follow(stream, size)
             if size:
@@ -200,12 +199,13 @@ class Pipeline:
         self._follow(stream, moved)
         self.splicer.drain(moved)
         self.sink.spliced(moved)
-        for offset, size in self._runs(moved):
+        for offset, size in runs(self.check, self.fed, moved):
             if self.check is not None:
-                self._mark(offset)
+                self.check.starting(offset, self.verifier)
                 bad = self.check.feed_back(offset, size, stream.url)
                 if bad is not None:
-                    self._rewind(stream, bad)
+                    self.fed = self.written = bad.start
+                    self.check.refetch(bad, stream, self.worker, self.verifier, self.sink)
                     break
             if self.verifier is not None:
                 self.verifier.spliced(size)
@@ -213,21 +213,6 @@ class Pipeline:
             self.written += size
         return True
 
-    def _runs(self, size: int) -> Any:
-        """The next `size` bytes as runs that stay inside one piece (one run without)."""
-        if self.check is None:
-            return ((self.fed, size),)
-        return self.check.parts(self.fed, size)
-
-    def _wrong_size(self, stream: Stream, size: int) -> bool:
-        """A mirror serving another length than the Metalink's <size> is not serving
-        this image: its bytes are dropped and it is left (non-retryable: the next mirror)."""
-        identity = stream.ledger.identity
-        if self.size is None or identity is None or identity.total in (None, self.size):
-            return False
-        stream.rewind(ProtocolError("the server's object is %d bytes; the Metalink says %d"
-                                    % (identity.total, self.size), retryable=False), self.fed)
-        return True
 
     def _follow(self, stream: Stream, size: int) -> None:
         """Before writing what the stream just returned: start the output over if the
@@ -248,33 +233,16 @@ class Pipeline:
     def _take(self, stream: Stream, view: memoryview) -> None:
         """One received buffer into the mode's stages, each piece checked first."""
         start = self.fed
-        for offset, size in self._runs(len(view)):
+        for offset, size in runs(self.check, self.fed, len(view)):
             part = view[offset - start:offset - start + size]
             if self.check is not None:
-                self._mark(offset)
+                self.check.starting(offset, self.verifier)
                 bad = self.check.feed(offset, part, stream.url)
                 if bad is not None:
-                    self._rewind(stream, bad)
+                    self.fed = self.written = bad.start
+                    self.check.refetch(bad, stream, self.worker, self.verifier, self.sink)
                     return
             self._pass(part)
-
-    def _mark(self, offset: int) -> None:
-        """At a piece's first byte: a copy of the whole-file digest to rewind to."""
-        assert self.check is not None
-        if self.verifier is not None and self.check.at_start(offset):
-            self.check.mark = self.verifier.snapshot()
-
-    def _rewind(self, stream: Stream, bad: Verdict) -> None:
-        """A bad piece: the output cut back to its first byte, the whole-file digest
-        restored, and the stream asked to fetch from there (it may raise: give up)."""
-        assert self.check is not None
-        error = self.check.bad(bad, stream.url)
-        self.worker.drain()
-        if self.verifier is not None:
-            self.verifier.restore(self.check.mark, bad.start)
-        self.sink.rewind(bad.start)
-        self.fed = self.written = bad.start
-        stream.rewind(error, bad.start)
 
     def _pass(self, view: memoryview) -> None:
         """Bytes into the mode's stages (the worker does not copy them)."""
@@ -339,6 +307,24 @@ class Pipeline:
             self.decoder.close()
         if self.splicer is not None:
             self.splicer.close()
+
+
+def runs(check: Optional[PieceCheck], offset: int, size: int) -> Any:
+    """[offset, offset+size) as runs that stay inside one piece (one run without)."""
+    return ((offset, size),) if check is None else check.parts(offset, size)
+
+
+def wrong_size(stream: Stream, expected: Optional[int], held: int) -> bool:
+    """A mirror serving another length than the Metalink's <size> is not serving this
+    image: what it just sent is dropped (the output holds `held` bytes) and the job moves
+    on to the next mirror (non-retryable), or gives up when there is none."""
+    identity = stream.ledger.identity
+    if expected is None or identity is None or identity.total in (None, expected):
+        return False
+    stream.rewind(ProtocolError("the server's object is %d bytes; the Metalink says %d"
+                                % (identity.total, expected), url=stream.url,
+                                retryable=False), held)
+    return True
 
 
 def _report(progress: Progress, stream: Stream) -> None:

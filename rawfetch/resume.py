@@ -81,11 +81,14 @@ class Ledger:
         self.segments = []
         self.restarts += 1
 
-    def rewind(self, offset: int) -> None:
-        """Bytes from `offset` on were found bad (a piece hash): forget them."""
+    def rewind(self, offset: int, url: str) -> None:
+        """Bytes from `offset` on were found bad (a piece hash): forget them (all of them:
+        the object's identity too)."""
         self.offset = self._start = offset
         self.segments = [s._replace(end=min(s.end, offset)) for s in self.segments
                          if s.start < offset]
+        if offset == 0:
+            self.adopt(None, url)
 
     def adopt(self, identity: Optional[Identity], url: str) -> None:
         """Resumes are validated against `identity` (None: unknown) as served by `url`."""
@@ -170,6 +173,18 @@ class StreamView(Readable):
         return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
                     bool(self.checksum) or self.pieces_checked, self.restartable,
                     accepted_codings(image_name_from_url(self.url), self.options.decompress))
+
+    _response: Optional[Response]
+    _progress: Optional[_ProgressEvents]
+
+    def _end_attempt(self) -> None:
+        """The attempt in flight (Stream's) ends: its response closed, its segment kept."""
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
+        if self._progress is not None:
+            self._progress.flush()
+        self.ledger.close_segment(self.url)
 
     def _emit(self, name: str, **fields: Any) -> None:
         if wants_events(self.options):
@@ -262,16 +277,11 @@ class Stream(StreamView):
         self._ended = False
 
     def rewind(self, error: FetchError, offset: int) -> None:
-        """The consumer found the bytes from `offset` on bad (a piece hash, a size the
-        Metalink contradicts): they are forgotten, the failure is charged to the mirror
-        in use (retry.Budget: it raises, hands over or backs off), and the next attempt
-        asks `Range: bytes=<offset>-` (If-Range when the validator is strong)."""
+        """The consumer found bytes from `offset` on bad: forget them, charge the mirror
+        (retry.Budget), ask `Range: bytes=<offset>-` next (If-Range when strong)."""
         self._end_attempt()
-        self.ledger.rewind(offset)
-        if offset == 0:
-            self.ledger.adopt(None, self.url)
+        self.ledger.rewind(offset, self.url)
         self._ended = False
-        error.url = error.url or self.url
         self.budget.recover(error, self.mirrors, offset, 0, self._emit)
 
     # -------------------------------------------------------------- attempts
@@ -285,14 +295,6 @@ class Stream(StreamView):
         self.ledger.offset += size
         if self._progress is not None:
             self._progress.delivered(before)
-
-    def _end_attempt(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()
-        if self._progress is not None:
-            self._progress.flush()
-        self.ledger.close_segment(self.url)
 
     def _attempt(self) -> None:
         """One attempt: a response positioned at self.offset, or self._recover()."""
