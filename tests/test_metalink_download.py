@@ -207,3 +207,23 @@ def test_a_part_with_a_bad_piece_from_a_crashed_run_is_cut_back_to_it(mirrors, t
     assert result.resumed_from == 2 * PIECE
     assert [(e["index"], e["url"]) for e in events if e["event"] == "piece_bad"] == \
         [(2, "an earlier run")]
+
+
+def test_the_timeline_marks_the_bad_piece_and_its_fix(mirrors, tmp_path):
+    from rawfetch import timeline as T
+    meta4 = mirrors([True, False])
+    liar, good = mirrors.servers
+    events: list = []
+    files.download(None, tmp_path / "out.img", metalink=str(meta4), on_event=events.append,
+                   retry_delay=0.01)
+    line = T.build_timeline(events)
+    assert [(m.offset, m.label) for m in line.pieces] == [
+        (BAD * PIECE, "piece 5 bad from %s" % T._short(liar.url("/disk.img"))),
+        (BAD * PIECE, "piece 5 fixed by %s" % T._short(good.url("/disk.img")))]
+    assert "1 bad pieces" in T.title_lines(line)[1]
+    pytest.importorskip("matplotlib")
+    from tests.test_timeline import has_colour, read_png
+    picture = str(tmp_path / "timeline.png")
+    T.draw(line, picture)
+    colours = set(read_png(picture)[2])
+    assert has_colour(colours, T.PIECE_FIXED_COLOUR) and has_colour(colours, T.ERROR_COLOUR)
