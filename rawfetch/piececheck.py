@@ -9,15 +9,18 @@ is cut back to the piece's first byte, the digest restored from its copy, and th
 asks `Range: bytes=<piece start>-` -- from the next mirror when there is one
 (resume.Stream.rewind, retry.Budget.decide). Only the bad piece is fetched again.
 
-Piece checking needs an output that can be cut back: a .part (sinks.PartFile). On the
-other paths (--in-place files and devices, a decoder, stdout, rawfetch.open) the pieces
-are not checked and the whole-file hash decides (README, "Metalink").
+Piece checking needs an output that can be cut back: a .part (sinks.PartFile) or an
+in-place target with offsets (sinks.SafeDisk: a regular file or a block device, the head
+held in memory as always). On the other paths (a decoder, stdout, rawfetch.open, a
+character device, --verify-written) the pieces are not checked and the whole-file hash
+decides (README, "Metalink").
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Iterator, Optional, Set, Tuple
 
+from .disk import SIGNATURE_BYTES
 from .errors import PieceMismatch, mapped
 from .metalink import Pieces
 from .pieces import PieceVerifier, Verdict
@@ -32,7 +35,7 @@ class PieceCheck:
         """`held`: bytes verify_held() checked, a piece start (or the end)."""
         self.verifier = PieceVerifier(pieces, size, start=held)
         self.length = pieces.length
-        self.path = sink.part
+        self.path = sink.part or sink.path   # read back: spliced bytes are only there
         self.emit = emit
         self.mark: Any = None       # the whole-file digest at the current piece's start
         self._bad: Set[int] = set()  # pieces found bad and not fixed yet
@@ -115,7 +118,8 @@ def verify_held(pieces: Optional[Pieces], size: Optional[int], sink: Any, held: 
     output is cut back to the first bad piece (the sidecar claims only fsynced bytes, not
     verified ones), or else to the start of the piece in flight, so that every piece
     this run checks starts with a copy of the whole-file digest. Returns the bytes kept."""
-    if not (pieces and held and size is not None and checks(sink, pieces)) or held > size:
+    if not (pieces and held and size is not None and checks(sink, pieces)) or held > size \
+            or sink.part is None:
         return held
     verifier = PieceVerifier(pieces, size)
     with mapped("write", path=sink.part):
@@ -137,6 +141,9 @@ def verify_held(pieces: Optional[Pieces], size: Optional[int], sink: Any, held: 
 
 
 def checks(sink: Any, pieces: Optional[Pieces], decoding: bool = False) -> bool:
-    """Can pieces be checked on this path? Only into an output that can be cut back."""
-    return pieces is not None and not decoding and callable(getattr(sink, "rewind", None)) \
-        and getattr(sink, "part", None) is not None
+    """Can pieces be checked on this path? Only into an output that can be cut back: a
+    .part, or an in-place target with offsets (not behind a decoder: the output's bytes
+    are not the published ones). A piece shorter than the format signature SafeDisk
+    checks first could make a rewind re-open that check: such lists are not used."""
+    return pieces is not None and not decoding and pieces.length >= SIGNATURE_BYTES \
+        and bool(getattr(sink, "rewindable", False))

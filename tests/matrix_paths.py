@@ -164,12 +164,16 @@ def write_meta4(urls: Sequence[str], whole: bool, path: str) -> str:
     return path
 
 
-def drive_metalink(whole: bool) -> Callable[[Sequence[str], Dict[str, Any], str], Got]:
+def drive_metalink(whole: bool, in_place: bool = False
+                   ) -> Callable[[Sequence[str], Dict[str, Any], str], Got]:
     """`rawfetch --metalink IMG.meta4 -o IMG`: no URL on the command line; the mirrors,
-    size, hash and pieces come from the .meta4 (each piece checked into the .part)."""
+    size, hash and pieces come from the .meta4 (each piece checked into the .part, or
+    the STALE target with --in-place)."""
     def drive(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
-        meta4 = write_meta4(urls, whole, os.path.join(tmp, "img.meta4"))
-        return run_command([], dict(options, metalink=meta4), os.path.join(tmp, "img"))
+        options = dict(options, metalink=write_meta4(urls, whole, os.path.join(tmp, "m4")))
+        if in_place:
+            return drive_in_place([], options, tmp)
+        return run_command([], options, os.path.join(tmp, "img"))
     return drive
 
 
@@ -259,6 +263,8 @@ PATHS = [
     DataPath("pieces-only", drive_metalink(whole=False), pieces="only"),
     DataPath("pieces-tls", drive_metalink(whole=True), pieces="whole", tls=True),
     DataPath("pieces-mirror", drive_metalink(whole=True), pieces="whole", mirrors="first"),
+    DataPath("pieces-in-place", drive_metalink(whole=True, in_place=True), pieces="whole",
+             in_place=True),
     DataPath("open", drive_open, stream=True),
     DataPath("httpurl", drive_httpurl, stream=True),
     DataPath("ironic", drive_ironic, checksum=True, stream=True),

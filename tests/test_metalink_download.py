@@ -227,3 +227,36 @@ def test_the_timeline_marks_the_bad_piece_and_its_fix(mirrors, tmp_path):
     T.draw(line, picture)
     colours = set(read_png(picture)[2])
     assert has_colour(colours, T.PIECE_FIXED_COLOUR) and has_colour(colours, T.ERROR_COLOUR)
+
+
+@pytest.mark.parametrize("bad_at", [BAD * PIECE + 100, 100, PIECE // 2 + 3])
+@pytest.mark.parametrize("piece", [PIECE, 256 << 10])
+def test_in_place_a_bad_piece_is_rewritten_from_the_next_mirror(mirrors, tmp_path, bad_at,
+                                                                 piece):
+    """--in-place onto a longer file holding other bytes: pieces past the held first MiB
+    (the fd seeks back), inside it (the held copy is cut), and piece 0 (a restart that
+    checks the format again). The target ends byte-exact; only the bad piece is asked
+    again."""
+    lying = bytearray(IMAGE)
+    lying[bad_at] ^= 0x01
+    (tmp_path / "disk.img").write_bytes(IMAGE)
+    liar, good = FaultServer().start(), FaultServer().start()
+    try:
+        liar.add("/disk.img", bytes(lying))
+        good.add("/disk.img", IMAGE)
+        item = describe(str(tmp_path / "disk.img"), [liar.url("/disk.img"),
+                                                    good.url("/disk.img")], piece)
+        (tmp_path / "x.meta4").write_text(to_xml([item]))
+        target = tmp_path / "target"
+        target.write_bytes(b"\x5a" * (len(IMAGE) + 12345))
+        events: list = []
+        files.download(None, target, metalink=str(tmp_path / "x.meta4"), in_place=True,
+                       on_event=events.append, retry_delay=0.01)
+        assert sha(target.read_bytes()) == sha(IMAGE)
+        start = bad_at - bad_at % piece
+        assert ranges(good) == ["bytes=%d-" % start] if start else [None]
+        assert [e["offset"] for e in events if e["event"] == "piece_bad"] == [start]
+        assert [e["index"] for e in events if e["event"] == "piece_fixed"] == [start // piece]
+    finally:
+        liar.stop()
+        good.stop()
