@@ -27,7 +27,7 @@ from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, Prot
 from .events import reporter
 from .metalink import Pieces
 from .options import Options
-from .piececheck import PieceCheck, checks
+from .piececheck import PieceCheck, piece_check
 from .resume import Stream
 from .splice import Splicer
 
@@ -130,8 +130,8 @@ class Pipeline:
         self.splicer = Splicer.create(sink.fd, sink.path) if self.mode.splices else None
         self._restarts = 0          # the stream generation the output holds
         self._identity: Any = None  # the identity last recorded or checked
-        self.check = PieceCheck(pieces, size, sink, held, reporter(opts)) if (
-            size is not None and checks(sink, pieces, self.decoder is not None)) else None
+        self.check = piece_check(pieces, size, sink, held, self.decoder is not None,
+                                 reporter(opts))
 
     def _worker(self, checksum: Optional[Tuple[str, str]], held: int) -> Worker:
         """The mode's worker thread, and the Verifier over it when there is a checksum."""
@@ -171,7 +171,8 @@ class Pipeline:
         ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(RING_BUFFERS)]
         turn = 0
         while True:
-            if self.splicer is not None and self.sink.splice_ready and self._splice(stream):
+            if self.splicer is not None and self.sink.splice_ready and not (
+                    self.check and self.check.holding) and self._splice(stream):
                 _report(progress, stream)
                 continue
             self.worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
@@ -200,13 +201,8 @@ class Pipeline:
         self.splicer.drain(moved)
         self.sink.spliced(moved)
         for offset, size in runs(self.check, self.fed, moved):
-            if self.check is not None:
-                self.check.starting(offset, self.verifier)
-                bad = self.check.feed_back(offset, size, stream.url)
-                if bad is not None:
-                    self.fed = self.written = bad.start
-                    self.check.refetch(bad, stream, self.worker, self.verifier, self.sink)
-                    break
+            if self.check is not None and not self.check.passes(offset, size, stream, self):
+                break
             if self.verifier is not None:
                 self.verifier.spliced(size)
             self.fed += size
@@ -231,18 +227,18 @@ class Pipeline:
                 self.sink.expect_size(identity.total)
 
     def _take(self, stream: Stream, view: memoryview) -> None:
-        """One received buffer into the mode's stages, each piece checked first."""
-        start = self.fed
-        for offset, size in runs(self.check, self.fed, len(view)):
-            part = view[offset - start:offset - start + size]
-            if self.check is not None:
-                self.check.starting(offset, self.verifier)
-                bad = self.check.feed(offset, part, stream.url)
-                if bad is not None:
-                    self.fed = self.written = bad.start
-                    self.check.refetch(bad, stream, self.worker, self.verifier, self.sink)
+        """One received buffer into the mode's stages, each piece checked first (and
+        held back until it verifies when the output cannot be cut back)."""
+        check = self.check
+        start = self.fed + (check.pending if check is not None else 0)
+        for offset, size in runs(check, start, len(view)):
+            part: Optional[memoryview] = view[offset - start:offset - start + size]
+            if check is not None:
+                if not check.passes(offset, part, stream, self):
                     return
-            self._pass(part)
+                part = check.release(part, self.worker)
+            if part is not None:
+                self._pass(part)
 
     def _pass(self, view: memoryview) -> None:
         """Bytes into the mode's stages (the worker does not copy them)."""
@@ -257,6 +253,8 @@ class Pipeline:
     # ------------------------------------------------------------ the stages
     def restart(self) -> None:
         self.worker.drain()   # no byte of the old start may land after the restart
+        if self.check is not None:
+            self.check.restart()
         self.sink.restart()
         self.fed = self.written = 0
         if self.decoder is not None:

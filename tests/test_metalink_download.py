@@ -260,3 +260,67 @@ def test_in_place_a_bad_piece_is_rewritten_from_the_next_mirror(mirrors, tmp_pat
     finally:
         liar.stop()
         good.stop()
+
+
+def test_to_stdout_holds_each_piece_back_until_it_verifies(mirrors, tmp_path):
+    """-o -: bytes written cannot be taken back, so each piece is held until it verifies;
+    the bad one is dropped and fetched from the next mirror; stdout is byte-exact."""
+    meta4 = mirrors([True, False])
+    liar, good = mirrors.servers
+    done = subprocess.run([sys.executable, "-m", "rawfetch", "--metalink", str(meta4),
+                           "-o", "-", "--retry-delay", "0.01", "--log-json",
+                           str(tmp_path / "log.jsonl")],
+                          capture_output=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert sha(done.stdout) == sha(IMAGE)
+    assert ranges(good) == ["bytes=%d-" % (BAD * PIECE)]
+    log = (tmp_path / "log.jsonl").read_text()
+    assert '"piece_bad"' in log and '"piece_fixed"' in log
+
+
+def test_a_decoder_checks_the_pieces_of_the_published_bytes(tmp_path):
+    """--decompress xz: the pieces are of the .xz as published; a bad one is held back,
+    dropped and refetched before the decoder sees it."""
+    import lzma
+    packed = lzma.compress(IMAGE, preset=0)
+    lying = bytearray(packed)
+    lying[len(packed) // 2] ^= 0x01
+    (tmp_path / "disk.img.xz").write_bytes(packed)
+    liar, good = FaultServer().start(), FaultServer().start()
+    try:
+        liar.add("/disk.img.xz", bytes(lying))
+        good.add("/disk.img.xz", packed)
+        item = describe(str(tmp_path / "disk.img.xz"), [liar.url("/disk.img.xz"),
+                                                       good.url("/disk.img.xz")], 64 << 10)
+        (tmp_path / "x.meta4").write_text(to_xml([item]))
+        out = tmp_path / "disk.img"
+        events: list = []
+        result = files.download(None, out, metalink=str(tmp_path / "x.meta4"),
+                                decompress="xz", on_event=events.append, retry_delay=0.01)
+        assert sha(out.read_bytes()) == sha(IMAGE)
+        bad_start = (len(packed) // 2) // (64 << 10) * (64 << 10)
+        assert ranges(good) == ["bytes=%d-" % bad_start]
+        assert result.digest == "sha256:" + sha(packed)
+        assert [e["offset"] for e in events if e["event"] == "piece_bad"] == [bad_start]
+    finally:
+        liar.stop()
+        good.stop()
+
+
+def test_pieces_too_long_to_hold_are_left_to_the_whole_file_hash(tmp_path):
+    from rawfetch.piececheck import MAX_HELD_PIECE
+    image = make_body(MAX_HELD_PIECE * 2 + 5, seed=3)
+    (tmp_path / "big.img").write_bytes(image)
+    with FaultServer() as server:
+        server.add("/big.img", image)
+        item = describe(str(tmp_path / "big.img"), [server.url("/big.img")],
+                        MAX_HELD_PIECE * 2)
+        (tmp_path / "x.meta4").write_text(to_xml([item]))
+        events: list = []
+        out = tmp_path / "out"
+        files.download(None, out, metalink=str(tmp_path / "x.meta4"), decompress="auto",
+                       on_event=events.append)
+    assert sha(out.read_bytes()) == sha(image)
+    assert [e["length"] for e in events if e["event"] == "pieces_unchecked"] == [
+        MAX_HELD_PIECE * 2]
