@@ -23,7 +23,7 @@ from .metalink.wire import Job, resolve
 from .options import Options, make_options
 from .piececheck import verify_held
 from .pipeline import Pipeline, StdoutSink, check_invariants
-from .resume import Segment, Stream, with_checksum_file
+from .resume import ENGINE, Segment, Stream
 from .retry import Attempt, Budget
 from .sinks import SafeDisk, open_output
 
@@ -58,7 +58,7 @@ def download(url: Optional[str], path: Any, *, urls: Sequence[str] = (),
     opts = make_options(options, kwargs)
     path = os.fspath(path)
     budget = Budget(opts)
-    job = resolve(url, urls, opts, budget, path, with_checksum_file)
+    job = resolve(url, urls, opts, budget, path, ENGINE)
     url, opts = job.url, job.options
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
@@ -72,7 +72,7 @@ def to_stdout(url: Optional[str], *, urls: Sequence[str] = (), options: Optional
     a checksum mismatch is reported at the end (exit 90)."""
     opts = make_options(options, {})
     budget = Budget(opts)
-    job = resolve(url, urls, opts, budget, None, with_checksum_file)
+    job = resolve(url, urls, opts, budget, None, ENGINE)
     return _transfer(job, budget, StdoutSink(), None, progress)
 
 

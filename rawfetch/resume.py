@@ -25,6 +25,7 @@ from .events import emit, wants_events
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,
                     parse_content_range, plan, provable)
+from .metalink.wire import Engine, resolve
 from .mirrors import MirrorSet
 from .options import Options, make_options
 from .retry import Budget
@@ -445,22 +446,30 @@ def skip(response: Response, ledger: Ledger, url: str) -> None:
         ledger.refetched += got
 
 
-def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
+def open(url: Optional[str], *, options: Optional[Options] = None,  # noqa: A001
          urls: Sequence[str] = (), **kwargs: Any) -> Any:
     """Open `url` (then mirrors `urls`, the same object elsewhere) as a resumable stream;
-    the first attempt is made before returning (a checksum_url is fetched before it).
+    the first attempt is made before returning (a checksum_url or a metalink is read
+    before it: its mirrors and whole-file hash apply, its pieces are not checked here).
     With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
     DecompressReader; the checksum still applies to the bytes as downloaded)."""
     opts = make_options(options, kwargs)
     budget = Budget(opts)
-    opts = with_checksum_file(url, opts, budget)
-    return reader_for(open_stream(url, opts, urls, budget), opts)
+    job = resolve(url, urls, opts, budget, None, ENGINE)
+    if job.pieces is not None and wants_events(opts):
+        emit(opts.on_event, "pieces_unchecked", url=job.url, length=job.pieces.length,
+             why="rawfetch.open() hands bytes out as they come: the whole-file hash decides")
+    return reader_for(open_stream(job.url, job.options, job.mirrors, budget), job.options)
 
 
 def open_stream(url: str, opts: Options, urls: Sequence[str] = (),
                 budget: Optional[Budget] = None) -> Stream:
     """A started Stream, a VerifiedStream when opts carry a checksum (no decoder):
-    open()'s core, also the ironic adapter's."""
+    open()'s core, also the ironic adapter's. A metalink must have been read already
+    (open() and download() do): here it would be ignored, so it is refused."""
+    if opts.metalink is not None:
+        raise InvalidRequest("metalink= is read by rawfetch.download(), to_stdout() and "
+                             "open(); this entry point would ignore it")
     checksum = parse_checksum(opts.checksum)
     stream = Stream(url, opts, mirrors=urls, budget=budget) if checksum is None else \
         VerifiedStream(url, opts, Verifier(checksum), mirrors=urls, budget=budget)
@@ -491,3 +500,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
         emit(opts.on_event, "checksum", url=where, entry=name, algorithm=algo)
     return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
                         checksum_name=None)
+
+
+ENGINE = Engine(with_checksum_file, open_stream)   # what metalink.wire fetches with

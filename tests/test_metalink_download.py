@@ -324,3 +324,28 @@ def test_pieces_too_long_to_hold_are_left_to_the_whole_file_hash(tmp_path):
     assert sha(out.read_bytes()) == sha(image)
     assert [e["length"] for e in events if e["event"] == "pieces_unchecked"] == [
         MAX_HELD_PIECE * 2]
+
+
+def test_open_takes_the_mirrors_and_hash_of_a_metalink(mirrors, tmp_path):
+    """rawfetch.open(None, metalink=...): the first mirror 404s, the Metalink's second
+    serves; the whole-file hash is verified at the end (pieces are not checked there)."""
+    import rawfetch
+    meta4 = mirrors([False, False])
+    mirrors.servers[0].add("/disk.img", b"gone", etag=None)
+    mirrors.servers[0].script([__import__("tests.faultserver.actions",
+                                          fromlist=["status"]).status(404)],
+                              path="/disk.img")
+    events: list = []
+    with rawfetch.open(None, metalink=str(meta4), on_event=events.append) as stream:
+        data = stream.read()
+    assert sha(data) == sha(IMAGE) and stream.digest == "sha256:" + sha(IMAGE)
+    assert [e["event"] for e in events if e["event"] == "pieces_unchecked"] == [
+        "pieces_unchecked"]
+
+
+def test_an_entry_point_that_would_ignore_a_metalink_refuses_it():
+    from rawfetch.errors import InvalidRequest
+    from rawfetch.options import Options
+    from rawfetch.resume import open_stream
+    with pytest.raises(InvalidRequest, match="metalink"):
+        open_stream("http://127.0.0.1:9/x", Options(metalink="x.meta4"))

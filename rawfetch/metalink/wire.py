@@ -7,7 +7,7 @@ piece list the pipeline verifies with.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import MetalinkError
 from ..events import emit, wants_events
@@ -27,17 +27,24 @@ class Job(NamedTuple):
     pieces: Optional[Pieces]     # the piece hashes to verify with (None: none)
 
 
+class Engine(NamedTuple):
+    """resume.py's two readers, passed in (this module sits below resume.py)."""
+    with_checksum_file: Callable[[str, Options, Any], Options]
+    open_stream: Callable[..., Any]
+
+
 def resolve(url: Optional[str], mirrors: Sequence[str], opts: Options, budget: Any,
-            output: Optional[str], with_checksum_file: Any) -> Job:
+            output: Optional[str], engine: Engine) -> Job:
     """The job for `url`/`mirrors` under `opts`. Without a Metalink: as given (the
     checksum file, if any, read first). With one: read it, choose its file, fetch a
     --checksum-url entry for it, merge (an explicit checksum that contradicts the
     Metalink's hash of the same algorithm is a MetalinkError, exit 98)."""
+    with_checksum_file = engine.with_checksum_file
     if opts.metalink is None:
         if url is None:
             raise MetalinkError("no URL and no Metalink: nothing to download")
         return Job(url, tuple(mirrors), with_checksum_file(url, opts, budget), None, None)
-    document = read(opts.metalink, opts, budget)
+    document = read(opts.metalink, opts, budget, engine.open_stream)
     item = choose(document, opts.metalink_name, output)
     first = merge_sources(item, url, mirrors, None)
     opts = with_checksum_file(first.urls[0], opts.replace(metalink=None, metalink_name=None),
@@ -52,13 +59,12 @@ def resolve(url: Optional[str], mirrors: Sequence[str], opts: Options, budget: A
                sources.size, sources.pieces)
 
 
-def read(where: str, opts: Options, budget: Any) -> Metalink:
+def read(where: str, opts: Options, budget: Any, open_stream: Callable[..., Any]) -> Metalink:
     """A path is read from disk; an http(s) URL is fetched like a checksum file: the
     job's options, retries and max_time, plain bytes (no decoder), and never more than
     MAX_DOCUMENT_BYTES + 1 bytes are read before it is refused."""
     if not where.lower().startswith(REMOTE_SCHEMES):
         return parse(where)
-    from ..resume import open_stream      # lazily: the reader itself needs no engine
     plain = opts.replace(metalink=None, metalink_name=None, checksum=None, checksum_url=None,
                          checksum_name=None, decompress="none", gunzip=False)
     with open_stream(where, plain, budget=budget) as stream:
