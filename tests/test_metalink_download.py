@@ -15,7 +15,7 @@ import pytest
 from rawfetch import files
 from rawfetch.errors import MetalinkError, PieceMismatch
 from rawfetch.metalink.make import describe, to_xml
-from tests.faultserver import FaultServer, make_body
+from tests.faultserver import FaultServer, actions as A, make_body
 
 MiB = 1 << 20
 PIECE = MiB
@@ -337,9 +337,7 @@ def test_open_takes_the_mirrors_and_hash_of_a_metalink(mirrors, tmp_path):
     import rawfetch
     meta4 = mirrors([False, False])
     mirrors.servers[0].add("/disk.img", b"gone", etag=None)
-    mirrors.servers[0].script([__import__("tests.faultserver.actions",
-                                          fromlist=["status"]).status(404)],
-                              path="/disk.img")
+    mirrors.servers[0].script([A.status(404)], path="/disk.img")
     events: list = []
     with rawfetch.open(None, metalink=str(meta4), on_event=events.append) as stream:
         data = stream.read()
@@ -354,3 +352,26 @@ def test_an_entry_point_that_would_ignore_a_metalink_refuses_it():
     from rawfetch.resume import open_stream
     with pytest.raises(InvalidRequest, match="metalink"):
         open_stream("http://127.0.0.1:9/x", Options(metalink="x.meta4"))
+
+
+def test_an_explicit_url_comes_first_and_the_metalink_mirrors_follow(mirrors, tmp_path):
+    """`rawfetch URL --metalink FILE`: the operator's URL is asked first (here it is
+    gone: 404), then the Metalink's mirror serves; -O without a URL is a usage error."""
+    meta4 = mirrors([False])
+    with FaultServer() as dead:
+        dead.add("/disk.img", b"", etag=None)
+        dead.script([A.status(404)],
+                    path="/disk.img")
+        out = tmp_path / "got.img"
+        done = subprocess.run([sys.executable, "-m", "rawfetch", dead.url("/disk.img"),
+                               "--metalink", str(meta4), "-o", str(out)],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        assert [r.path for r in dead.requests] == ["/disk.img"]
+    assert sha(out.read_bytes()) == sha(IMAGE)
+    assert ranges(mirrors.servers[0]) == [None]
+    usage = subprocess.run([sys.executable, "-m", "rawfetch", "--metalink", str(meta4), "-O"],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
+    assert usage.returncode == 2 and "-O takes its name from the URL" in usage.stderr
