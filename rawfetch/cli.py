@@ -222,7 +222,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         if args.log_json:
             log = options["on_event"] = JsonLog(args.log_json)
         opts = Options(**options)        # the run's one Options
-        secrets = secrets_of(opts, [args.url] + list(args.mirrors))
+        secrets = secrets_of(opts, [u for u in [args.url, args.metalink] if u] + list(args.mirrors))
         if args.remote_name:
             args.output = remote_name(args.url)
         if log is not None:
@@ -265,10 +265,12 @@ def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespa
             args = merge(argv, read_cmdline(args.cmdline))
         except KernelCmdlineError as exc:
             parser.error(str(exc))
-    if not args.url:
-        parser.error("the following arguments are required: URL"
+    if not args.url and not args.metalink:
+        parser.error("the following arguments are required: URL (or --metalink)"
                      + (" (or rawfetch.url= on the kernel command line)" if args.cmdline
                         is not None else ""))
+    if not args.url and args.remote_name:
+        parser.error("-O takes its name from the URL: give -o PATH with --metalink")
     if args.output is not None and args.remote_name:
         parser.error("-o/--output and -O/--remote-name exclude each other")
     if not args.output and not args.remote_name:

@@ -210,7 +210,7 @@ OPTIONS: Tuple[Opt, ...] = (
         keyword="checksum_name", shown_default="the URL's last path segment"),
     Opt(("--metalink",), "pipeline", "a Metalink 4 (.meta4) file or URL: its mirrors "
         "follow the URLs given, its size, hash and piece hashes verify the download "
-        "(docs/metalink.md; refused until wired, issue 24)", "URL|FILE", keyword="metalink"),
+        "(docs/metalink.md)", "URL|FILE", keyword="metalink"),
     Opt(("--metalink-name",), "pipeline", "the file, by its name=, to use in a --metalink that lists "
         "several", "NAME", keyword="metalink_name", shown_default="the only one"),
     Opt(("--preserve-on-error",), "pipeline", "after a failed in-place write, leave the "

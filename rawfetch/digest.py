@@ -127,6 +127,17 @@ class Worker:
         self.drain()
         return self._hasher.hexdigest()
 
+    def snapshot(self) -> Any:
+        """A copy of the digest of every byte submitted (a piece start: the rewind point)."""
+        self.drain()
+        return self._hasher.copy() if self._hasher is not None else None
+
+    def restore(self, copy: Any, position: int) -> None:
+        """Back to a snapshot taken when `position` bytes were submitted (a bad piece)."""
+        self.drain()
+        if copy is not None:
+            self._hasher = copy.copy()
+
     def reset(self) -> "Worker":
         """After a restart from zero: nothing in work, a new digest."""
         self.drain()
@@ -196,6 +207,10 @@ class FileHasher(Worker):
             offset += got
             size -= got
 
+    def restore(self, copy: Any, position: int) -> None:
+        super().restore(copy, position)
+        self.position = position
+
     def reset(self) -> "Worker":
         super().reset()
         self.position = 0
@@ -233,6 +248,18 @@ class Verifier:
         """After a restart from zero: nothing in work, an empty digest."""
         self.hasher = fresh(self.hasher)
         self.position = 0
+
+    def snapshot(self) -> Any:
+        """The digest so far (a piece start), for restore() after a bad piece."""
+        return self.hasher.snapshot() if isinstance(self.hasher, Worker) else self.hasher.copy()
+
+    def restore(self, copy: Any, position: int) -> None:
+        """Back to `snapshot()` taken at byte `position`: the bytes after it are dropped."""
+        if isinstance(self.hasher, Worker):
+            self.hasher.restore(copy, position)
+        else:
+            self.hasher = copy.copy()
+        self.position = position
 
     @property
     def digest(self) -> str:

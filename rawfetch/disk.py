@@ -34,7 +34,8 @@ import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import sidecar, timing
-from .errors import LocalWriteError, ReadBackMismatch, UnsupportedImageFormat, mapped
+from .errors import (InvariantViolation, LocalWriteError, ReadBackMismatch,
+                     UnsupportedImageFormat, mapped)
 from .judge import Identity
 from .lock import LockFile, lock_in_place
 from .output import Emit, close_fd, write_all
@@ -112,6 +113,21 @@ class HeldHead:
         count = min(self.size - len(self.data), len(view))
         self.data += view[:count]
         return view[count:]
+
+
+def cut_back(target: "InPlace", head: HeldHead, offset: int) -> bool:
+    """A bad piece (issue 24): the next byte written is byte `offset` again. Inside the
+    head its held copy is cut (the target's zeroed start is untouched: True); past it
+    the fd seeks back and the bad bytes are overwritten in turn (False)."""
+    if not target.seekable or offset < SIGNATURE_BYTES:
+        raise InvariantViolation("%s: cannot rewind to %d (a rawfetch bug)"
+                                 % (target.path, offset))
+    if offset < head.size:
+        del head.data[offset:]
+        return True
+    with mapped("write", path=target.path):
+        os.lseek(target.fd, offset, os.SEEK_SET)
+    return False
 
 
 def start_size(path: str, capacity: Optional[int]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from typing import Any
 
 from .redact import redact_url
 
@@ -257,6 +258,20 @@ class MetalinkError(FetchError):
     name asked for (rawfetch's own code; curl dropped Metalink in 7.78)."""
     exit_code = 98
     phase = "metalink"
+
+
+class PieceMismatch(FetchError):
+    """A piece of the image does not match its Metalink piece hash (RFC 5854 4.1.3): the
+    mirror that sent it is charged, and the piece alone is fetched again (from the next
+    mirror when there is one) within the same retries and max_time. Raised to the caller
+    only when the budget is spent (rawfetch's own code)."""
+    retryable = True
+    exit_code = 99
+    phase = "verify"
+
+    def __init__(self, message: str, *, index: int = -1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.index = index          # the piece's number, from 0; `offset` is its first byte
 
 
 # ---- proxies and client certificates (curl's codes: 5 proxy host unresolved, 7 proxy

@@ -49,3 +49,11 @@ def wants_events(options: Any) -> bool:
         return True
     logging = sys.modules.get("logging")
     return logging is not None and logging.getLogger("rawfetch").isEnabledFor(20)
+
+
+def reporter(options: Any) -> Callable[..., None]:
+    """emit() bound to the job's options, doing nothing when no one listens."""
+    def report(name: str, **fields: Any) -> None:
+        if wants_events(options):
+            emit(options.on_event, name, **fields)
+    return report

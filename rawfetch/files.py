@@ -18,10 +18,12 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import timing
 from .digest import parse_checksum
-from .events import emit, wants_events
+from .events import emit, reporter, wants_events
+from .metalink.wire import Job, resolve
 from .options import Options, make_options
+from .piececheck import verify_held
 from .pipeline import Pipeline, StdoutSink, check_invariants
-from .resume import Segment, Stream, with_checksum_file
+from .resume import ENGINE, Segment, Stream
 from .retry import Attempt, Budget
 from .sinks import SafeDisk, open_output
 
@@ -43,46 +45,51 @@ class DownloadResult(NamedTuple):
     segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 
-def download(url: str, path: Any, *, urls: Sequence[str] = (),
+def download(url: Optional[str], path: Any, *, urls: Sequence[str] = (),
              options: Optional[Options] = None,
              progress: Optional[Callable[[Stream], None]] = None,
              **kwargs: Any) -> DownloadResult:
     """Download `url` (or the same object from mirrors `urls`) to `path`.
 
     `progress(stream)` is called after each write (the command's progress line uses it).
+    With `metalink=` (a .meta4 path or URL) `url` may be None: the Metalink's mirrors,
+    size, whole-file hash and piece hashes are merged in (docs/metalink.md).
     """
     opts = make_options(options, kwargs)
     path = os.fspath(path)
-    sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     budget = Budget(opts)
-    opts = with_checksum_file(url, opts, budget)
+    job = resolve(url, urls, opts, budget, path, ENGINE)
+    url, opts = job.url, job.options
+    sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
-    return _transfer(url, urls, opts, budget, sink, path, progress)
+    return _transfer(job, budget, sink, path, progress)
 
 
-def to_stdout(url: str, *, urls: Sequence[str] = (), options: Optional[Options] = None,
+def to_stdout(url: Optional[str], *, urls: Sequence[str] = (), options: Optional[Options] = None,
               progress: Optional[Callable[[Stream], None]] = None) -> DownloadResult:
     """The command's -o -: the same pipeline into fd 1. Bytes written cannot be taken
     back, so a change of the object mid-stream is an error (exit 91), never a duplicate;
     a checksum mismatch is reported at the end (exit 90)."""
     opts = make_options(options, {})
     budget = Budget(opts)
-    opts = with_checksum_file(url, opts, budget)
-    return _transfer(url, urls, opts, budget, StdoutSink(), None, progress)
+    job = resolve(url, urls, opts, budget, None, ENGINE)
+    return _transfer(job, budget, StdoutSink(), None, progress)
 
 
-def _transfer(url: str, urls: Sequence[str], opts: Options, budget: Budget, sink: Any,
-              path: Optional[str], progress: Optional[Callable[[Stream], None]]
-              ) -> DownloadResult:
+def _transfer(job: Job, budget: Budget, sink: Any, path: Optional[str],
+              progress: Optional[Callable[[Stream], None]]) -> DownloadResult:
     """sink -> stream -> pipeline -> result. A file (`path`) restarts from zero when the
     object changes and reports `done`; a stream (stdout, path None) cannot."""
+    url, opts = job.url, job.options
     held, identity = sink.open()      # locked from here: one writer per output
     pipeline = None
     try:
+        held = verify_held(job.pieces, job.size, sink, held, reporter(opts))
         checksum = parse_checksum(opts.checksum)
-        pipeline = Pipeline(sink, opts, checksum, held)
+        pipeline = Pipeline(sink, opts, checksum, held, size=job.size, pieces=job.pieces)
         stream = Stream(url, opts, offset=held, identity=identity, restartable=path is not None,
-                        checksum=checksum, mirrors=urls, budget=budget)
+                        checksum=checksum, mirrors=job.mirrors, budget=budget)
+        stream.pieces_checked = pipeline.check is not None
         readback = pipeline.run(stream, progress)
     except BaseException:
         sink.abandon(keep=True)   # a no-op after run()'s own; else unlocks, keeps the .part

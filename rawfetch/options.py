@@ -252,14 +252,9 @@ def _check_formats(values: Dict[str, Any]) -> None:
 
 
 def _check_metalink(values: Dict[str, Any]) -> None:
-    """metalink is a URL or a path; metalink_name needs it. Until the download pipeline
-    uses it (issue 24, after #22's redesign) a given Metalink is refused here, at the start
-    of every download, so it is never silently ignored."""
+    """metalink is a URL or a path; metalink_name needs it (read by metalink.wire)."""
     for name in ("metalink", "metalink_name"):
         if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
             raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))
     if values["metalink_name"] is not None and values["metalink"] is None:
         raise InvalidRequest("metalink_name needs metalink")
-    if values["metalink"] is not None:
-        raise InvalidRequest("option metalink is not wired into downloads yet (issue 24); "
-                             "'python3 -m rawfetch.metalink check FILE' reads the document")

@@ -24,7 +24,10 @@ from .decompress import make_decoder
 from .digest import FileHasher, Verifier, Worker, new_hasher
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
                      ResourceChanged, mapped)
+from .events import reporter
+from .metalink import Pieces
 from .options import Options
+from .piececheck import PieceCheck, piece_check
 from .resume import Stream
 from .splice import Splicer
 
@@ -112,8 +115,10 @@ class Pipeline:
     """
 
     def __init__(self, sink: Any, opts: Options, checksum: Optional[Tuple[str, str]],
-                 held: int) -> None:
+                 held: int, size: Optional[int] = None, pieces: Optional[Pieces] = None
+                 ) -> None:
         self.sink = sink
+        self.size = size            # the total a Metalink promised (None: the server's)
         self.decoder: Any = None if opts.decompress == "none" else make_decoder(
             opts.decompress, opts.xz_memlimit, opts.decode_threads)
         self.part = sink.part
@@ -125,6 +130,8 @@ class Pipeline:
         self.splicer = Splicer.create(sink.fd, sink.path) if self.mode.splices else None
         self._restarts = 0          # the stream generation the output holds
         self._identity: Any = None  # the identity last recorded or checked
+        self.check = piece_check(pieces, size, sink, held, self.decoder is not None,
+                                 reporter(opts))
 
     def _worker(self, checksum: Optional[Tuple[str, str]], held: int) -> Worker:
         """The mode's worker thread, and the Verifier over it when there is a checksum."""
@@ -164,15 +171,18 @@ class Pipeline:
         ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(RING_BUFFERS)]
         turn = 0
         while True:
-            if self.splicer is not None and self.sink.splice_ready and self._splice(stream):
+            if self.splicer is not None and self.sink.splice_ready and not (
+                    self.check and self.check.holding) and self._splice(stream):
                 _report(progress, stream)
                 continue
             self.worker.drain(keep=RING_BUFFERS - 1)   # the buffer about to be reused is done
             view = ring[turn]
             size = stream.readinto(view)
+            if size and wrong_size(stream, self.size, self.fed):
+                continue
             self._follow(stream, size)
             if size:
-                self._take(view[:size])
+                self._take(stream, view[:size])
                 turn = (turn + 1) % RING_BUFFERS
                 _report(progress, stream)
                 continue
@@ -190,11 +200,15 @@ class Pipeline:
         self._follow(stream, moved)
         self.splicer.drain(moved)
         self.sink.spliced(moved)
-        if self.verifier is not None:
-            self.verifier.spliced(moved)
-        self.fed += moved
-        self.written += moved
+        for offset, size in runs(self.check, self.fed, moved):
+            if self.check is not None and not self.check.passes(offset, size, stream, self):
+                break
+            if self.verifier is not None:
+                self.verifier.spliced(size)
+            self.fed += size
+            self.written += size
         return True
+
 
     def _follow(self, stream: Stream, size: int) -> None:
         """Before writing what the stream just returned: start the output over if the
@@ -212,8 +226,22 @@ class Pipeline:
             if self.decoder is None and identity.total is not None:
                 self.sink.expect_size(identity.total)
 
-    def _take(self, view: memoryview) -> None:
-        """One received buffer into the mode's stages (the worker does not copy it)."""
+    def _take(self, stream: Stream, view: memoryview) -> None:
+        """One received buffer into the mode's stages, each piece checked first (and
+        held back until it verifies when the output cannot be cut back)."""
+        check = self.check
+        start = self.fed + (check.pending if check is not None else 0)
+        for offset, size in runs(check, start, len(view)):
+            part: Optional[memoryview] = view[offset - start:offset - start + size]
+            if check is not None:
+                if not check.passes(offset, part, stream, self):
+                    return
+                part = check.release(part, self.worker)
+            if part is not None:
+                self._pass(part)
+
+    def _pass(self, view: memoryview) -> None:
+        """Bytes into the mode's stages (the worker does not copy them)."""
         self.fed += len(view)
         if self.verifier is not None:
             self.verifier.update(view)
@@ -225,6 +253,8 @@ class Pipeline:
     # ------------------------------------------------------------ the stages
     def restart(self) -> None:
         self.worker.drain()   # no byte of the old start may land after the restart
+        if self.check is not None:
+            self.check.restart()
         self.sink.restart()
         self.fed = self.written = 0
         if self.decoder is not None:
@@ -269,10 +299,30 @@ class Pipeline:
         """Threads and pipes released, whatever happened (a failed xz download leaves no
         pool thread behind)."""
         self.worker.close()
+        if self.check is not None:
+            self.check.close()
         if self.decoder is not None:
             self.decoder.close()
         if self.splicer is not None:
             self.splicer.close()
+
+
+def runs(check: Optional[PieceCheck], offset: int, size: int) -> Any:
+    """[offset, offset+size) as runs that stay inside one piece (one run without)."""
+    return ((offset, size),) if check is None else check.parts(offset, size)
+
+
+def wrong_size(stream: Stream, expected: Optional[int], held: int) -> bool:
+    """A mirror serving another length than the Metalink's <size> is not serving this
+    image: what it just sent is dropped (the output holds `held` bytes) and the job moves
+    on to the next mirror (non-retryable), or gives up when there is none."""
+    identity = stream.ledger.identity
+    if expected is None or identity is None or identity.total in (None, expected):
+        return False
+    stream.rewind(ProtocolError("the server's object is %d bytes; the Metalink says %d"
+                                % (identity.total, expected), url=stream.url,
+                                retryable=False), held)
+    return True
 
 
 def _report(progress: Progress, stream: Stream) -> None:

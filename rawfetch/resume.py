@@ -25,6 +25,7 @@ from .events import emit, wants_events
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,
                     parse_content_range, plan, provable)
+from .metalink.wire import Engine, resolve
 from .mirrors import MirrorSet
 from .options import Options, make_options
 from .retry import Budget
@@ -80,6 +81,15 @@ class Ledger:
         self.offset = self._start = self.pieces = 0
         self.segments = []
         self.restarts += 1
+
+    def rewind(self, offset: int, url: str) -> None:
+        """Bytes from `offset` on were found bad (a piece hash): forget them (all of them:
+        the object's identity too)."""
+        self.offset = self._start = offset
+        self.segments = [s._replace(end=min(s.end, offset)) for s in self.segments
+                         if s.start < offset]
+        if offset == 0:
+            self.adopt(None, url)
 
     def adopt(self, identity: Optional[Identity], url: str) -> None:
         """Resumes are validated against `identity` (None: unknown) as served by `url`."""
@@ -142,6 +152,7 @@ class StreamView(Readable):
     started = property(lambda self: self.budget.started)
     history = property(lambda self: self.budget.policy.history)
     digest: Optional[str] = None        # a VerifiedStream's "algo:hex"
+    pieces_checked = False              # the consumer verifies every piece (Metalink)
 
     def __iter__(self) -> Iterator[bytes]:
         return self.iter_bytes()
@@ -161,8 +172,20 @@ class StreamView(Readable):
 
     def _held(self) -> Held:
         return Held(self.offset, self.identity, self.url == self.ledger.identity_url,
-                    bool(self.checksum), self.restartable,
+                    bool(self.checksum) or self.pieces_checked, self.restartable,
                     accepted_codings(image_name_from_url(self.url), self.options.decompress))
+
+    _response: Optional[Response]
+    _progress: Optional[_ProgressEvents]
+
+    def _end_attempt(self) -> None:
+        """The attempt in flight (Stream's) ends: its response closed, its segment kept."""
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
+        if self._progress is not None:
+            self._progress.flush()
+        self.ledger.close_segment(self.url)
 
     def _emit(self, name: str, **fields: Any) -> None:
         if wants_events(self.options):
@@ -254,6 +277,14 @@ class Stream(StreamView):
         self.deadline.check()
         self._ended = False
 
+    def rewind(self, error: FetchError, offset: int) -> None:
+        """The consumer found bytes from `offset` on bad: forget them, charge the mirror
+        (retry.Budget), ask `Range: bytes=<offset>-` next (If-Range when strong)."""
+        self._end_attempt()
+        self.ledger.rewind(offset, self.url)
+        self._ended = False
+        self.budget.recover(error, self.mirrors, offset, 0, self._emit)
+
     # -------------------------------------------------------------- attempts
     def _check_open(self) -> None:
         if self._closed:
@@ -265,14 +296,6 @@ class Stream(StreamView):
         self.ledger.offset += size
         if self._progress is not None:
             self._progress.delivered(before)
-
-    def _end_attempt(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()
-        if self._progress is not None:
-            self._progress.flush()
-        self.ledger.close_segment(self.url)
 
     def _attempt(self) -> None:
         """One attempt: a response positioned at self.offset, or self._recover()."""
@@ -423,22 +446,30 @@ def skip(response: Response, ledger: Ledger, url: str) -> None:
         ledger.refetched += got
 
 
-def open(url: str, *, options: Optional[Options] = None,  # noqa: A001
+def open(url: Optional[str], *, options: Optional[Options] = None,  # noqa: A001
          urls: Sequence[str] = (), **kwargs: Any) -> Any:
     """Open `url` (then mirrors `urls`, the same object elsewhere) as a resumable stream;
-    the first attempt is made before returning (a checksum_url is fetched before it).
+    the first attempt is made before returning (a checksum_url or a metalink is read
+    before it: its mirrors and whole-file hash apply, its pieces are not checked here).
     With decompress= (or gunzip=True) the stream yields the decompressed bytes (a
     DecompressReader; the checksum still applies to the bytes as downloaded)."""
     opts = make_options(options, kwargs)
     budget = Budget(opts)
-    opts = with_checksum_file(url, opts, budget)
-    return reader_for(open_stream(url, opts, urls, budget), opts)
+    job = resolve(url, urls, opts, budget, None, ENGINE)
+    if job.pieces is not None and wants_events(opts):
+        emit(opts.on_event, "pieces_unchecked", url=job.url, length=job.pieces.length,
+             why="rawfetch.open() hands bytes out as they come: the whole-file hash decides")
+    return reader_for(open_stream(job.url, job.options, job.mirrors, budget), job.options)
 
 
 def open_stream(url: str, opts: Options, urls: Sequence[str] = (),
                 budget: Optional[Budget] = None) -> Stream:
     """A started Stream, a VerifiedStream when opts carry a checksum (no decoder):
-    open()'s core, also the ironic adapter's."""
+    open()'s core, also the ironic adapter's. A metalink must have been read already
+    (open() and download() do): here it would be ignored, so it is refused."""
+    if opts.metalink is not None:
+        raise InvalidRequest("metalink= is read by rawfetch.download(), to_stdout() and "
+                             "open(); this entry point would ignore it")
     checksum = parse_checksum(opts.checksum)
     stream = Stream(url, opts, mirrors=urls, budget=budget) if checksum is None else \
         VerifiedStream(url, opts, Verifier(checksum), mirrors=urls, budget=budget)
@@ -469,3 +500,6 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
         emit(opts.on_event, "checksum", url=where, entry=name, algorithm=algo)
     return opts.replace(checksum="%s:%s" % (algo, hexdigest), checksum_url=None,
                         checksum_name=None)
+
+
+ENGINE = Engine(with_checksum_file, open_stream)   # what metalink.wire fetches with

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 from . import timing
 from .errors import (ChecksumFileError, ChecksumMismatch, DeadlineExceeded, DecompressError,
                      FetchError, HTTPStatusError, InvalidRequest, InvariantViolation,
-                     LocalWriteError, ReadBackMismatch, ResourceChanged,
+                     LocalWriteError, PieceMismatch, ReadBackMismatch, ResourceChanged,
                      UnsupportedImageFormat)
 from .mirrors import MirrorSet
 from .options import Options
@@ -235,12 +235,13 @@ class Budget:
 
     def _handover(self, error: FetchError, mirrors: MirrorSet) -> Optional[str]:
         """The mirror the next attempt goes to, or None to stay: one that failed for good
-        is dropped at once, a flaky one after its share of the retries."""
+        is dropped at once, a flaky one after its share of the retries, one that sent a
+        bad piece at once (it may come back in turn)."""
         if len(mirrors) < 2:
             return None
         if not error.retryable:
             mirrors.drop_current()
-        else:
+        elif not isinstance(error, PieceMismatch):  # bad bytes: the next mirror at once
             mirrors.failures += 1
             if mirrors.failures < share(self.policy.retries, len(mirrors)):
                 return None

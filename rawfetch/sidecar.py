@@ -181,6 +181,16 @@ class Claim:
             if self.resumable and self.identity is not None:
                 write(self.path, self.url, self.identity, 0)
 
+    def cut(self, offset: int) -> None:
+        """Claim at most `offset` bytes, before the caller cuts the .part back to it (a
+        bad piece)."""
+        with self._guard:
+            self._unsynced = 0
+            if self.verified > offset:
+                self.verified = offset
+                if self.resumable and self.identity is not None:
+                    write(self.path, self.url, self.identity, offset)
+
     def advance(self, fd: int, count: int) -> None:
         """`count` more bytes are in the .part (fd): a checkpoint when one is due."""
         self._unsynced += count

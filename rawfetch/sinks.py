@@ -144,6 +144,7 @@ class PartFile:
 
     in_place = False
     splice_ready = True   # the kernel may move bytes straight into fd at its offset
+    rewindable = True     # a bad piece is cut back (rewind)
 
     def __init__(self, path: str, url: str, resumable: bool = True, emit: Emit = None) -> None:
         self.path = path
@@ -208,6 +209,15 @@ class PartFile:
         with mapped("write", path=self.part):
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def rewind(self, offset: int) -> None:
+        """A bad piece: the sidecar stops claiming past `offset`, then the .part is cut
+        back to it and the next byte is written there."""
+        require(self.state, (PartState.OPEN,), "rewind", self.path)
+        self.claim.cut(offset)
+        with mapped("write", path=self.part):
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
 
     def write(self, view: Any) -> None:
         require(self.state, (PartState.OPEN,), "write", self.path)
@@ -297,7 +307,8 @@ DISK_STEPS: Dict[DiskState, FrozenSet[DiskState]] = {
     D.FRESH: frozenset({D.OPEN, D.ABANDONED}),
     D.OPEN: frozenset({D.OPEN, D.HOLDING, D.STREAMING, D.ABANDONED}),
     D.HOLDING: frozenset({D.WRITING, D.RESTARTED, D.HEAD_WRITTEN}) | FAILED_AFTER_WIPE,
-    D.WRITING: frozenset({D.RESTARTED, D.HEAD_WRITTEN}) | FAILED_AFTER_WIPE,
+    # WRITING -> HOLDING: a bad piece inside the held head (rewind) cuts the head back
+    D.WRITING: frozenset({D.HOLDING, D.RESTARTED, D.HEAD_WRITTEN}) | FAILED_AFTER_WIPE,
     D.RESTARTED: frozenset({D.RESTARTED, D.HOLDING}) | FAILED_AFTER_WIPE,
     D.STREAMING: frozenset({D.OPEN, D.HEAD_WRITTEN, D.ABANDONED}),
     # ABANDONED from HEAD_WRITTEN: a streamed target's only (it has nothing to undo)
@@ -338,18 +349,13 @@ class SafeDisk:
         self.digest: Optional[WrittenDigest] = None
         self.readback_seconds: Optional[float] = None
 
-    @property
-    def fd(self) -> int:
-        return self.inner.fd
+    fd = property(lambda self: self.inner.fd)
+    recorded = property(lambda self: self.inner.recorded)
+    rewindable = property(lambda self: self.inner.seekable and self.digest is None,
+                          doc="a bad piece can be cut back: no read-back digest saw it")
 
-    @property
-    def recorded(self) -> Optional[Identity]:
-        return self.inner.recorded
-
-    @property
-    def splice_ready(self) -> bool:
-        """The head is complete and no read-back digest has to see the bytes."""
-        return self.state in (D.WRITING, D.STREAMING) and self.digest is None
+    splice_ready = property(lambda self: self.state in (D.WRITING, D.STREAMING) and self.digest
+                            is None, doc="the head complete, no read-back digest to feed")
 
     def open(self) -> Tuple[int, Optional[Identity]]:
         """Open the target; nothing is written yet. Never resumes (returns 0 held)."""
@@ -418,6 +424,15 @@ class SafeDisk:
         if self.digest is not None:
             self.digest = WrittenDigest()
         self._go(D.RESTARTED if self.state in ZEROED else D.OPEN)
+
+    def rewind(self, offset: int) -> None:
+        """A bad piece: `offset` next again (disk.cut_back; 0: restart, format re-checked)."""
+        if offset == 0:
+            return self.restart()
+        require(self.state, (D.HOLDING, D.WRITING, D.RESTARTED), "rewind", self.path)
+        if disk.cut_back(self.inner, self.head, offset) and self.state is D.WRITING:
+            self._go(D.HOLDING)
+        self.taken = offset
 
     def commit(self, size: int) -> Optional[float]:
         """Everything arrived and was verified: fsync the rest, write the held head,

@@ -6,7 +6,8 @@ Each attempt is a line coloured by the mirror that served it, from its `request`
 (time, offset) to where it ended (`error`, `done`, or the next `request`), through any
 `resume` and optional `progress` (offset, attempt) events in between. Errors are marked
 and labelled by class at their offset, backoff sleeps are shaded, a restart is a drop
-to zero. A thousand JSON lines become one picture an operator reads at a glance.
+to zero; a Metalink piece found bad is a red triangle at its first byte naming the
+mirror that sent it, the piece fixed a green one naming the mirror that fixed it. A thousand JSON lines become one picture an operator reads at a glance.
 
 Parsing (read_events, split_runs, build_timeline) is pure and needs nothing; drawing
 needs matplotlib, from the optional extra: pip install 'rawfetch[plot]'.
@@ -28,6 +29,7 @@ MIRROR_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E44
                   "#7F7F7F")
 ERROR_COLOUR = "#C00000"
 BACKOFF_COLOUR = "#9E9E9E"
+PIECE_FIXED_COLOUR = "#117733"   # a piece repaired: green, apart from the mirror colours
 LABEL_LIFTS = (6, 30, 54)    # points above a marker; labels rotate through them
 CLUSTER_FRACTION = 0.015     # of the time axis (2x of the bytes): closer marks share a label
 RIGHT_MARGIN = 1.08         # x axis past the end: room for the last label
@@ -73,6 +75,7 @@ class Timeline(NamedTuple):
     mirrors: List[str]                # in the order they first served an attempt
     totals: Dict[str, Any]            # attempts, resumes, restarts, switches,
                                       # refetched, bytes, elapsed
+    pieces: List[Mark] = []           # Metalink pieces found bad, and fixed (issue 24)
 
 
 # ---------------------------------------------------------------- parsing (pure)
@@ -108,8 +111,9 @@ def split_runs(events: Sequence[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
 def build_timeline(events: Sequence[Dict[str, Any]]) -> Timeline:
     """One download's events as drawable pieces. Fields consumed: request(attempt,
     offset, url), progress(attempt, offset), resume(offset, skipped), restart(why),
-    error(error, offset), backoff(seconds), mirror(mirror, offset), done(bytes,
-    attempts, refetched, elapsed, url); `time` on all."""
+    error(error, offset), backoff(seconds), mirror(mirror, offset), piece_bad(index,
+    offset, url), piece_fixed(index, offset, url), done(bytes, attempts, refetched,
+    elapsed, url); `time` on all."""
     if not any(e["event"] == "request" for e in events):
         raise TimelineError("no request event: not a download's log")
     builder = _Builder(events[0]["time"])
@@ -131,6 +135,7 @@ class _Builder:
         self.restarts: List[Mark] = []
         self.switches: List[Mark] = []
         self.backoffs: List[Span] = []
+        self.pieces: List[Mark] = []
         self.skipped = 0
         self.done: Optional[Dict[str, Any]] = None
 
@@ -181,6 +186,14 @@ class _Builder:
         self.switches.append(Mark(t, _int(event.get("offset"), self.held()),
                                   "to " + _short(str(event.get("mirror", "")))))
 
+    def on_piece_bad(self, event: Dict[str, Any], t: float) -> None:
+        self.pieces.append(Mark(t, _int(event.get("offset")), "piece %s bad from %s" % (
+            event.get("index"), _short(str(event.get("url", ""))))))
+
+    def on_piece_fixed(self, event: Dict[str, Any], t: float) -> None:
+        self.pieces.append(Mark(t, _int(event.get("offset")), "piece %s fixed by %s" % (
+            event.get("index"), _short(str(event.get("url", ""))))))
+
     def on_done(self, event: Dict[str, Any], t: float) -> None:
         self.done = event
         self._close(t, _int(event.get("bytes"), self.held()), "done")
@@ -194,7 +207,7 @@ class _Builder:
                 mirrors.append(attempt.url)
         return Timeline(self._url(), self._outcome(), self.attempts, self.errors,
                         self.restarts, self.switches, self.backoffs, mirrors,
-                        self._totals(events))
+                        self._totals(events), self.pieces)
 
     def _url(self) -> str:
         if self.done and self.done.get("url"):
@@ -246,6 +259,9 @@ def title_lines(timeline: Timeline) -> Tuple[str, str]:
     parts = ["%d attempts" % totals["attempts"], "%d resumes" % totals["resumes"],
              "%d restarts" % totals["restarts"], "%d mirror switches" % totals["switches"],
              "%s re-fetched" % _size(totals["refetched"])]
+    bad = sum(1 for mark in timeline.pieces if " bad " in mark.label)
+    if bad:
+        parts.append("%d bad pieces" % bad)
     return timeline.url, head + "  |  " + ", ".join(parts)
 
 
@@ -306,7 +322,12 @@ def _label_marks(axes: Any, timeline: Timeline, top: int) -> None:
     if timeline.errors:
         axes.plot([m.time for m in timeline.errors], [m.offset for m in timeline.errors],
                   "x", color=ERROR_COLOUR, ms=8, mew=2)
+    for mark in timeline.pieces:
+        bad = " bad " in mark.label
+        axes.plot([mark.time], [mark.offset], "v" if bad else "^", ms=7,
+                  color=ERROR_COLOUR if bad else PIECE_FIXED_COLOUR)
     marks = [(m, True) for m in timeline.errors] + [
+        (m, " bad " in m.label) for m in timeline.pieces] + [
         (m, False) for m in timeline.restarts + timeline.switches]
     near = (CLUSTER_FRACTION * max(timeline.totals["elapsed"], 1e-3),
             CLUSTER_FRACTION * 2 * top)

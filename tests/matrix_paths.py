@@ -69,17 +69,21 @@ class DataPath(NamedTuple):
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
     in_place: bool = False     # writes into STALE
+    pieces: str = ""           # a .meta4 instead of URLs: "whole" (+ sha-256) or "only"
 
     def served(self) -> bytes:
-        if self.gunzip:
-            return GZ
-        if self.codec == "xz-blocks" and self.codec not in PACKED:
-            from tests.xzmake import xz_blocks   # sizes in every header: the thread pool
-            PACKED[self.codec] = xz_blocks(BODY, XZ_BLOCK)
-        if self.codec and self.codec not in PACKED:
-            import lzma
-            PACKED[self.codec] = lzma.compress(BODY, preset=0)
-        return PACKED[self.codec] if self.codec else BODY
+        return GZ if self.gunzip else packed(self.codec)
+
+
+def packed(codec: str) -> bytes:
+    """BODY as served with `codec` ("": as it is)."""
+    if codec == "xz-blocks" and codec not in PACKED:
+        from tests.xzmake import xz_blocks   # sizes in every header: the thread pool
+        PACKED[codec] = xz_blocks(BODY, XZ_BLOCK)
+    if codec and codec not in PACKED:
+        import lzma
+        PACKED[codec] = lzma.compress(BODY, preset=0)
+    return PACKED[codec] if codec else BODY
 
 
 def sha256(data: bytes) -> str:
@@ -179,6 +183,40 @@ def drive_in_place(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Go
     return run_command(urls, dict(options, in_place=True), target)
 
 
+PIECE = 256 << 10     # the metalink rows' piece size: 17 pieces, faults land mid-piece
+
+
+def write_meta4(urls: Sequence[str], whole: bool, path: str, codec: str = "") -> str:
+    """A Metalink for the bytes served with `codec` listing `urls` ranked in order,
+    sha-256 pieces of PIECE bytes, and the whole sha-256 when `whole`."""
+    from rawfetch.metalink import File, Mirror, Pieces
+    from rawfetch.metalink.make import to_xml
+    image = packed(codec)
+    digests = b"".join(hashlib.sha256(image[at:at + PIECE]).digest()
+                       for at in range(0, len(image), PIECE))
+    item = File("img", len(image), (("sha-256", sha256(image)),) if whole else (),
+                (Pieces("sha-256", PIECE, digests),),
+                tuple(Mirror(url, rank) for rank, url in enumerate(urls, 1)))
+    with open(path, "w") as handle:
+        handle.write(to_xml([item]))
+    return path
+
+
+def drive_metalink(whole: bool, output: str = "file", codec: str = ""
+                   ) -> Callable[[Sequence[str], Dict[str, Any], str], Got]:
+    """`rawfetch --metalink IMG.meta4 -o IMG`: no URL on the command line; the mirrors,
+    size, hash and pieces come from the .meta4. Each piece is checked into the .part or
+    the STALE target (output "in-place"), or held back until it verifies (stdout, a
+    decoder)."""
+    def drive(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+        meta4 = write_meta4(urls, whole, os.path.join(tmp, "m4"), codec)
+        options = dict(options, metalink=meta4)
+        if output == "in-place":
+            return drive_in_place([], options, tmp)
+        return run_command([], options, "-" if output == "stdout" else os.path.join(tmp, "img"))
+    return drive
+
+
 def drive_stdout(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     return run_command(urls, options, "-")
 
@@ -263,6 +301,17 @@ PATHS = [
     DataPath("chunked", drive_file, chunked=True),
     DataPath("mirror", drive_file, mirrors="first"),
     DataPath("mirror-both", drive_file, mirrors="both"),
+    # issue 24: every piece checked as it lands in the .part (spliced bytes read back,
+    # received ones as they come), with and without the whole-file hash, and handed over
+    DataPath("pieces", drive_metalink(whole=True), pieces="whole"),
+    DataPath("pieces-only", drive_metalink(whole=False), pieces="only"),
+    DataPath("pieces-tls", drive_metalink(whole=True), pieces="whole", tls=True),
+    DataPath("pieces-mirror", drive_metalink(whole=True), pieces="whole", mirrors="first"),
+    DataPath("pieces-in-place", drive_metalink(whole=True, output="in-place"),
+             pieces="whole", in_place=True),
+    DataPath("pieces-stdout", drive_metalink(whole=True, output="stdout"), pieces="whole",
+             stream=True),
+    DataPath("pieces-xz", drive_metalink(whole=True, codec="xz"), pieces="whole", codec="xz"),
     DataPath("open", drive_open, stream=True),
     DataPath("httpurl", drive_httpurl, stream=True),
     DataPath("ironic", drive_ironic, checksum=True, stream=True),

@@ -1,6 +1,7 @@
 """How a Metalink merges with the operator's URL, mirrors and checksum (issue 24,
 docs/metalink.md "How the inputs merge"), and the --metalink option's surface: accepted
-by the parser, refused at run time until the pipeline is wired, before any connection."""
+by the parser and checked; a Metalink it cannot read is exit 98 before any connection
+(the downloads themselves: tests/test_metalink_download.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -88,17 +89,17 @@ def test_a_metalink_without_hashes_leaves_the_checksum_to_the_operator():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"metalink": "disk.img.meta4"}, "not wired into downloads yet"),
     ({"metalink": ""}, "non-empty str"), ({"metalink": 3}, "non-empty str"),
     ({"metalink_name": "disk.img"}, "metalink_name needs metalink"),
 ])
-def test_the_metalink_options_are_checked_and_refused_until_wired(kwargs, words):
+def test_the_metalink_options_are_checked(kwargs, words):
     with pytest.raises(InvalidRequest, match=words):
         Options(**kwargs)
     assert Options().metalink is None and Options().metalink_name is None
+    assert Options(metalink="disk.img.meta4").metalink == "disk.img.meta4"
 
 
-def test_the_command_refuses_metalink_with_exit_3_before_any_connection(tmp_path):
+def test_an_unreadable_metalink_is_exit_98_before_any_connection(tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
@@ -114,8 +115,8 @@ def test_the_command_refuses_metalink_with_exit_3_before_any_connection(tmp_path
             listener.accept()          # nobody connected
     finally:
         listener.close()
-    assert proc.returncode == 3, proc.stderr
-    assert "metalink is not wired into downloads yet" in proc.stderr
+    assert proc.returncode == 98, proc.stderr
+    assert "cannot read the Metalink disk.img.meta4" in proc.stderr
     assert os.listdir(str(tmp_path)) == []
 
 
