@@ -303,6 +303,11 @@ class InPlace:
         with mapped("write", path=self.path):
             os.lseek(self.fd, 0, os.SEEK_SET)
 
+    def seek(self, offset: int) -> int:
+        """The next write lands at `offset` (delta re-imaging skips what the target holds)."""
+        with mapped("write", path=self.path):
+            return os.lseek(self.fd, offset, os.SEEK_SET)
+
     def position(self) -> Optional[int]:
         """The write position (None for a character device or a FIFO: no position)."""
         if not self.seekable:

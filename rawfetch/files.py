@@ -14,33 +14,20 @@ command's -o - takes the same path with a stdout sink (to_stdout()).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 from . import timing
 from .digest import parse_checksum
 from .events import emit, wants_events
 from .options import Options, make_options
 from .pipeline import Pipeline, StdoutSink, check_invariants
+from .result import DownloadResult
 from .resume import Segment, Stream, with_checksum_file
-from .retry import Attempt, Budget
+from .retry import Budget
 from .sinks import SafeDisk, open_output
 
 __all__ = ["download", "to_stdout", "DownloadResult", "check_invariants",
            "segments_summary"]
-
-
-class DownloadResult(NamedTuple):
-    path: str
-    url: str
-    bytes: int               # bytes downloaded (the compressed bytes when decompressing)
-    written: int             # bytes written to path (decompressed bytes when decompressing)
-    attempts: int
-    restarts: int
-    resumed_from: int        # bytes already held from an earlier run
-    elapsed: float
-    digest: Optional[str]    # "algo:hex" of the downloaded bytes, when a checksum was given
-    history: Tuple[Attempt, ...]     # the last policy.MAX_HISTORY failed attempts
-    segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 
 def download(url: str, path: Any, *, urls: Sequence[str] = (),

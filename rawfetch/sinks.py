@@ -313,11 +313,10 @@ TAKING = frozenset({D.OPEN, D.HOLDING, D.WRITING, D.RESTARTED, D.STREAMING})  # 
 
 
 class SafeDisk:
-    """The sink interface around an InPlace sink, as the state machine DISK_STEPS: the
-    first bytes checked before the target is touched, its first MiB zeroed, the head held
-    until commit() writes it last; a failure zeroes the start again (disk.py says why).
-    Targets without offsets (not inner.seekable: character devices, FIFOs) hold and
-    check only 4 bytes."""
+    """InPlace as the state machine DISK_STEPS: the first bytes checked before the target
+    is touched, its first MiB zeroed, the head held until commit() writes it last; a
+    failure zeroes the start again (disk.py). Targets without offsets (character devices,
+    FIFOs) hold and check only 4 bytes."""
 
     in_place = True
     resumable = False
@@ -364,8 +363,7 @@ class SafeDisk:
         except BaseException:
             self.abandon(keep=False)
             raise
-        if self.verify_written:
-            self.digest = WrittenDigest()
+        self.digest = WrittenDigest() if self.verify_written else None
         self._go(D.OPEN)
         return 0, None
 
@@ -393,6 +391,12 @@ class SafeDisk:
             write_all(self.fd, view, self.path)
             self.taken += len(view)
 
+    def seek(self, offset: int) -> None:
+        """Delta re-imaging (reimage.py): write next at `offset`, past the held head; the
+        bytes before it are the target's own (they count as taken for commit's check)."""
+        require(self.state, (D.WRITING,) if offset >= self.head.size else (), "seek", self.path)
+        self.taken = self.inner.seek(offset)
+
     def spliced(self, count: int) -> None:
         """Account for `count` bytes the kernel moved into fd (only when splice_ready)."""
         if not self.splice_ready:   # the bytes would miss the held head or the digest
@@ -401,8 +405,8 @@ class SafeDisk:
         self.taken += count
 
     def position(self) -> Optional[int]:
-        """Where the output stands: the fd's real offset once the head is complete (tail
-        bytes and splice land there), the held bytes before; None without positions."""
+        """The fd's real offset once the head is complete, the held bytes before; None
+        without positions (a character device, a FIFO)."""
         if self.state is D.WRITING or not self.inner.seekable:
             return self.inner.position()
         return len(self.head.data)
