@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, REPO, human, parse_size  # noqa: E402
 from harness import Harness, log  # noqa: E402
 from report import today, versions  # noqa: E402
-from scenarios import (footprint, pipeline, plain, prototypes, recovery, rss,  # noqa: E402
-                       sha256, storm, tls, xzparallel)
+from scenarios import (delta, footprint, pipeline, plain, prototypes, recovery,  # noqa: E402
+                       rss, sha256, storm, tls, xzparallel)
 
 # Every scenario, in the order a full run takes them. Explicit: a name maps to a function.
 SCENARIOS: Dict[str, Callable[[Harness], None]] = {
@@ -45,6 +45,7 @@ SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "storm": storm.run,
     "recovery": recovery.run,
     "prototypes": prototypes.run,
+    "delta": delta.run,
 }
 QUICK = {"size": "8M", "big_size": "32M", "reps": 1, "storm_reps": 1, "proto_reps": 1,
          "storm_every": "2M", "image_size": "4M"}
