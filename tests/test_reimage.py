@@ -355,3 +355,28 @@ def test_metalink_without_pieces_is_refused(served, image, tmp_path):
     with pytest.raises(InvalidRequest):
         run(bare, target)
     assert served.requests == []
+
+
+@pytest.mark.realnet
+def test_delta_onto_a_loop_device(served, image, tmp_path):
+    """A block device (loop) holding the old image plus 2 MiB more: only the changed
+    pieces are asked for, the device (read through its backing file) ends up holding the
+    image, and its tail past the image is left alone (a disk is never cut)."""
+    import os
+    from tests.realnet.netns import loop_backing, loop_device
+    if os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    item = published(served, image, tmp_path)
+    backing = loop_backing(str(tmp_path))
+    tail = noise("tail", 2 * MiB)
+    with open(backing, "wb") as handle:
+        handle.write(changed(image, [9, 27]) + tail)
+    with loop_device(backing) as device:
+        if device is None:
+            pytest.skip("losetup unusable here")
+        result = run(item, Path(device))
+    data = Path(backing).read_bytes()
+    assert sha(data[:SIZE]) == sha(image) and data[SIZE:] == tail
+    assert image_requests(served) == ["bytes=%d-%d" % (i * PIECE, (i + 1) * PIECE - 1)
+                                      for i in (9, 27)]
+    assert result.bytes == 2 * PIECE
