@@ -241,6 +241,8 @@ def test_fault_inside_a_range_is_resumed_inside_it(served, image, tmp_path, faul
     held = int(asked[1][len("bytes="):].split("-")[0])
     assert asked[1] == "bytes=%d-%d" % (held, 12 * PIECE - 1)
     assert 10 * PIECE < held <= 10 * PIECE + 70000 and len(asked) == 3
+    etag = served.resource("/img").etag
+    assert [r.if_range for r in served.requests] == [None, etag, etag]   # strong: sent
     assert result.attempts == 3 and len(result.history) == 1
 
 
@@ -380,3 +382,19 @@ def test_delta_onto_a_loop_device(served, image, tmp_path):
     assert image_requests(served) == ["bytes=%d-%d" % (i * PIECE, (i + 1) * PIECE - 1)
                                       for i in (9, 27)]
     assert result.bytes == 2 * PIECE
+
+
+def test_max_time_bounds_the_whole_delta(served, image, tmp_path):
+    """A range that stalls for good: max_time (1.5 s) ends the job, not the 30 s idle
+    timeout; exit 28, and the target's first MiB is left zeroed."""
+    import time
+    from rawfetch.errors import DeadlineExceeded
+    item = published(served, image, tmp_path)
+    target = tmp_path / "disk"
+    target.write_bytes(changed(image, [0, 20]))
+    served.script([A.normal(), A.stall(at=1000)], path="/img")
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as failure:
+        run(item, target, max_time=1.5, idle_timeout=30.0, speed_limit=0)
+    assert time.monotonic() - began < 15.0 and failure.value.exit_code == 28
+    assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)
