@@ -24,7 +24,8 @@ image: an ordinary download through the same steps.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import timing
 from .delta import ByteRange, Plan, hash_target, plan_ranges
@@ -46,6 +47,8 @@ __all__ = ["run", "Reimage"]
 
 FETCH_BLOCK = 1 << 20   # one readinto per MiB: as pipeline's buffers; hashing dominates
 READ_BACK_BLOCK = 1 << 20   # the held pieces re-read for the whole-file hash, per pread
+TRAIL_STEP = 16 << 20       # most bytes the whole-file thread hashes between two looks
+                            # at its stop flag: a failed job waits ~10 ms for it, no more
 
 MetalinkInput = Union[File, bytes, str, "os.PathLike[str]"]
 
@@ -66,6 +69,18 @@ def run(target: Any, metalink_file: MetalinkInput, urls: Sequence[str] = (),
     return Reimage(os.fspath(target), sources, opts).run()
 
 
+def survey(path: str, pieces: Pieces, size: int, report: Callable[..., None]) -> Plan:
+    """Survey the target and plan the fetches (events: delta_survey, delta_plan)."""
+    began = timing.now()
+    differing = hash_target(path, pieces, size)
+    report("delta_survey", path=path, pieces=pieces.count, differing=len(differing),
+           seconds=round(timing.now() - began, 3))
+    plan = plan_ranges(differing, pieces, size)
+    report("delta_plan", path=path, ranges=[r.header for r in plan.requests()],
+           bytes=plan.fetch_bytes, full=plan.full, head_fetch=plan.head_fetch)
+    return plan
+
+
 class Reimage:
     """One delta re-imaging job: the survey, the plan, and the fetches that carry it out."""
 
@@ -81,7 +96,8 @@ class Reimage:
                              allow_any_format=opts.allow_any_format,
                              verify_written=opts.verify_written, emit=self._emit)
         self.verifier = PieceVerifier(self.pieces, self.size)
-        self.hasher = new_hasher(self.checksum[0] if self.checksum else self.pieces.algorithm)
+        self.whole: Optional[Trailer] = None   # the whole-file hash, when there is one
+        self.digest: Optional[str] = None
         self.identity = Identity(self.size, None, None)   # validators learned per mirror
         self.identity_url: Optional[str] = None
         self.segments: List[Segment] = []
@@ -98,47 +114,41 @@ class Reimage:
         try:
             with mapped("write", path=self.path):
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            plan = self._plan()
+            plan = survey(self.path, self.pieces, self.size, self._emit)
             if plan.head is None:
                 self._already_there()
             else:
                 self.sink.expect_size(self.size)
                 self._carry_out(plan)
-                self._verdict()
                 self.sink.commit(self.size)
         except BaseException:
             self.sink.abandon(keep=False)   # zeroes the start again once zeroing began
             raise
         finally:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-        digest = self.checksum and "%s:%s" % (self.checksum[0], self.hasher.hexdigest())
+            self._release()
         result = DownloadResult(self.path, self.urls[0], self.fetched, self.size,
                                 self.attempts, 0, self.size - self.fetched,
-                                round(timing.now() - started, 3), digest,
+                                round(timing.now() - started, 3), self.digest,
                                 self.budget.policy.history, tuple(self.segments))
         self._emit("done", path=self.path, bytes=self.fetched, written=self.size,
                    digest=result.digest, attempts=self.attempts, elapsed=result.elapsed,
                    segments=[list(s) for s in self.segments], delta=True)
         return result
 
-    def _plan(self) -> Plan:
-        """Survey the target and plan the fetches (events: delta_survey, delta_plan)."""
-        began = timing.now()
-        differing = hash_target(self.path, self.pieces, self.size)
-        self._emit("delta_survey", path=self.path, pieces=self.pieces.count,
-                   differing=len(differing), seconds=round(timing.now() - began, 3))
-        plan = plan_ranges(differing, self.pieces, self.size)
-        self._emit("delta_plan", path=self.path, ranges=[r.header for r in plan.requests()],
-                   bytes=plan.fetch_bytes, full=plan.full, head_fetch=plan.head_fetch)
-        return plan
+    def _release(self) -> None:
+        if self.whole is not None:
+            self.whole.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _already_there(self) -> None:
         """Every piece matched: nothing is written. The whole-file hash still decides;
         a longer regular file is cut to the image's size, as a download would."""
-        read_back(self.hasher, self._fd, 0, self.size, self._read, self.path)
-        self._verdict()
+        if self.checksum is not None:
+            hasher = new_hasher(self.checksum[0])
+            read_back(hasher, self._fd, 0, self.size, self._read, self.path)
+            self._verdict(hasher.hexdigest())
         self.sink.abandon(keep=True)    # OPEN -> ABANDONED: the target was never touched
         if os.path.isfile(self.path) and os.path.getsize(self.path) > self.size:
             with mapped("write", path=self.path):
@@ -146,28 +156,38 @@ class Reimage:
 
     def _carry_out(self, plan: Plan) -> None:
         """The head first (from the target when it matched), then each range in file
-        order with the held bytes between read back into the whole-file hash."""
-        done = 0
+        order. The whole-file hash trails on its own thread: the bytes before a range
+        are final when it starts, a fetched piece once it verifies."""
+        if self.checksum is not None:
+            self.whole = Trailer(self.checksum[0], self._fd, self.path, self._held_head)
         if not plan.head_fetch:
-            done = min(HEAD_HOLD, self.size)
-            head = pread_exact(self._fd, 0, done, self.path)
+            head = pread_exact(self._fd, 0, min(HEAD_HOLD, self.size), self.path)
             self.sink.write(head)       # format check, first MiB zeroed, head held
-            self.hasher.update(head)
         for wanted in plan.requests():
-            read_back(self.hasher, self._fd, done, wanted.first, self._read, self.path)
+            self._final(wanted.first)
             self._fetch(wanted)
-            done = wanted.last + 1
-        read_back(self.hasher, self._fd, done, self.size, self._read, self.path)
+        self._final(self.size)
         if self.sink.taken != self.size:
             self.sink.seek(self.size)   # the tail after the last range is the target's
+        if self.whole is not None:
+            self._verdict(self.whole.hexdigest(self.size))
 
-    def _verdict(self) -> None:
+    def _held_head(self) -> bytes:
+        """The first MiB as commit() will write it (on the target it is zeros now)."""
+        return bytes(self.sink.head.data)
+
+    def _final(self, offset: int) -> None:
+        if self.whole is not None:
+            self.whole.final(offset)
+
+    def _verdict(self, hexdigest: str) -> None:
         """The whole-file hash decides (RFC 5854 4.2.4): a mismatch is exit 90."""
-        if self.checksum is not None and self.hasher.hexdigest() != self.checksum[1]:
+        assert self.checksum is not None
+        self.digest = "%s:%s" % (self.checksum[0], hexdigest)
+        if hexdigest != self.checksum[1]:
             raise ChecksumMismatch("%s: re-imaged, but its %s is %s, not %s; its first MiB "
                                    "was zeroed again" % (self.path, self.checksum[0],
-                                                         self.hasher.hexdigest(),
-                                                         self.checksum[1]))
+                                                         hexdigest, self.checksum[1]))
 
     # ------------------------------------------------------------ fetching
     def _fetch(self, wanted: ByteRange) -> None:
@@ -176,10 +196,9 @@ class Reimage:
         start = wanted.first
         self.verifier.skip_to(start)
         while True:
-            mark = self.hasher.copy()
             stream = self._stream(start, wanted.last + 1)
             try:
-                bad = self._pump(stream, start, mark)
+                bad = self._pump(stream, start)
             finally:
                 self._close(stream)
             if bad is None:
@@ -207,10 +226,10 @@ class Reimage:
             self.urls.remove(stream.url)
             self.urls.insert(0, stream.url)
 
-    def _pump(self, stream: RangeStream, offset: int, mark: Any) -> Optional[int]:
-        """Bytes from `stream` (starting at `offset`) to the target, the piece check and
-        the whole-file hash, split at piece boundaries. Returns the first bad piece's
-        index, with the hash rewound to that piece's start; None at the range's end."""
+    def _pump(self, stream: RangeStream, offset: int) -> Optional[int]:
+        """Bytes from `stream` (starting at `offset`) to the target and the piece check,
+        split at piece boundaries. Returns the first bad piece's index (nothing after it
+        is kept); None at the range's end."""
         block = memoryview(bytearray(FETCH_BLOCK))
         length = self.pieces.length
         while True:
@@ -223,13 +242,11 @@ class Reimage:
                 view = block[used:used + take]
                 self._write(offset, view)
                 verdicts = self.verifier.feed(offset, view)
-                self.hasher.update(view)
                 offset, used = offset + take, used + take
                 for verdict in verdicts:
                     if not verdict.ok:
-                        self.hasher = mark
                         return verdict.index
-                    mark = self.hasher.copy()
+                    self._final(verdict.end)
                     if self.bad.pop(verdict.index, None) is not None:
                         self._emit("piece_fixed", index=verdict.index, url=stream.url)
 
@@ -254,7 +271,6 @@ class Reimage:
             self.urls.append(self.urls.pop(0))
         if start < HEAD_HOLD:           # the held head has bad bytes: collect it again
             self.sink.restart()
-            self.hasher = new_hasher(self.hasher.name)
             start = 0
         self.verifier.rewind(start)
         self.bad[index] = url
@@ -293,3 +309,73 @@ def pread_into(fd: int, into: memoryview, offset: int, path: str) -> int:
         raise ChecksumMismatch("%s ended at %d while re-imaging it: it shrank under "
                                "rawfetch" % (path, offset))
     return got
+
+
+class Trailer:
+    """The whole-file hash on its own thread, trailing the writer: it hashes the target's
+    bytes in file order up to the offset the job marked final -- read back from the
+    page cache, the held first MiB from memory -- so the second sha-256 pass overlaps
+    the fetches instead of following them (docs/delta.md has the numbers)."""
+
+    def __init__(self, algorithm: str, fd: int, path: str, head: Callable[[], bytes]) -> None:
+        self.hasher = new_hasher(algorithm)
+        self.fd, self.path, self._head = fd, path, head
+        self._final = 0          # bytes before it are final on the target (or the head)
+        self._hashed = 0
+        self._stopping = False
+        self._failure: Optional[BaseException] = None
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="rawfetch-whole-file",
+                                        daemon=True)
+        self._thread.start()
+
+    def final(self, offset: int) -> None:
+        with self._ready:
+            if self._failure is not None:
+                raise self._failure
+            if offset > self._final:
+                self._final = offset
+                self._ready.notify_all()
+
+    def hexdigest(self, size: int) -> str:
+        """Wait until `size` bytes are hashed; the digest (a failure is raised here)."""
+        self.final(size)
+        with self._ready:
+            while self._hashed < size and self._failure is None:
+                self._ready.wait()
+            if self._failure is not None:
+                raise self._failure
+        return self.hasher.hexdigest()
+
+    def close(self) -> None:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        block = memoryview(bytearray(READ_BACK_BLOCK))
+        while True:
+            with self._ready:
+                while self._hashed >= self._final and not self._stopping:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                start, end = self._hashed, min(self._final, self._hashed + TRAIL_STEP)
+            try:                # outside the lock: hashlib and pread drop the GIL
+                self._hash(start, end, block)
+            except BaseException as exc:    # raised in the job's thread by final()
+                with self._ready:
+                    self._failure = exc
+                    self._ready.notify_all()
+                return
+            with self._ready:
+                self._hashed = end
+                self._ready.notify_all()
+
+    def _hash(self, start: int, end: int, block: memoryview) -> None:
+        if start < HEAD_HOLD:
+            upto = min(end, HEAD_HOLD)
+            self.hasher.update(self._head()[start:upto])
+            start = upto
+        read_back(self.hasher, self.fd, start, end, block, self.path)
