@@ -28,6 +28,7 @@ from rawfetch.resume import RangeStream
 from tests.faultserver import FaultServer, actions as A
 
 pytestmark = pytest.mark.timeout(120)
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 KiB, MiB = 1 << 10, 1 << 20
 PIECE = 256 * KiB
@@ -398,3 +399,32 @@ def test_max_time_bounds_the_whole_delta(served, image, tmp_path):
         run(item, target, max_time=1.5, idle_timeout=30.0, speed_limit=0)
     assert time.monotonic() - began < 15.0 and failure.value.exit_code == 28
     assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)
+
+
+def test_a_killed_delta_leaves_the_start_zeroed_and_a_rerun_completes(served, image,
+                                                                      tmp_path):
+    """kill -9 while the second range stalls: the first MiB is zeros (fsynced before any
+    other write), never the new head over a half-written body; a rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    item = published(served, image, tmp_path)
+    meta4 = tmp_path / "image.meta4"
+    from rawfetch.metalink.make import to_xml
+    meta4.write_text(to_xml([item]), encoding="utf-8")
+    target = tmp_path / "disk"
+    target.write_bytes(changed(image, [0, 9, 31]))
+    served.script([A.normal(), A.stall(at=1000)], path="/img")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from rawfetch import reimage;"
+                              " reimage.run(sys.argv[1], sys.argv[2])", str(target), str(meta4)],
+                             env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert served.wait_requests(2, timeout=30)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)
+    served.script([A.normal()], path="/img")
+    run(item, target)
+    assert sha(target.read_bytes()) == sha(image)
