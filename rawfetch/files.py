@@ -14,35 +14,25 @@ command's -o - takes the same path with a stdout sink (to_stdout()).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+import stat
+from typing import Any, Callable, List, Optional, Sequence
 
 from . import timing
 from .digest import parse_checksum
 from .events import emit, reporter, wants_events
+from .metalink.sources import Sources
 from .metalink.wire import Job, resolve
 from .options import Options, make_options
 from .piececheck import verify_held
 from .pipeline import Pipeline, StdoutSink, check_invariants
+from .reimage import Reimage
+from .result import DownloadResult
 from .resume import ENGINE, Segment, Stream
-from .retry import Attempt, Budget
+from .retry import Budget
 from .sinks import SafeDisk, open_output
 
 __all__ = ["download", "to_stdout", "DownloadResult", "check_invariants",
            "segments_summary"]
-
-
-class DownloadResult(NamedTuple):
-    path: str
-    url: str
-    bytes: int               # bytes downloaded (the compressed bytes when decompressing)
-    written: int             # bytes written to path (decompressed bytes when decompressing)
-    attempts: int
-    restarts: int
-    resumed_from: int        # bytes already held from an earlier run
-    elapsed: float
-    digest: Optional[str]    # "algo:hex" of the downloaded bytes, when a checksum was given
-    history: Tuple[Attempt, ...]     # the last policy.MAX_HISTORY failed attempts
-    segments: Tuple[Segment, ...]   # which mirror served which byte ranges
 
 
 def download(url: Optional[str], path: Any, *, urls: Sequence[str] = (),
@@ -60,6 +50,9 @@ def download(url: Optional[str], path: Any, *, urls: Sequence[str] = (),
     budget = Budget(opts)
     job = resolve(url, urls, opts, budget, path, ENGINE)
     url, opts = job.url, job.options
+    if _delta_applies(job, path):
+        return Reimage(path, Sources((url,) + tuple(job.mirrors), opts.checksum, job.size,
+                                     job.pieces), opts, budget).run()
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
     return _transfer(job, budget, sink, path, progress)
@@ -108,6 +101,17 @@ def _transfer(job: Job, budget: Budget, sink: Any, path: Optional[str],
              segments=[list(s) for s in result.segments], readback_seconds=readback,
              decompress=pipeline.decoder.kind if pipeline.decoder is not None else "none")
     return result
+
+
+def _delta_applies(job: Job, path: str) -> bool:
+    """Delta re-imaging (docs/delta.md): a Metalink with pieces and a size, written in
+    place (--in-place, or a block device) onto a target that exists, bytes as published
+    (no decoder: the pieces hash the published bytes, not what a decoder writes)."""
+    if job.pieces is None or job.size is None or job.options.decompress != "none":
+        return False
+    if not os.path.exists(path):
+        return False
+    return job.options.in_place or stat.S_ISBLK(os.stat(path).st_mode)
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:

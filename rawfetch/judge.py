@@ -137,6 +137,8 @@ class Held(NamedTuple):
     checksum: bool                 # the end result will be verified against a checksum
     can_restart: bool              # held bytes may be thrown away (file mode), not consumed
     codings: FrozenSet[str] = frozenset()   # Content-Encodings to take (accepted_codings)
+    end: Optional[int] = None      # a closed range: one past the last byte wanted (None:
+                                   # to the object's end); RFC 9110 s14.1.2 last-pos + 1
 
 
 class Reply(NamedTuple):
@@ -225,6 +227,11 @@ def if_range(held: Held) -> Optional[str]:
     return None if held.checksum else held.identity.strong_etag
 
 
+def range_value(held: Held) -> str:
+    """`bytes=N-`, or `bytes=N-M` for a closed range (RFC 9110 s14.1.2)."""
+    return "bytes=%d-%s" % (held.offset, "" if held.end is None else held.end - 1)
+
+
 def plan(held: Held) -> Tuple[Decision, Tuple[Tuple[str, str], ...]]:
     """Before an attempt: (ADOPT with the Range headers to send), or RESTART/CHANGED when
     the held bytes cannot be proven to belong to what this server will send."""
@@ -234,8 +241,8 @@ def plan(held: Held) -> Tuple[Decision, Tuple[Tuple[str, str], ...]]:
                               "Last-Modified, RFC 9110 s8.8.1) and no checksum prove that %s "
                               "still holds the same object" % where), ()
     if held.offset == 0 or held.identity is None:
-        return Decision(ADOPT), ()
-    headers: Tuple[Tuple[str, str], ...] = (("Range", "bytes=%d-" % held.offset),)
+        return Decision(ADOPT), (() if held.end is None else (("Range", range_value(held)),))
+    headers: Tuple[Tuple[str, str], ...] = (("Range", range_value(held)),)
     validator = if_range(held)
     if validator:
         headers += (("If-Range", validator),)
@@ -248,21 +255,33 @@ def judge(held: Held, reply: Reply) -> Decision:
         refusal = encoding_refusal(held, reply)
         if refusal:
             return Decision(ENCODED, refusal)
-    if reply.status == 206 and held.offset:
+    ranged = bool(held.offset) or held.end is not None     # a Range was sent
+    if reply.status == 206 and ranged:
         return _partial(held, reply)
     if reply.status in OK_STATUSES:
         return _full(held, reply)
-    if reply.status == 416 and held.offset:
+    if reply.status == 416 and ranged:
         return _unsatisfiable(held, reply)
     return Decision(STATUS, "unexpected HTTP %d" % reply.status)
 
 
+def _exact(held: Held, reply: Reply) -> bool:
+    """The 206 carries exactly the span asked for: `bytes N-(total-1)/total`, or for a
+    closed range `bytes N-(end-1)/total` with total >= end (RFC 9110 s14.4, s15.3.7)."""
+    span = parse_content_range(reply.content_range)
+    if span is None or span[0] != held.offset or span[2] < 1:
+        return False
+    _, last, total = span
+    wanted = total - 1 if held.end is None else held.end - 1
+    return last == wanted and last < total and \
+        reply.content_length in (None, last - held.offset + 1)
+
+
 def _partial(held: Held, reply: Reply) -> Decision:
     span = parse_content_range(reply.content_range)
-    if span is None or span[0] != held.offset or span[2] < 1 or span[1] != span[2] - 1 \
-            or reply.content_length not in (None, span[2] - held.offset):
-        return Decision(RETRY, "malformed answer to Range bytes=%d-: Content-Range %r, "
-                        "Content-Length %r" % (held.offset, reply.content_range,
+    if span is None or not _exact(held, reply):
+        return Decision(RETRY, "malformed answer to Range %s: Content-Range %r, "
+                        "Content-Length %r" % (range_value(held), reply.content_range,
                                                reply.content_length))
     old = held.identity or Identity(None, None, None)
     fresh = Identity.from_headers(reply.headers, span[2])
@@ -323,6 +342,9 @@ def _unsatisfiable(held: Held, reply: Reply) -> Decision:
     """416 to bytes=N-: complete when N is the total. Apache and lighttpd send no
     Content-Range; then a strong If-Range that the server evaluated (it answered 416, not
     200: RFC 9110 s13.2.2 step 5) and a known total equal to N prove it."""
+    if held.end is not None:   # bytes before `end` should exist: the object is shorter now
+        return _changed(held, "416 to the closed Range %s (Content-Range %r): the object "
+                              "is shorter than before" % (range_value(held), reply.content_range))
     span = parse_content_range(reply.content_range)
     old = held.identity or Identity(None, None, None)
     known = old.total

@@ -324,11 +324,10 @@ TAKING = frozenset({D.OPEN, D.HOLDING, D.WRITING, D.RESTARTED, D.STREAMING})  # 
 
 
 class SafeDisk:
-    """The sink interface around an InPlace sink, as the state machine DISK_STEPS: the
-    first bytes checked before the target is touched, its first MiB zeroed, the head held
-    until commit() writes it last; a failure zeroes the start again (disk.py says why).
-    Targets without offsets (not inner.seekable: character devices, FIFOs) hold and
-    check only 4 bytes."""
+    """InPlace as the state machine DISK_STEPS: the first bytes checked before the target
+    is touched, its first MiB zeroed, the head held until commit() writes it last; a
+    failure zeroes the start again (disk.py). Targets without offsets (character devices,
+    FIFOs) hold and check only 4 bytes."""
 
     in_place = True
     resumable = False
@@ -370,8 +369,7 @@ class SafeDisk:
         except BaseException:
             self.abandon(keep=False)
             raise
-        if self.verify_written:
-            self.digest = WrittenDigest()
+        self.digest = WrittenDigest() if self.verify_written else None
         self._go(D.OPEN)
         return 0, None
 
@@ -407,8 +405,8 @@ class SafeDisk:
         self.taken += count
 
     def position(self) -> Optional[int]:
-        """Where the output stands: the fd's real offset once the head is complete (tail
-        bytes and splice land there), the held bytes before; None without positions."""
+        """The fd's real offset once the head is complete, the held bytes before; None
+        without positions (a character device, a FIFO)."""
         if self.state is D.WRITING or not self.inner.seekable:
             return self.inner.position()
         return len(self.head.data)

@@ -307,6 +307,8 @@ PATHS = [
     DataPath("pieces-only", drive_metalink(whole=False), pieces="only"),
     DataPath("pieces-tls", drive_metalink(whole=True), pieces="whole", tls=True),
     DataPath("pieces-mirror", drive_metalink(whole=True), pieces="whole", mirrors="first"),
+    # in place onto an existing target of other bytes: the delta re-imaging path
+    # (docs/delta.md) with every piece differing, one closed range, resumed inside it
     DataPath("pieces-in-place", drive_metalink(whole=True, output="in-place"),
              pieces="whole", in_place=True),
     DataPath("pieces-stdout", drive_metalink(whole=True, output="stdout"), pieces="whole",
