@@ -269,9 +269,11 @@ class Reimage:
         self.budget.deadline.check()
         if len(self.urls) > 1 and self.urls[0] == url:
             self.urls.append(self.urls.pop(0))
-        if start < HEAD_HOLD:           # the held head has bad bytes: collect it again
+        if start == 0:      # piece 0: the head starts over and its format is checked again
             self.sink.restart()
-            start = 0
+        # else the next write rewinds the sink (inside the held head: its copy is cut at
+        # `start`). The verified bytes before `start` stay: the whole-file hash may be
+        # reading them from the held head on its thread right now.
         self.verifier.rewind(start)
         self.bad[index] = url
         return start

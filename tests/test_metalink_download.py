@@ -13,7 +13,6 @@ from typing import Iterator, List
 import pytest
 
 from rawfetch import files
-from rawfetch.disk import HEAD_HOLD
 from rawfetch.errors import MetalinkError, PieceMismatch
 from rawfetch.metalink.make import describe, to_xml
 from tests.faultserver import FaultServer, actions as A, make_body
@@ -262,9 +261,8 @@ def test_in_place_a_bad_piece_is_rewritten_from_the_next_mirror(mirrors, tmp_pat
         assert sha(target.read_bytes()) == sha(IMAGE)
         start = bad_at - bad_at % piece
         # the rest of the one range, from the bad piece's first byte (inside the held
-        # first MiB: from the head's start, the head being fetched again whole)
-        first = 0 if start < HEAD_HOLD else start
-        assert ranges(good) == ["bytes=%d-%d" % (first, len(IMAGE) - 1)]
+        # first MiB too: its verified pieces are kept)
+        assert ranges(good) == ["bytes=%d-%d" % (start, len(IMAGE) - 1)]
         assert [e["offset"] for e in events if e["event"] == "piece_bad"] == [start]
         assert [e["index"] for e in events if e["event"] == "piece_fixed"] == [start // piece]
     finally:
