@@ -269,12 +269,9 @@ class Reimage:
         self.budget.deadline.check()
         if len(self.urls) > 1 and self.urls[0] == url:
             self.urls.append(self.urls.pop(0))
-        if start == 0:      # piece 0: the head starts over and its format is checked again
-            self.sink.restart()
-        # else the next write rewinds the sink (inside the held head: its copy is cut at
-        # `start`). The verified bytes before `start` stay: the whole-file hash may be
-        # reading them from the held head on its thread right now.
-        self.verifier.rewind(start)
+        if start == 0:      # piece 0 starts the head over (format checked again); else the
+            self.sink.restart()   # next write cuts back to `start`, keeping verified bytes
+        self.verifier.rewind(start)   # (the whole-file thread may be hashing them now)
         self.bad[index] = url
         return start
 
