@@ -95,6 +95,12 @@ def stdlib_files(python: str, names: Iterable[str]) -> List[str]:
         name, origin = line.split(" ", 1)
         if origin.startswith("/"):
             found.append(origin)
+        elif origin == "-":
+            # not found: an optional import that failed while tracing (copy's Jython
+            # fallback `org.python.core`, pulled in by dataclasses) or a namespace
+            # package; neither has a file to ship. A module rawfetch needs and the guest
+            # lacks fails the vm tier's downloads, not silently.
+            continue
         elif origin not in ("built-in", "frozen"):
             raise RuntimeError("traced module %s has no file (%s) under %s"
                                % (name, origin, python))
