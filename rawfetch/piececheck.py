@@ -112,7 +112,8 @@ class PieceCheck:
             self.feed(offset, part, stream.url)
         if bad is None:
             return True
-        if not self.holding:
+        if not self.holding:    # queued writes land, and are counted, before the cut
+            pipeline.worker.drain()
             pipeline.fed = pipeline.written = bad.start
         self.refetch(bad, stream, pipeline.worker, pipeline.verifier, pipeline.sink)
         return False
