@@ -27,7 +27,6 @@ FIFOs) only get the format check: the first 4 bytes are held, then everything st
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import zlib
@@ -179,6 +178,7 @@ class WrittenDigest:
     (4 bytes of memory per MiB written)."""
 
     def __init__(self) -> None:
+        import hashlib  # lazily: it loads OpenSSL's libcrypto (+3.7 MiB RSS); read-back only
         self.sha256 = hashlib.sha256()
         self.blocks: List[int] = []   # crc32 of each complete MiB
         self._crc = 0

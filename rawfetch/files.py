@@ -20,12 +20,9 @@ from typing import Any, Callable, List, Optional, Sequence
 from . import timing
 from .digest import parse_checksum
 from .events import emit, reporter, wants_events
-from .metalink.sources import Sources
-from .metalink.wire import Job, resolve
+from .job import Job, resolve
 from .options import Options, make_options
-from .piececheck import verify_held
 from .pipeline import Pipeline, StdoutSink, check_invariants
-from .reimage import Reimage
 from .result import DownloadResult
 from .resume import ENGINE, Segment, Stream
 from .retry import Budget
@@ -51,8 +48,7 @@ def download(url: Optional[str], path: Any, *, urls: Sequence[str] = (),
     job = resolve(url, urls, opts, budget, path, ENGINE)
     url, opts = job.url, job.options
     if _delta_applies(job, path):
-        return Reimage(path, Sources((url,) + tuple(job.mirrors), opts.checksum, job.size,
-                                     job.pieces), opts, budget).run()
+        return _reimage(job, path, budget)
     sink = open_output(path, url, opts.in_place, resumable=opts.decompress == "none")
     sink = _safe_disk(sink, url, opts) if sink.in_place else _reporting(sink, url, opts)
     return _transfer(job, budget, sink, path, progress)
@@ -77,7 +73,8 @@ def _transfer(job: Job, budget: Budget, sink: Any, path: Optional[str],
     held, identity = sink.open()      # locked from here: one writer per output
     pipeline = None
     try:
-        held = verify_held(job.pieces, job.size, sink, held, reporter(opts))
+        if job.pieces is not None:
+            held = _verified_held(job, sink, held)
         checksum = parse_checksum(opts.checksum)
         pipeline = Pipeline(sink, opts, checksum, held, size=job.size, pieces=job.pieces)
         stream = Stream(url, opts, offset=held, identity=identity, restartable=path is not None,
@@ -112,6 +109,22 @@ def _delta_applies(job: Job, path: str) -> bool:
     if not os.path.exists(path):
         return False
     return job.options.in_place or stat.S_ISBLK(os.stat(path).st_mode)
+
+
+def _reimage(job: Job, path: str, budget: Budget) -> DownloadResult:
+    """The delta path (docs/delta.md)."""
+    # lazily, like every Metalink module (job.resolve): no cycle, reimage imports no files
+    from .metalink.sources import Sources
+    from .reimage import Reimage
+    sources = Sources((job.url,) + tuple(job.mirrors), job.options.checksum, job.size,
+                      job.pieces)
+    return Reimage(path, sources, job.options, budget).run()
+
+
+def _verified_held(job: Job, sink: Any, held: int) -> int:
+    """An earlier run's bytes checked piece by piece (piececheck.verify_held)."""
+    from .piececheck import verify_held   # lazily, like every Metalink module (job.resolve)
+    return verify_held(job.pieces, job.size, sink, held, reporter(job.options))
 
 
 def _safe_disk(sink: Any, url: str, opts: Options) -> Any:

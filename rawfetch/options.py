@@ -252,7 +252,7 @@ def _check_formats(values: Dict[str, Any]) -> None:
 
 
 def _check_metalink(values: Dict[str, Any]) -> None:
-    """metalink is a URL or a path; metalink_name needs it (read by metalink.wire)."""
+    """metalink is a URL or a path; metalink_name needs it (read by metalink.wire.merge_metalink)."""
     for name in ("metalink", "metalink_name"):
         if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
             raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))

@@ -3,7 +3,7 @@
     mode         worker thread does            this thread does        kernel splice
     splice       writes (responses that        splice_to + drains the  socket -> pipe -> file
                  cannot splice: TLS, chunked)  pipe into the file
-    copy         writes                        receives                no (stdout)
+    copy         nothing (never started)       receives, writes        no (stdout)
     digest       hashes                        receives, writes        no (devices, stdout)
     part-digest  hashes (spliced regions read  receives, writes,       yes
                  back from the .part)          drains the pipe
@@ -18,18 +18,20 @@ asks the digest.Verifier for the verdict at the end. Nothing below it writes to 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple
 
 from .decompress import make_decoder
 from .digest import FileHasher, Verifier, Worker, new_hasher
 from .errors import (ChecksumMismatch, DecompressError, InvariantViolation, ProtocolError,
                      ResourceChanged, mapped)
 from .events import reporter
-from .metalink import Pieces
 from .options import Options
-from .piececheck import PieceCheck, piece_check
 from .resume import Stream
 from .splice import Splicer
+
+if TYPE_CHECKING:   # hints only: a plain job never loads the Metalink modules (job.py)
+    from .metalink import Pieces
+    from .piececheck import PieceCheck
 
 WRITE_BUFFER = 1 << 20    # one recv_into + os.write per MiB: see docs/benchmarks.md
 RING_BUFFERS = 2          # buffers in flight to the worker, 1 MiB each (bench, 768 MiB xz
@@ -48,7 +50,8 @@ class Mode(NamedTuple):
 
 MODES = {mode.name: mode for mode in (
     Mode("splice", writes_here=False, splices=True),
-    Mode("copy", writes_here=False, splices=False),
+    Mode("copy", writes_here=True, splices=False),     # bench baseline: a hand-over to a
+                                                       # thread cost plain -o - 1.28x wall
     Mode("digest", writes_here=True, splices=False),
     Mode("part-digest", writes_here=True, splices=True),
     Mode("decode", writes_here=False, splices=False),
@@ -130,8 +133,8 @@ class Pipeline:
         self.splicer = Splicer.create(sink.fd, sink.path) if self.mode.splices else None
         self._restarts = 0          # the stream generation the output holds
         self._identity: Any = None  # the identity last recorded or checked
-        self.check = piece_check(pieces, size, sink, held, self.decoder is not None,
-                                 reporter(opts))
+        self.check = None if pieces is None else _piece_check(
+            pieces, size, sink, held, self.decoder is not None, reporter(opts))
 
     def _worker(self, checksum: Optional[Tuple[str, str]], held: int) -> Worker:
         """The mode's worker thread, and the Verifier over it when there is a checksum."""
@@ -142,7 +145,7 @@ class Pipeline:
             consume = self._write if self.mode.name == "decode" else None
             worker = Worker(new_hasher(checksum[0]), consume=consume)
         else:
-            worker = Worker(consume=self._write)
+            worker = Worker(consume=None if self.mode.writes_here else self._write)
         if checksum is not None:
             self.verifier = Verifier(checksum, worker, held)
         return worker
@@ -245,7 +248,7 @@ class Pipeline:
         self.fed += len(view)
         if self.verifier is not None:
             self.verifier.update(view)
-        else:
+        elif not self.mode.writes_here:
             self.worker.update(view)
         if self.mode.writes_here:
             self._write(view)
@@ -305,6 +308,13 @@ class Pipeline:
             self.decoder.close()
         if self.splicer is not None:
             self.splicer.close()
+
+
+def _piece_check(pieces: Pieces, size: Optional[int], sink: Any, held: int, decoding: bool,
+                 emit: Any) -> Optional[PieceCheck]:
+    """The job's piece stage (piececheck.piece_check)."""
+    from .piececheck import piece_check   # lazily, like every Metalink module (job.py)
+    return piece_check(pieces, size, sink, held, decoding, emit)
 
 
 def runs(check: Optional[PieceCheck], offset: int, size: int) -> Any:

@@ -22,10 +22,10 @@ from .digest import Verifier, parse_checksum
 from .errors import (ChecksumMismatch, ContentEncodingError, FetchError, InvalidRequest,
                      InvariantViolation, ProtocolError, ResourceChanged)
 from .events import emit, wants_events
+from .job import Engine, resolve
 from .judge import (CHANGED, COMPLETE, CONTINUE, ENCODED, OK_STATUSES, RESTART, RETRY, SKIP,
                     STATUS, Held, Identity, Reply, accepted_codings, judge,
                     parse_content_range, plan, provable)
-from .metalink.wire import Engine, resolve
 from .mirrors import MirrorSet
 from .options import Options, make_options
 from .retry import Budget
@@ -540,4 +540,4 @@ def with_checksum_file(url: str, opts: Options, budget: Budget) -> Options:
                         checksum_name=None)
 
 
-ENGINE = Engine(with_checksum_file, open_stream)   # what metalink.wire fetches with
+ENGINE = Engine(with_checksum_file, open_stream)   # what job.resolve and metalink.wire fetch with

@@ -283,6 +283,36 @@ def test_every_time_read_and_wait_goes_through_the_clock():
     assert list(direct_clock_uses()) == []
 
 
+METALINK_MODULES = ("rawfetch.metalink", "rawfetch.piececheck", "rawfetch.pieces",
+                    "rawfetch.reimage", "rawfetch.delta")
+PLAIN_JOB = """
+import sys
+from tests.faultserver import FaultServer, make_body
+import rawfetch.cli
+body = make_body(1 << 20, seed=3)
+with FaultServer() as server:
+    server.add("/img", body)
+    code = rawfetch.cli.run([server.url("/img"), "-o", sys.argv[1], "-q"])
+with open(sys.argv[1], "rb") as written:
+    assert written.read() == body, "the plain job wrote other bytes"
+print(code, " ".join(sorted(m for m in sys.modules if m.startswith("rawfetch"))))
+"""
+
+
+def test_a_plain_job_loads_no_metalink_module(tmp_path):
+    """Start-up cost (bench baseline): a download without a Metalink never imports the
+    Metalink reader, the piece check or the delta path (job.resolve imports them lazily)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-c", PLAIN_JOB, str(tmp_path / "out")], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    code, loaded = proc.stdout.split(" ", 1)
+    assert code == "0"
+    assert "rawfetch.files" in loaded.split()
+    assert [m for m in loaded.split() if m.startswith(METALINK_MODULES)] == []
+
+
 def main(argv: List[str]) -> int:
     """`python3 tests/test_layout.py [CHECKOUT]`: the graph of this tree, or another's."""
     root = argv[0] if argv else ROOT

@@ -1,62 +1,39 @@
 """A Metalink as a download's input (issue 24): read it (a path, or a URL fetched with
 the job's own engine and budget), choose its file, and merge it with the operator's URL,
-mirrors and checksum (sources.merge_sources). The result is what files.download() runs:
-the URL list, the options carrying the whole-file checksum, the expected size and the
-piece list the pipeline verifies with.
+mirrors and checksum (sources.merge_sources). job.resolve() calls it only for a Metalink
+job, and makes the result the Job that files.download() runs.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
-from ..errors import MetalinkError
 from ..events import emit, wants_events
 from ..options import Options
-from . import Metalink, Pieces, File, parse
-from .sources import merge_sources
+from . import File, Metalink, parse
+from .sources import Sources, merge_sources
 
 REMOTE_SCHEMES = ("http://", "https://")
 
 
-class Job(NamedTuple):
-    """One download's inputs once a Metalink (if any) is merged in."""
-    url: str
-    mirrors: Tuple[str, ...]
-    options: Options
-    size: Optional[int]          # the Metalink's <size>: the total every mirror must serve
-    pieces: Optional[Pieces]     # the piece hashes to verify with (None: none)
-
-
-class Engine(NamedTuple):
-    """resume.py's two readers, passed in (this module sits below resume.py)."""
-    with_checksum_file: Callable[[str, Options, Any], Options]
-    open_stream: Callable[..., Any]
-
-
-def resolve(url: Optional[str], mirrors: Sequence[str], opts: Options, budget: Any,
-            output: Optional[str], engine: Engine) -> Job:
-    """The job for `url`/`mirrors` under `opts`. Without a Metalink: as given (the
-    checksum file, if any, read first). With one: read it, choose its file, fetch a
-    --checksum-url entry for it, merge (an explicit checksum that contradicts the
-    Metalink's hash of the same algorithm is a MetalinkError, exit 98)."""
-    with_checksum_file = engine.with_checksum_file
-    if opts.metalink is None:
-        if url is None:
-            raise MetalinkError("no URL and no Metalink: nothing to download")
-        return Job(url, tuple(mirrors), with_checksum_file(url, opts, budget), None, None)
+def merge_metalink(url: Optional[str], mirrors: Sequence[str], opts: Options, budget: Any,
+                   output: Optional[str], engine: Any) -> Tuple[Sources, Options]:
+    """Read the Metalink (with the engine's open_stream), choose its file, fetch a
+    --checksum-url entry for it (engine.with_checksum_file), merge (an explicit checksum
+    that contradicts the Metalink's hash of the same algorithm is a MetalinkError, exit
+    98). Returns the merged sources and the options without the Metalink's fields."""
     document = read(opts.metalink, opts, budget, engine.open_stream)
     item = choose(document, opts.metalink_name, output)
     first = merge_sources(item, url, mirrors, None)
-    opts = with_checksum_file(first.urls[0], opts.replace(metalink=None, metalink_name=None),
-                              budget)
+    opts = engine.with_checksum_file(first.urls[0], opts.replace(metalink=None,
+                                                                 metalink_name=None), budget)
     sources = merge_sources(item, url, mirrors, opts.checksum)
     if wants_events(opts):
         emit(opts.on_event, "metalink", url=sources.urls[0], file=item.name, size=sources.size,
              mirrors=len(sources.urls), checksum=sources.checksum is not None,
              pieces=sources.pieces.count if sources.pieces else 0,
              piece_length=sources.pieces.length if sources.pieces else None)
-    return Job(sources.urls[0], sources.urls[1:], opts.replace(checksum=sources.checksum),
-               sources.size, sources.pieces)
+    return sources, opts
 
 
 def read(where: str, opts: Options, budget: Any, open_stream: Callable[..., Any]) -> Metalink:
