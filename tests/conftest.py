@@ -32,6 +32,17 @@ def vclock() -> Iterator[VirtualClock]:
         clock.close()
 
 
+@pytest.fixture(autouse=True)
+def _marked_virtual_clock(request) -> None:
+    """A module marked `virtual_clock` runs every test on the vclock, except a test
+    parametrized with clock="real" (its real-clock twin, in the slow tier)."""
+    if request.node.get_closest_marker("virtual_clock") is None:
+        return
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("clock", "virtual") == "virtual":
+        request.getfixturevalue("vclock")
+
+
 @pytest.fixture(params=["virtual", pytest.param("real", marks=pytest.mark.slow)])
 def clock(request) -> str:
     """A test and its real-clock twin: "virtual" (default tier, under the vclock

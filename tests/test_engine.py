@@ -14,20 +14,8 @@ from rawfetch import timing
 from tests.faultserver import actions as A
 from tests.timing_options import QUICK
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.virtual_clock]   # conftest: the virtual clock
 
-
-@pytest.fixture
-def clock():
-    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
-    with its real-clock twin."""
-    return "virtual"
-
-
-@pytest.fixture(autouse=True)
-def _on_clock(clock, request):
-    if clock == "virtual":
-        request.getfixturevalue("vclock")
 
 # the shared bounded waits, without QUICK's short backoff: engine tests keep the default retry
 FAST = {name: QUICK[name] for name in ("idle_timeout", "connect_timeout", "dns_timeout")}

@@ -12,20 +12,9 @@ from rawfetch import timing
 from tests.faultserver import (DNSResponder, actions as A, dns_answer, dns_nxdomain,
                                dns_query, dns_servfail, make_body)
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.virtual_clock]   # conftest: the virtual clock
 
 
-@pytest.fixture
-def clock():
-    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
-    with its real-clock twin."""
-    return "virtual"
-
-
-@pytest.fixture(autouse=True)
-def _on_clock(clock, request):
-    if clock == "virtual":
-        request.getfixturevalue("vclock")
 BODY = make_body(200000, seed=3)
 # Upper time bounds: whatever would end the wait if the bound under test failed is made
 # ALTERNATIVE seconds long, and the test asserts an elapsed time under ALTERNATIVE / 2.

@@ -17,7 +17,7 @@ from rawfetch.options import Options
 from tests.faultserver import FaultServer, actions as A, make_body
 from tests.timing_options import quick
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.virtual_clock]   # conftest: the virtual clock
 SIZE = 1 << 20
 BODY = make_body(SIZE, seed=21)
 DIGEST = hashlib.sha256(BODY).hexdigest()
@@ -26,23 +26,13 @@ QUICK = quick(idle_timeout=5)   # the paced transfers here take seconds of (virt
 
 
 @pytest.fixture
-def origin(clock):
-    """The master, on the clock of the test (virtual unless it is a real-clock twin)."""
+def origin():
+    """The master, on the clock of the test (virtual unless it is a real-clock twin: the
+    autouse clock fixture runs first)."""
     with FaultServer() as srv:
         srv.add("/img", BODY, etag='"r1"')
         yield srv
 
-
-@pytest.fixture
-def clock():
-    """Every test here runs on the virtual clock, unless parametrized otherwise."""
-    return "virtual"
-
-
-@pytest.fixture(autouse=True)
-def _on_clock(clock, request):
-    if clock == "virtual":
-        request.getfixturevalue("vclock")
 
 
 @pytest.mark.parametrize("clock", ["virtual", pytest.param("real", marks=pytest.mark.slow)])

@@ -17,20 +17,8 @@ from rawfetch import errors as E
 from tests.faultserver import actions as A, make_body
 from tests.timing_options import QUICK
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.virtual_clock]   # conftest: the virtual clock
 
-
-@pytest.fixture
-def clock():
-    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
-    with its real-clock twin."""
-    return "virtual"
-
-
-@pytest.fixture(autouse=True)
-def _on_clock(clock, request):
-    if clock == "virtual":
-        request.getfixturevalue("vclock")
 
 SIZE = 1 << 20
 

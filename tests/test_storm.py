@@ -13,20 +13,9 @@ import rawfetch
 from rawfetch import errors as E
 from tests.faultserver import FaultServer, actions as A, make_body
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.virtual_clock]   # conftest: the virtual clock
 
 
-@pytest.fixture
-def clock():
-    """Every test here runs on the virtual clock (tests/vclock.py), unless parametrized
-    with its real-clock twin."""
-    return "virtual"
-
-
-@pytest.fixture(autouse=True)
-def _on_clock(clock, request):
-    if clock == "virtual":
-        request.getfixturevalue("vclock")
 SIZE = 256 * 1024
 SEEDS = range(40)
 OPTIONS = dict(retries=25, retry_delay=0.001, retry_max_delay=0.01, idle_timeout=0.2,
