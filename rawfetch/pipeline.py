@@ -181,7 +181,7 @@ class Pipeline:
             self.worker.drain(keep=len(ring) - 1)   # the buffer about to be reused is done
             view = ring[turn]
             size = stream.readinto(view)
-            if size and wrong_size(stream, self.size, self.fed):
+            if size and self.size is not None and wrong_size(stream, self.size, self.fed):
                 continue
             self._follow(stream, size)
             if size:
@@ -240,13 +240,15 @@ class Pipeline:
         """One received buffer into the mode's stages, each piece checked first (and
         held back until it verifies when the output cannot be cut back)."""
         check = self.check
-        start = self.fed + (check.pending if check is not None else 0)
+        if check is None:      # the common case, once per buffer: no run to split
+            self._pass(view)
+            return
+        start = self.fed + check.pending
         for offset, size in runs(check, start, len(view)):
             part: Optional[memoryview] = view[offset - start:offset - start + size]
-            if check is not None:
-                if not check.passes(offset, part, stream, self):
-                    return
-                part = check.release(part, self.worker)
+            if not check.passes(offset, part, stream, self):
+                return
+            part = check.release(part, self.worker)
             if part is not None:
                 self._pass(part)
 
