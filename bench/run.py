@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, REPO, human, parse_size  # noqa: E402
 from harness import Harness, log  # noqa: E402
 from report import today, versions  # noqa: E402
-from scenarios import (baseline, delta, footprint, pipeline, plain, prototypes,  # noqa: E402
-                       recovery, rss, sha256, storm, tls, xzparallel)
+from scenarios import (baseline, delta, footprint, pieces, pipeline, plain,  # noqa: E402
+                       prototypes, recovery, rss, sha256, storm, tls, xzparallel)
 
 # Every scenario, in the order a full run takes them. Explicit: a name maps to a function.
 SCENARIOS: Dict[str, Callable[[Harness], None]] = {
@@ -45,6 +45,7 @@ SCENARIOS: Dict[str, Callable[[Harness], None]] = {
     "storm": storm.run,
     "recovery": recovery.run,
     "prototypes": prototypes.run,
+    "pieces": pieces.run,
     "delta": delta.run,
     "baseline": baseline.run,     # only with --baseline-tree: this tree against another
 }

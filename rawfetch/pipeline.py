@@ -171,7 +171,7 @@ class Pipeline:
         """Splice while the response and the output allow it, else receive into the ring
         while the worker takes each buffer; at the end, the verifier's verdict (which may
         start one clean refetch from zero: then the loop goes on)."""
-        ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(self._ring_size())]
+        ring = [memoryview(bytearray(WRITE_BUFFER)) for _ in range(ring_size(self))]
         turn = 0
         while True:
             if self.splicer is not None and self.sink.splice_ready and not (
@@ -192,13 +192,6 @@ class Pipeline:
             self.worker.drain()
             if self.verifier is None or self.verifier.verdict(stream):
                 return
-
-    def _ring_size(self) -> int:
-        """One buffer when nothing runs on the worker (copy mode: each buffer is written
-        before the next recv; bench baseline, -o -: 1 MiB less peak RSS), else the ring."""
-        if self.verifier is None and self.mode.writes_here and self.check is None:
-            return 1
-        return RING_BUFFERS
 
     def _splice(self, stream: Stream) -> bool:
         """One splice: socket -> pipe (the stream), then pipe -> output (here)."""
@@ -324,6 +317,14 @@ def _piece_check(pieces: Pieces, size: Optional[int], sink: Any, held: int, deco
     """The job's piece stage (piececheck.piece_check)."""
     from .piececheck import piece_check   # lazily, like every Metalink module (job.py)
     return piece_check(pieces, size, sink, held, decoding, emit)
+
+
+def ring_size(pipeline: Pipeline) -> int:
+    """One buffer when nothing runs on the worker (copy mode: each buffer is written
+    before the next recv; bench baseline, -o -: 1 MiB less peak RSS), else the ring."""
+    if pipeline.verifier is None and pipeline.mode.writes_here and pipeline.check is None:
+        return 1
+    return RING_BUFFERS
 
 
 def runs(check: Optional[PieceCheck], offset: int, size: int) -> Any:
