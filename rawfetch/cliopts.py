@@ -213,6 +213,9 @@ OPTIONS: Tuple[Opt, ...] = (
         "(docs/metalink.md)", "URL|FILE", keyword="metalink"),
     Opt(("--metalink-name",), "pipeline", "the file, by its name=, to use in a --metalink that lists "
         "several", "NAME", keyword="metalink_name", shown_default="the only one"),
+    Opt(("--metalink-location",), "pipeline", "try the --metalink mirrors whose location= "
+        "is this ISO 3166-1 country code (two letters) first, each group by priority",
+        "CC", keyword="metalink_location", shown_default="by priority alone"),
     Opt(("--preserve-on-error",), "pipeline", "after a failed in-place write, leave the "
         "first MiB as it is instead of zeroing it again (for debugging)",
         keyword="preserve_on_error", action="store_true"),

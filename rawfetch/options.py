@@ -39,6 +39,7 @@ DEFAULTS: Dict[str, Any] = {
     "checksum_name": None,      # its entry to use (default: the image URL's last segment)
     "metalink": None,           # Metalink 4 (.meta4) URL or path: mirrors, size, hashes, pieces
     "metalink_name": None,      # its <file> to use (default: the only one)
+    "metalink_location": None,  # ISO 3166-1 alpha-2: the Metalink's mirrors there first
     "on_event": None,           # callable(dict) receiving every step as an event
     "limit_rate": 0.0,          # bytes/s averaged over the job (curl --limit-rate); 0 = none
     "splay": 0.0,               # s; random wait in [0, splay] before the first request
@@ -252,9 +253,15 @@ def _check_formats(values: Dict[str, Any]) -> None:
 
 
 def _check_metalink(values: Dict[str, Any]) -> None:
-    """metalink is a URL or a path; metalink_name needs it (read by metalink.wire.merge_metalink)."""
-    for name in ("metalink", "metalink_name"):
+    """metalink is a URL or a path; metalink_name and metalink_location need it (read by
+    metalink.wire.merge_metalink); a location is two letters (RFC 5854 4.2.16.2)."""
+    for name in ("metalink", "metalink_name", "metalink_location"):
         if values[name] is not None and (not isinstance(values[name], str) or not values[name]):
             raise InvalidRequest("option %s must be a non-empty str, not %r" % (name, values[name]))
-    if values["metalink_name"] is not None and values["metalink"] is None:
-        raise InvalidRequest("metalink_name needs metalink")
+    for name in ("metalink_name", "metalink_location"):
+        if values[name] is not None and values["metalink"] is None:
+            raise InvalidRequest("%s needs metalink" % name)
+    place = values["metalink_location"]
+    if place is not None and not (len(place) == 2 and place.isascii() and place.isalpha()):
+        raise InvalidRequest("metalink_location %r is not an ISO 3166-1 alpha-2 country code "
+                             "(two letters, as in a Metalink's location=)" % place[:40])

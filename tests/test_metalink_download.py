@@ -378,3 +378,41 @@ def test_an_explicit_url_comes_first_and_the_metalink_mirrors_follow(mirrors, tm
                            capture_output=True, text=True, timeout=60,
                            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
     assert usage.returncode == 2 and "-O takes its name from the URL" in usage.stderr
+
+
+def test_metalink_location_puts_that_countrys_mirrors_first(mirrors, tmp_path):
+    """--metalink-location de: the mirror at location="de" (ranked 2) is asked first and
+    serves every byte; the one ranked 1 elsewhere is never asked. Without the option the
+    rank decides. A location that is not two letters, or one without a Metalink, is a
+    usage error (exit 3) before any request."""
+    from dataclasses import replace
+    from rawfetch.metalink import load
+    meta4 = mirrors([False, False])
+    first, second = mirrors.servers
+    item = load(str(meta4))
+    placed = (replace(item.mirrors[0], location="us"), replace(item.mirrors[1], location="de"))
+    meta4.write_text(to_xml([replace(item, mirrors=placed)]))
+
+    def fetch(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rawfetch", "--metalink", str(meta4),
+                               "-o", str(tmp_path / "got.img"), *extra],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
+
+    done = fetch("--metalink-location", "DE")
+    assert done.returncode == 0, done.stderr
+    assert sha((tmp_path / "got.img").read_bytes()) == sha(IMAGE)
+    assert (ranges(first), ranges(second)) == ([], [None])
+    (tmp_path / "got.img").unlink()
+    done = fetch()
+    assert done.returncode == 0, done.stderr
+    assert (ranges(first), ranges(second)) == ([None], [None])
+    for bad in (["--metalink-location", "deu"], ["--metalink-location", "d1"]):
+        refused = fetch(*bad)
+        assert refused.returncode == 3 and "ISO 3166-1" in refused.stderr, refused.stderr
+    alone = subprocess.run([sys.executable, "-m", "rawfetch", first.url("/disk.img"), "-o",
+                            str(tmp_path / "x.img"), "--metalink-location", "de"],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path))
+    assert alone.returncode == 3 and "metalink_location needs metalink" in alone.stderr
+    assert (ranges(first), ranges(second)) == ([None], [None])

@@ -24,10 +24,11 @@ def merge_metalink(url: Optional[str], mirrors: Sequence[str], opts: Options, bu
     98). Returns the merged sources and the options without the Metalink's fields."""
     document = read(opts.metalink, opts, budget, engine.open_stream)
     item = choose(document, opts.metalink_name, output)
-    first = merge_sources(item, url, mirrors, None)
-    opts = engine.with_checksum_file(first.urls[0], opts.replace(metalink=None,
-                                                                 metalink_name=None), budget)
-    sources = merge_sources(item, url, mirrors, opts.checksum)
+    place = opts.metalink_location
+    first = merge_sources(item, url, mirrors, None, place)
+    opts = engine.with_checksum_file(first.urls[0], opts.replace(
+        metalink=None, metalink_name=None, metalink_location=None), budget)
+    sources = merge_sources(item, url, mirrors, opts.checksum, place)
     if wants_events(opts):
         emit(opts.on_event, "metalink", url=sources.urls[0], file=item.name, size=sources.size,
              mirrors=len(sources.urls), checksum=sources.checksum is not None,
@@ -42,7 +43,8 @@ def read(where: str, opts: Options, budget: Any, open_stream: Callable[..., Any]
     MAX_DOCUMENT_BYTES + 1 bytes are read before it is refused."""
     if not where.lower().startswith(REMOTE_SCHEMES):
         return parse(where)
-    plain = opts.replace(metalink=None, metalink_name=None, checksum=None, checksum_url=None,
+    plain = opts.replace(metalink=None, metalink_name=None, metalink_location=None,
+                         checksum=None, checksum_url=None,
                          checksum_name=None, decompress="none", gunzip=False)
     with open_stream(where, plain, budget=budget) as stream:
         return parse(stream)
