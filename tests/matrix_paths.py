@@ -68,7 +68,7 @@ class DataPath(NamedTuple):
     chunked: bool = False      # chunked transfer coding
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
-    in_place: bool = False     # writes into STALE
+    in_place: str = ""         # writes into the target "stale" (STALE) or "old" (OLD)
     pieces: str = ""           # a .meta4 instead of URLs: "whole" (+ sha-256) or "only"
     # the closed ranges (first, last) a delta re-image must ask, in order: the target is
     # OLD, and each range's own requests get the fault (tests/test_matrix.py)
@@ -207,6 +207,7 @@ def _old_image() -> bytes:
 
 
 OLD = _old_image()
+TARGETS = {"stale": STALE, "old": OLD}   # DataPath.in_place -> the target's bytes before
 
 
 def write_meta4(urls: Sequence[str], whole: bool, path: str, codec: str = "") -> str:
@@ -305,7 +306,7 @@ PATHS = [
     DataPath("tls", drive_file, tls=True),
     # TLS: the worker hashes each decrypted buffer while this thread writes it
     DataPath("sha256-tls", drive_file, checksum=True, tls=True),
-    DataPath("in-place", drive_in_place, in_place=True),
+    DataPath("in-place", drive_in_place, in_place="stale"),
     DataPath("stdout", drive_stdout, stream=True),
     DataPath("gunzip", drive_file, gunzip=True),
     # the worker thread decodes and writes while the next buffer arrives
@@ -333,11 +334,11 @@ PATHS = [
     # in place onto an existing target of other bytes: the delta re-imaging path
     # (docs/delta.md) with every piece differing, one closed range, resumed inside it
     DataPath("pieces-in-place", drive_metalink(whole=True, output="in-place"),
-             pieces="whole", in_place=True),
+             pieces="whole", in_place="stale", ranges=((0, SIZE - 1),)),
     # in place onto OLD, the image but for 4 scattered pieces: the delta fetches three
     # closed ranges (the head first, written last), each resumed inside itself
     DataPath("pieces-delta", drive_metalink(whole=True, output="delta"), pieces="whole",
-             in_place=True, ranges=DELTA_RANGES),
+             in_place="old", ranges=DELTA_RANGES),
     DataPath("pieces-stdout", drive_metalink(whole=True, output="stdout"), pieces="whole",
              stream=True),
     DataPath("pieces-xz", drive_metalink(whole=True, codec="xz"), pieces="whole", codec="xz"),
