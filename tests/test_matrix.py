@@ -45,8 +45,11 @@ TRICKLE_GAPS = (0.5, 1, 2, 4)        # x CHECK: off the check interval, on it, m
 RETRIES = 6
 # Budget: every failing response in a cell's script costs at most one retry (an attempt
 # that brought >= 1 MiB is not even charged), and no cell scripts more than five failing
-# responses (cell_scripts asserts it), so RETRIES = 6 lets every cell but max-time
-# succeed. No max_time is set there: those cells have no time budget to run out of.
+# responses (run_cell asserts it), so RETRIES = 6 lets every cell but max-time succeed
+# with one to spare. No max_time is set there: those cells have no time budget to run
+# out of. The delta rows script the fault into each range (up to 2 x 3 = 6 failing
+# responses in pieces-delta), so they get one more, keeping the spare.
+DELTA_RETRIES = RETRIES + 1
 OPTIONS: Dict[str, Any] = dict(retries=RETRIES, retry_delay=0.001, retry_max_delay=0.01,
                                idle_timeout=IDLE, speed_limit=SPEED_LIMIT,
                                speed_time=SPEED_TIME, connect_timeout=2.0)
@@ -156,8 +159,6 @@ def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
             # share of the budget and would finish the job itself).
             scripts = [(first, steps + [A.status(404)]), (second, later + [fault.final])]
         failing = len(steps) + 1 + len(later)
-    if fault.error is None:
-        assert failing <= RETRIES, "the retry budget must let this cell succeed"
     for srv, script in scripts:
         srv.script(script, path=name)
     return [srv.url(name) for srv, _ in scripts], scripts, failing
@@ -166,6 +167,8 @@ def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
 def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
                  ) -> Dict[str, Any]:
     options = dict(OPTIONS)
+    if path.ranges and fault.error is None:
+        options["retries"] = DELTA_RETRIES
     if path.checksum:
         options["checksum"] = "sha256:" + sha256(path.served())
     if path.tls:
@@ -336,7 +339,10 @@ def test_cell_real_clock(servers, tmp_path, path: DataPath, fault: Fault) -> Non
 def run_cell(servers, tmp_path, path: DataPath, fault: Fault, virtual: bool) -> None:
     name = "/%s/%s" % (path.name, fault.name)
     urls, scripts, failing = cell_scripts(servers, path, fault, name)
-    got = path.driver(urls, cell_options(path, fault, servers), str(tmp_path))
+    options = cell_options(path, fault, servers)
+    if fault.error is None:
+        assert failing < options["retries"], "the retry budget must let this cell succeed"
+    got = path.driver(urls, options, str(tmp_path))
     rows = served_log(scripts, name)
     if fault.error is None:
         check_success(got, rows)
