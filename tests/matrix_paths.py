@@ -68,8 +68,11 @@ class DataPath(NamedTuple):
     chunked: bool = False      # chunked transfer coding
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
-    in_place: bool = False     # writes into STALE
+    in_place: str = ""         # writes into the target "stale" (STALE) or "old" (OLD)
     pieces: str = ""           # a .meta4 instead of URLs: "whole" (+ sha-256) or "only"
+    # the closed ranges (first, last) a delta re-image must ask, in order: the target is
+    # OLD, and each range's own requests get the fault (tests/test_matrix.py)
+    ranges: Tuple[Tuple[int, int], ...] = ()
 
     def served(self) -> bytes:
         return GZ if self.gunzip else packed(self.codec)
@@ -176,14 +179,35 @@ def drive_file(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
     return run_command(urls, options, os.path.join(tmp, "img"))
 
 
-def drive_in_place(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+def drive_in_place(urls: Sequence[str], options: Dict[str, Any], tmp: str,
+                   holding: bytes = STALE) -> Got:
     target = os.path.join(tmp, "disk.img")
     with open(target, "wb") as handle:
-        handle.write(STALE)
+        handle.write(holding)
     return run_command(urls, dict(options, in_place=True), target)
 
 
 PIECE = 256 << 10     # the metalink rows' piece size: 17 pieces, faults land mid-piece
+
+# The pieces-delta row's target: the image except DELTA_PIECES (every byte of each
+# inverted), and 4099 bytes longer, so a success must also cut it to the image's size.
+# Piece 1 lies in the first MiB (the head, fetched whole and written last); 9 stands
+# alone; 15 and 16 (the 17-byte tail) are neighbours joined into one range. Runs more
+# than delta.COALESCE_GAP (1 MiB) apart stay apart, so the plan is three closed ranges:
+DELTA_PIECES = (1, 9, 15, 16)
+DELTA_RANGES = ((0, (1 << 20) - 1), (9 * PIECE, 10 * PIECE - 1), (15 * PIECE, SIZE - 1))
+
+
+def _old_image() -> bytes:
+    old = bytearray(BODY)
+    for index in DELTA_PIECES:
+        start = index * PIECE
+        old[start:start + PIECE] = BODY[start:start + PIECE].translate(XOR_FF)
+    return bytes(old) + b"\x5a" * 4099
+
+
+OLD = _old_image()
+TARGETS = {"stale": STALE, "old": OLD}   # DataPath.in_place -> the target's bytes before
 
 
 def write_meta4(urls: Sequence[str], whole: bool, path: str, codec: str = "") -> str:
@@ -206,13 +230,13 @@ def drive_metalink(whole: bool, output: str = "file", codec: str = ""
                    ) -> Callable[[Sequence[str], Dict[str, Any], str], Got]:
     """`rawfetch --metalink IMG.meta4 -o IMG`: no URL on the command line; the mirrors,
     size, hash and pieces come from the .meta4. Each piece is checked into the .part or
-    the STALE target (output "in-place"), or held back until it verifies (stdout, a
-    decoder)."""
+    the STALE target (output "in-place") or the OLD one ("delta"), or held back until it
+    verifies (stdout, a decoder)."""
     def drive(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
         meta4 = write_meta4(urls, whole, os.path.join(tmp, "m4"), codec)
         options = dict(options, metalink=meta4)
-        if output == "in-place":
-            return drive_in_place([], options, tmp)
+        if output in ("in-place", "delta"):
+            return drive_in_place([], options, tmp, OLD if output == "delta" else STALE)
         return run_command([], options, "-" if output == "stdout" else os.path.join(tmp, "img"))
     return drive
 
@@ -282,7 +306,7 @@ PATHS = [
     DataPath("tls", drive_file, tls=True),
     # TLS: the worker hashes each decrypted buffer while this thread writes it
     DataPath("sha256-tls", drive_file, checksum=True, tls=True),
-    DataPath("in-place", drive_in_place, in_place=True),
+    DataPath("in-place", drive_in_place, in_place="stale"),
     DataPath("stdout", drive_stdout, stream=True),
     DataPath("gunzip", drive_file, gunzip=True),
     # the worker thread decodes and writes while the next buffer arrives
@@ -310,7 +334,11 @@ PATHS = [
     # in place onto an existing target of other bytes: the delta re-imaging path
     # (docs/delta.md) with every piece differing, one closed range, resumed inside it
     DataPath("pieces-in-place", drive_metalink(whole=True, output="in-place"),
-             pieces="whole", in_place=True),
+             pieces="whole", in_place="stale", ranges=((0, SIZE - 1),)),
+    # in place onto OLD, the image but for 4 scattered pieces: the delta fetches three
+    # closed ranges (the head first, written last), each resumed inside itself
+    DataPath("pieces-delta", drive_metalink(whole=True, output="delta"), pieces="whole",
+             in_place="old", ranges=DELTA_RANGES),
     DataPath("pieces-stdout", drive_metalink(whole=True, output="stdout"), pieces="whole",
              stream=True),
     DataPath("pieces-xz", drive_metalink(whole=True, codec="xz"), pieces="whole", codec="xz"),

@@ -24,7 +24,7 @@ from rawfetch.timing import SPEED_SAMPLES
 from tests.faultserver import FaultServer, actions as A
 from tests.faultserver.actions import Action, Serve
 from tests.proxyserver import TestProxy
-from tests.matrix_paths import (BODY, COMMAND_PATHS, PATHS, STALE, DataPath, Got,
+from tests.matrix_paths import (BODY, COMMAND_PATHS, PATHS, TARGETS, DataPath, Got,
                                 describe, first_difference, sha256)
 from tests.vclock import VirtualClock
 
@@ -32,6 +32,10 @@ pytestmark = pytest.mark.timeout(60)
 
 CUT = (1 << 20) + 13        # first fault: body bytes of the first response before it
 CUT2 = (1 << 20) + 4099     # a later fault, counted in the (resumed) response it hits
+# The delta row's ranges are 256 KiB and more: its faults come earlier, still at odd
+# offsets mid-piece (a closed range is never spliced: RangeStream.splice_to).
+DELTA_CUT = (96 << 10) + 13
+DELTA_CUT2 = (64 << 10) + 4099   # inside what any resumed range has left (>= 160 KiB)
 ETAG = '"matrix-1"'         # the same strong ETag on both mirrors: continuing is provable
 IDLE = 0.3                  # idle_timeout: a stall costs this much
 SPEED_TIME = 0.3            # the low-speed window ...
@@ -41,8 +45,11 @@ TRICKLE_GAPS = (0.5, 1, 2, 4)        # x CHECK: off the check interval, on it, m
 RETRIES = 6
 # Budget: every failing response in a cell's script costs at most one retry (an attempt
 # that brought >= 1 MiB is not even charged), and no cell scripts more than five failing
-# responses (cell_scripts asserts it), so RETRIES = 6 lets every cell but max-time
-# succeed. No max_time is set there: those cells have no time budget to run out of.
+# responses (run_cell asserts it), so RETRIES = 6 lets every cell but max-time succeed
+# with one to spare. No max_time is set there: those cells have no time budget to run
+# out of. The delta rows script the fault into each range (up to 2 x 3 = 6 failing
+# responses in pieces-delta), so they get one more, keeping the spare.
+DELTA_RETRIES = RETRIES + 1
 OPTIONS: Dict[str, Any] = dict(retries=RETRIES, retry_delay=0.001, retry_max_delay=0.01,
                                idle_timeout=IDLE, speed_limit=SPEED_LIMIT,
                                speed_time=SPEED_TIME, connect_timeout=2.0)
@@ -107,14 +114,37 @@ def servers() -> Iterator[Dict[str, FaultServer]]:
 Script = List[Tuple[FaultServer, List[Action]]]
 
 
+def cuts(path: DataPath) -> Tuple[int, int]:
+    """The fault offsets: CUT and CUT2, unless a closed range of the path is too short
+    to hold both (the delta row's 256 KiB ranges): then DELTA_CUT and DELTA_CUT2."""
+    shortest = min((last + 1 - first for first, last in path.ranges), default=len(BODY))
+    return (CUT, CUT2) if shortest > CUT + CUT2 else (DELTA_CUT, DELTA_CUT2)
+
+
+def range_script(path: DataPath, fault: Fault, steps: List[Action]) -> List[Action]:
+    """A delta re-image's script: each planned closed range's first request gets the
+    fault, then the fault's final response serves the range's resumption. An error
+    fault's final response never ends (max-time), so there the ranges before the last
+    are served whole and the last one trickles: the job fails with the head held and
+    the earlier ranges written, the state the disk-safety rule is about (pieces-in-place,
+    one range, covers a fault that never lets the head complete). Requests come in range
+    order, so the script's Nth action meets the request it was written for."""
+    if fault.error is not None:
+        return [A.normal()] * (len(path.ranges) - 1) + steps + [fault.final]
+    return [action for _ in path.ranges for action in steps + [fault.final]]
+
+
 def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
                  name: str) -> Tuple[List[str], Script, int]:
     """Serve the object at `name` and script the fault; returns (urls, scripts, number of
     failing responses scripted)."""
     first = servers["tls" if path.tls else "plain"]
     first.add(name, path.served(), etag=ETAG, chunked=path.chunked)
-    steps = fault.steps(CUT, CUT2)
-    if not path.mirrors:
+    steps = fault.steps(*cuts(path))
+    if path.ranges:
+        scripts = [(first, range_script(path, fault, steps))]
+        failing = len(steps) * len(path.ranges)
+    elif not path.mirrors:
         scripts = [(first, steps + [fault.final])]
         failing = len(steps)
     else:
@@ -129,8 +159,6 @@ def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
             # share of the budget and would finish the job itself).
             scripts = [(first, steps + [A.status(404)]), (second, later + [fault.final])]
         failing = len(steps) + 1 + len(later)
-    if fault.error is None:
-        assert failing <= RETRIES, "the retry budget must let this cell succeed"
     for srv, script in scripts:
         srv.script(script, path=name)
     return [srv.url(name) for srv, _ in scripts], scripts, failing
@@ -139,6 +167,8 @@ def cell_scripts(servers: Dict[str, FaultServer], path: DataPath, fault: Fault,
 def cell_options(path: DataPath, fault: Fault, servers: Dict[str, FaultServer]
                  ) -> Dict[str, Any]:
     options = dict(OPTIONS)
+    if path.ranges and fault.error is None:
+        options["retries"] = DELTA_RETRIES
     if path.checksum:
         options["checksum"] = "sha256:" + sha256(path.served())
     if path.tls:
@@ -165,6 +195,8 @@ class Served(NamedTuple):
     time: float
     seq: int            # the order among requests stamped with the same (virtual) time
     start: int          # Range start asked for (0 without Range)
+    end: Optional[int]  # the last byte of a closed Range (None: open, or no Range)
+    if_range: Optional[str]
     action: Action
     sent: int           # body bytes the server sent on that connection
 
@@ -182,29 +214,48 @@ def served_log(scripts: Script, name: str) -> List[Served]:
         assert conns <= set(sent), "a connection of this cell never ended on the server"
         for index, request in enumerate(requests):
             action = script[min(index, len(script) - 1)]
-            rows.append(Served(request.time, request.seq, range_start(request.range), action,
-                               sent[request.conn]))
+            start, end = range_span(request.range)
+            rows.append(Served(request.time, request.seq, start, end, request.if_range,
+                               action, sent[request.conn]))
     return sorted(rows, key=lambda row: (row.time, row.seq))
 
 
-def range_start(value: Optional[str]) -> int:
+def range_span(value: Optional[str]) -> Tuple[int, Optional[int]]:
+    """(first, last) of a Range value; last is None for an open range or none at all."""
     if value is None:
-        return 0
+        return 0, None
     # an open range, or the closed one of a delta re-image (bytes=first-last, RFC 9110 §14.1.2)
     match = re.fullmatch(r"bytes=(\d+)-(\d*)", value)
     assert match is not None, value
-    return int(match.group(1))
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else None
+
+
+def streams(rows: List[Served]) -> List[List[Served]]:
+    """The requests grouped by the stream they belong to, in order of first request: one
+    per closed range (its resumptions keep its last byte), one for an open download."""
+    grouped: Dict[Optional[int], List[Served]] = {}
+    for row in rows:
+        grouped.setdefault(row.end, []).append(row)
+    return list(grouped.values())
 
 
 def check_ranges(rows: List[Served]) -> None:
-    """Each Range starts where the bytes held end: exactly after a FIN or a stall (nothing
-    in flight), never past the bytes the server sent (a gap) and never before what was
-    held (an overlap); a response the client must reject adds nothing held."""
+    """In each stream (a closed range, or the open download), each Range starts where the
+    bytes held end: exactly after a FIN or a stall (nothing in flight), never past the
+    bytes the server sent (a gap) and never before what was held (an overlap); a
+    response the client must reject adds nothing held."""
+    for stream in streams(rows):
+        check_stream(stream)
+
+
+def check_stream(rows: List[Served]) -> None:
     for number, (row, following) in enumerate(zip(rows, rows[1:]), start=2):
         action, asked = row.action, following.start
         if isinstance(action, Serve) and not action.wrong_range:
             base = 0 if action.ignore_range else row.start
             end = max(row.start, base + row.sent)
+            if row.end is not None:     # a 200 ignoring Range is read up to the range's end
+                end = min(end, row.end + 1)
             if action.fault in EXACT_FAULTS:
                 assert asked == end, "request %d asked bytes=%d-, held %d" % (
                     number, asked, end)
@@ -238,19 +289,37 @@ def check_failure(path: DataPath, fault: Fault, got: Got, rows: List[Served],
         assert got.elapsed < MAX_TIME + CHECK / 10, context
     if path.stream:
         assert got.data == BODY[:len(got.data)], context
-    elif path.in_place:   # (head wiped or BODY's), BODY up to where it stopped, STALE after
-        head = got.data[:WIPED_HEAD]
-        assert head in (BODY[:WIPED_HEAD], bytes(WIPED_HEAD)), context
+    elif path.in_place:   # head wiped (or BODY's), BODY up to where it stopped, old after
+        old = TARGETS[path.in_place]
+        heads = [bytes(WIPED_HEAD)] + ([] if path.ranges else [BODY[:WIPED_HEAD]])
+        assert got.data[:WIPED_HEAD] in heads, context   # a delta: zeroed (docs/delta.md)
         held = WIPED_HEAD + first_difference(got.data[WIPED_HEAD:], BODY[WIPED_HEAD:])
-        assert len(got.data) == len(STALE) and got.data[held:] == STALE[held:], context
+        assert len(got.data) == len(old) and got.data[held:] == old[held:], context
     else:
         assert got.final is not None and not os.path.exists(got.final), context
 
 
+def check_delta(path: DataPath, rows: List[Served]) -> None:
+    """The delta row: the streams are exactly the planned ranges, in order (the head
+    first); every request lies inside its range, so no byte of a piece the target
+    already holds is asked for (but the head's, fetched whole by design: docs/delta.md
+    step 4); every resumption inside a range carries If-Range with the strong ETag."""
+    planned = [(stream[0].start, stream[0].end) for stream in streams(rows)]
+    assert planned == list(path.ranges), summary(rows)
+    for stream in streams(rows):
+        first = stream[0].start
+        for row in stream:
+            assert row.end is not None and first <= row.start <= row.end, summary(rows)
+            if row.start > first:
+                assert row.if_range == ETAG, "bytes=%d-%d without If-Range: %s" % (
+                    row.start, row.end, summary(rows))
+
+
 def summary(rows: List[Served]) -> str:
     """'bytes=0- sent 1048601 (trickle), bytes=1048599- ...' for failure messages."""
-    return ", ".join("bytes=%d- sent %d (%s)" % (row.start, row.sent, getattr(
-        row.action, "fault", type(row.action).__name__)) for row in rows)
+    return ", ".join("bytes=%d-%s sent %d (%s)" % (row.start, "" if row.end is None else row.end,
+                                                  row.sent, getattr(row.action, "fault", type(
+                                                      row.action).__name__)) for row in rows)
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
@@ -270,15 +339,22 @@ def test_cell_real_clock(servers, tmp_path, path: DataPath, fault: Fault) -> Non
 def run_cell(servers, tmp_path, path: DataPath, fault: Fault, virtual: bool) -> None:
     name = "/%s/%s" % (path.name, fault.name)
     urls, scripts, failing = cell_scripts(servers, path, fault, name)
-    got = path.driver(urls, cell_options(path, fault, servers), str(tmp_path))
+    options = cell_options(path, fault, servers)
+    if fault.error is None:
+        assert failing < options["retries"], "the retry budget must let this cell succeed"
+    got = path.driver(urls, options, str(tmp_path))
     rows = served_log(scripts, name)
     if fault.error is None:
         check_success(got, rows)
     else:
         check_failure(path, fault, got, rows, virtual)
     check_ranges(rows)
+    if path.ranges:
+        check_delta(path, rows)
+    else:
+        assert all(row.end is None for row in rows), summary(rows)
     if fault.error is None and not path.mirrors:   # every scripted fault was served
-        assert len(rows) >= failing + 1, summary(rows)
+        assert len(rows) >= failing + max(1, len(path.ranges)), summary(rows)
     if path.proxy:                                 # and every attempt went through it
         asked = [r for r in servers["proxy"].requests if name in r.target
                  or (r.method == "CONNECT" and r.target.endswith(":%d" % servers["tls"].port))]
