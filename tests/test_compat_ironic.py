@@ -545,3 +545,37 @@ def test_stream_to_device_result_has_what_the_agent_logs(origin, tmp_path):
                               **QUICK)
     assert (result.bytes_transferred, result.content_length) == (len(BODY), len(BODY))
     assert target.read_bytes()[:len(BODY)] == BODY
+
+
+# ------------------------------------------------------------------ delta re-imaging
+def test_stream_to_device_with_a_metalink_fetches_only_the_changed_pieces(origin, tmp_path):
+    """The agent's raw streaming with metalink= (any rawfetch option passes through
+    config): the device already holds the image but for pieces 5 and 9 (256 KiB each),
+    so the one request is their coalesced closed range; the agent's os_hash decides at
+    the end together with the pieces. An os_hash contradicting the Metalink's fetches
+    nothing (MetalinkError, exit 98) and leaves the device as it was."""
+    from rawfetch.metalink.make import describe, to_xml
+    piece = 256 << 10
+    published = tmp_path / "disk.raw"
+    published.write_bytes(BODY)
+    meta4 = tmp_path / "disk.raw.meta4"
+    meta4.write_text(to_xml([describe(str(published), [origin.url("/images/disk.raw")],
+                                      piece)]))
+    old = bytearray(BODY)
+    for index in (5, 9):
+        old[index * piece + 7] ^= 0xFF
+    target = tmp_path / "disk"
+    target.write_bytes(bytes(old))
+    result = stream_to_device(image_info([origin.url("/images/disk.raw")]), str(target),
+                              metalink=str(meta4), **QUICK)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == SHA256
+    wanted = "bytes=%d-%d" % (5 * piece, 10 * piece - 1)
+    assert [r.range for r in origin.requests] == [wanted]
+    assert result.bytes_transferred == 5 * piece
+    target.write_bytes(bytes(old))
+    with pytest.raises(E.MetalinkError) as caught:
+        stream_to_device(image_info([origin.url("/images/disk.raw")],
+                                    os_hash_value="0" * 64), str(target),
+                         metalink=str(meta4), **QUICK)
+    assert caught.value.exit_code == 98
+    assert target.read_bytes() == bytes(old) and len(origin.requests) == 1
