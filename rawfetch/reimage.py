@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from . import timing
 from .delta import ByteRange, Plan, hash_target, plan_ranges
@@ -37,7 +37,8 @@ from .judge import Identity
 from .metalink import File, Pieces, load
 from .metalink.sources import Sources, merge_sources
 from .options import Options, make_options
-from .pieces import PieceVerifier
+from .piececheck import BadPieces
+from .pieces import PieceVerifier, Verdict
 from .result import DownloadResult
 from .resume import RangeStream, Segment
 from .retry import Budget
@@ -103,7 +104,7 @@ class Reimage:
         self.identity_url: Optional[str] = None
         self.segments: List[Segment] = []
         self.fetched = self.attempts = 0
-        self.bad: Dict[int, str] = {}    # pieces found bad -> the mirror that sent them
+        self.report = BadPieces(self.pieces.algorithm, self._emit)   # as streaming's
         self._read = memoryview(bytearray(READ_BACK_BLOCK))
         self._fd = -1                      # our own read-only fd on the target
 
@@ -226,10 +227,10 @@ class Reimage:
             self.urls.remove(stream.url)
             self.urls.insert(0, stream.url)
 
-    def _pump(self, stream: RangeStream, offset: int) -> Optional[int]:
+    def _pump(self, stream: RangeStream, offset: int) -> Optional[Verdict]:
         """Bytes from `stream` (starting at `offset`) to the target and the piece check,
-        split at piece boundaries. Returns the first bad piece's index (nothing after it
-        is kept); None at the range's end."""
+        split at piece boundaries. Returns the first bad piece's verdict (nothing after
+        it is kept); None at the range's end."""
         block = memoryview(bytearray(FETCH_BLOCK))
         length = self.pieces.length
         while True:
@@ -245,26 +246,24 @@ class Reimage:
                 offset, used = offset + take, used + take
                 for verdict in verdicts:
                     if not verdict.ok:
-                        return verdict.index
+                        return verdict
                     self._final(verdict.end)
-                    if self.bad.pop(verdict.index, None) is not None:
-                        self._emit("piece_fixed", index=verdict.index, url=stream.url)
+                    self.report.good(verdict, stream.url)
 
     def _write(self, offset: int, view: memoryview) -> None:
         if offset != self.sink.taken:
             self.sink.rewind(offset)
         self.sink.write(view)
 
-    def _refetch(self, index: int, url: str) -> int:
-        """A bad piece: charge it, hand over to the next mirror, rewind the check (and
-        the held head when the piece lies in it). Returns the offset to fetch from."""
-        start, length = self.pieces.span(index, self.size)
-        error = ChecksumMismatch("piece %d (bytes %d-%d) from %s does not match its "
-                                 "Metalink hash" % (index, start, start + length - 1, url),
-                                 url=url)
-        self._emit("piece_bad", index=index, offset=start, length=length, url=url)
+    def _refetch(self, bad: Verdict, url: str) -> int:
+        """A bad piece: charge it (PieceMismatch, exit 99 once the budget is spent, as
+        on the streaming path), hand over to the next mirror, rewind the check (and the
+        held head when the piece lies in it). Returns the offset to fetch from."""
+        start = bad.start
+        error = self.report.bad(bad, url)
         self.budget.failed(error, start, 0, self._emit)
         if self.budget.exhausted:
+            error.message += " (gave up after %d attempts)" % self.budget.count
             raise error
         self.budget.deadline.check()
         if len(self.urls) > 1 and self.urls[0] == url:
@@ -272,7 +271,6 @@ class Reimage:
         if start == 0:      # piece 0 starts the head over (format checked again); else the
             self.sink.restart()   # next write cuts back to `start`, keeping verified bytes
         self.verifier.rewind(start)   # (the whole-file thread may be hashing them now)
-        self.bad[index] = url
         return start
 
     # ------------------------------------------------------------ events
