@@ -15,9 +15,10 @@ import errno
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import timing
+from .digest import new_hasher
 from .disk import HEAD_HOLD
 from .errors import InvariantViolation, mapped, translate
 from .metalink import Pieces, piece_count
@@ -167,7 +168,7 @@ class _Survey:
 
     def _matches(self, index: int, block: memoryview) -> bool:
         offset, left = self.pieces.span(index, self.size)
-        hasher = _new_hasher(self.pieces.algorithm)
+        hasher = new_hasher(self.pieces.algorithm)
         while left:
             got = _pread(self.fd, block[:min(left, len(block))], offset, self.name)
             if got is None:
@@ -188,11 +189,6 @@ def _pread(fd: int, into: memoryview, offset: int, name: str) -> Optional[int]:
             return None
         raise translate(exc, "write", path="%s (surveying it at %d)" % (name, offset)) from None
     return got or None
-
-
-def _new_hasher(algorithm: str) -> Any:
-    import hashlib  # lazily: it loads OpenSSL's libcrypto (as digest.new_hasher does)
-    return hashlib.new(algorithm)
 
 
 def _check_cover(pieces: Pieces, size: int) -> None:
