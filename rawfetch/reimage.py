@@ -234,7 +234,7 @@ class Reimage:
         block = memoryview(bytearray(FETCH_BLOCK))
         length = self.pieces.length
         while True:
-            got = stream.readinto(block)
+            got = fill(stream, block)
             if not got:
                 return None
             used = 0
@@ -278,6 +278,21 @@ class Reimage:
         if wants_events(self.opts):
             fields.setdefault("url", self.urls[0])
             emit(self.opts.on_event, name, **fields)
+
+
+def fill(stream: RangeStream, block: memoryview) -> int:
+    """Bytes read into `block`: all of it unless the range ends first. So every write
+    starts and ends on a piece or block boundary (page-aligned), and the kernel never
+    has to read a page of the target to change part of it: a page it cannot read (EIO,
+    a pending sector) is rewritten whole, as a disk needs to reallocate it, instead of
+    failing the write (tests/durability/test_eio.py)."""
+    got = 0
+    while got < len(block):
+        step = stream.readinto(block[got:])
+        if not step:
+            break
+        got += step
+    return got
 
 
 # ---------------------------------------------------------------- reading the target
