@@ -28,7 +28,7 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 from . import timing
-from .delta import ByteRange, Plan, hash_target, plan_ranges
+from .delta import DIFFERS, UNJUDGED, ByteRange, Survey, walk
 from .digest import new_hasher, parse_checksum
 from .disk import HEAD_HOLD
 from .errors import ChecksumMismatch, InvalidRequest, mapped
@@ -70,16 +70,34 @@ def run(target: Any, metalink_file: MetalinkInput, urls: Sequence[str] = (),
     return Reimage(os.fspath(target), sources, opts).run()
 
 
-def survey(path: str, pieces: Pieces, size: int, report: Callable[..., None]) -> Plan:
-    """Survey the target and plan the fetches (events: delta_survey, delta_plan)."""
-    began = timing.now()
-    differing = hash_target(path, pieces, size)
-    report("delta_survey", path=path, pieces=pieces.count, differing=len(differing),
-           seconds=round(timing.now() - began, 3))
-    plan = plan_ranges(differing, pieces, size)
-    report("delta_plan", path=path, ranges=[r.header for r in plan.requests()],
-           bytes=plan.fetch_bytes, full=plan.full, head_fetch=plan.head_fetch)
-    return plan
+def report_survey(survey: Survey, asked: List[ByteRange], report: Callable[..., None]) -> None:
+    """Events delta_survey and delta_plan at the job's end (the ranges were asked while
+    the survey went on; after a failure, `judged` may be short of `pieces`)."""
+    report("delta_survey", path=survey.name, pieces=survey.pieces.count,
+           judged=survey.pieces.count - survey.states.count(UNJUDGED),
+           differing=survey.states.count(DIFFERS), seconds=survey.seconds)
+    report("delta_plan", path=survey.name, ranges=[r.header for r in asked],
+           bytes=sum(r.length for r in asked),
+           full=asked == [ByteRange(0, survey.size - 1)],
+           head_fetch=bool(asked) and asked[0].first == 0)
+
+
+def cut_to_size(path: str, size: int) -> None:
+    """A regular file longer than the image is cut to its size (a device never is)."""
+    if os.path.isfile(path) and os.path.getsize(path) > size:
+        with mapped("write", path=path):
+            os.truncate(path, size)
+
+
+def finished(job: "Reimage", elapsed: float) -> DownloadResult:
+    """The job's result, reported as the event `done`."""
+    result = DownloadResult(job.path, job.urls[0], job.fetched, job.size, job.attempts, 0,
+                            job.size - job.fetched, elapsed, job.digest,
+                            job.budget.policy.history, tuple(job.segments))
+    job._emit("done", path=job.path, bytes=job.fetched, written=job.size,
+              digest=result.digest, attempts=job.attempts, elapsed=elapsed,
+              segments=[list(s) for s in job.segments], delta=True)
+    return result
 
 
 class Reimage:
@@ -105,8 +123,9 @@ class Reimage:
         self.segments: List[Segment] = []
         self.fetched = self.attempts = 0
         self.report = BadPieces(self.pieces.algorithm, self._emit)   # as streaming's
-        self._read = memoryview(bytearray(READ_BACK_BLOCK))
         self._fd = -1                      # our own read-only fd on the target
+        self.survey: Optional[Survey] = None
+        self._head: Optional[bytes] = None   # the target's first MiB, when it matched
 
     # ------------------------------------------------------------ the job
     def run(self) -> DownloadResult:
@@ -115,67 +134,68 @@ class Reimage:
         try:
             with mapped("write", path=self.path):
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            plan = survey(self.path, self.pieces, self.size, self._emit)
-            if plan.head is None:
-                self._already_there()
-            else:
-                self.sink.expect_size(self.size)
-                self._carry_out(plan)
+            if self.checksum is not None:
+                self.whole = Trailer(self.checksum[0], self._fd, self.path, lambda: (
+                    self._head or bytes(self.sink.head.data)))   # as commit() writes it
+            self.survey = Survey(self.path, self.pieces, self.size)
+            if self._carry_out():
                 self.sink.commit(self.size)
+            else:
+                self._already_there()
         except BaseException:
             self.sink.abandon(keep=False)   # zeroes the start again once zeroing began
             raise
         finally:
             self._release()
-        result = DownloadResult(self.path, self.urls[0], self.fetched, self.size,
-                                self.attempts, 0, self.size - self.fetched,
-                                round(timing.now() - started, 3), self.digest,
-                                self.budget.policy.history, tuple(self.segments))
-        self._emit("done", path=self.path, bytes=self.fetched, written=self.size,
-                   digest=result.digest, attempts=self.attempts, elapsed=result.elapsed,
-                   segments=[list(s) for s in self.segments], delta=True)
-        return result
+        return finished(self, round(timing.now() - started, 3))
 
     def _release(self) -> None:
-        if self.whole is not None:
-            self.whole.close()
+        for part in (self.survey, self.whole):
+            if part is not None:
+                part.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     def _already_there(self) -> None:
-        """Every piece matched: nothing is written. The whole-file hash still decides;
-        a longer regular file is cut to the image's size, as a download would."""
-        if self.checksum is not None:
-            hasher = new_hasher(self.checksum[0])
-            read_back(hasher, self._fd, 0, self.size, self._read, self.path)
-            self._verdict(hasher.hexdigest())
+        """Every piece matched: nothing is written. The whole-file hash (fed during the
+        survey) still decides; a longer regular file is cut to the image's size, as a
+        download would."""
+        if self.whole is not None:
+            self._verdict(self.whole.hexdigest(self.size))
         self.sink.abandon(keep=True)    # OPEN -> ABANDONED: the target was never touched
-        if os.path.isfile(self.path) and os.path.getsize(self.path) > self.size:
-            with mapped("write", path=self.path):
-                os.truncate(self.path, self.size)
+        cut_to_size(self.path, self.size)
 
-    def _carry_out(self, plan: Plan) -> None:
-        """The head first (from the target when it matched), then each range in file
-        order. The whole-file hash trails on its own thread: the bytes before a range
-        are final when it starts, a fetched piece once it verifies."""
-        if self.checksum is not None:
-            self.whole = Trailer(self.checksum[0], self._fd, self.path, self._held_head)
-        if not plan.head_fetch:
-            head = pread_exact(self._fd, 0, min(HEAD_HOLD, self.size), self.path)
-            self.sink.write(head)       # format check, first MiB zeroed, head held
-        for wanted in plan.requests():
-            self._final(wanted.first)
-            self._fetch(wanted)
+    def _carry_out(self) -> bool:
+        """Each request once the survey has judged enough to plan it (delta.walk), the
+        head first; the whole-file hash trails on its own thread, over good pieces while
+        the survey reads, a fetched piece once it verifies. False: nothing differed."""
+        asked: List[ByteRange] = []
+        try:
+            for step in walk(self.survey.differs, self.pieces, self.size):
+                if isinstance(step, int):       # all before it is good on the target
+                    if not asked and self._head is None:   # the head matched: kept in
+                        self._head = pread_exact(self._fd, 0, min(HEAD_HOLD, self.size),
+                                                 self.path)  # memory before any zeroing
+                    self._final(step)
+                    continue
+                if not asked:
+                    self.sink.expect_size(self.size)
+                    if step.first:      # the head matched: format check, first MiB zeroed
+                        self.sink.write(self._head)
+                asked.append(step)
+                self._final(step.first)
+                self._fetch(step)
+        finally:
+            report_survey(self.survey, asked, self._emit)
+        if not asked:
+            return False
         self._final(self.size)
         if self.sink.taken != self.size:
             self.sink.rewind(self.size)   # the tail after the last range is the target's
         if self.whole is not None:
             self._verdict(self.whole.hexdigest(self.size))
-
-    def _held_head(self) -> bytes:
-        """The first MiB as commit() will write it (on the target it is zeros now)."""
-        return bytes(self.sink.head.data)
+        return True
 
     def _final(self, offset: int) -> None:
         if self.whole is not None:
