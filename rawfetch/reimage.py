@@ -36,6 +36,7 @@ from .events import emit, wants_events
 from .judge import Identity
 from .metalink import File, Pieces, load
 from .metalink.sources import Sources, merge_sources
+from .mirrors import MirrorSet
 from .options import Options, make_options
 from .piececheck import BadPieces
 from .pieces import PieceVerifier, Verdict
@@ -276,18 +277,15 @@ class Reimage:
         self.sink.write(view)
 
     def _refetch(self, bad: Verdict, url: str) -> int:
-        """A bad piece: charge it (PieceMismatch, exit 99 once the budget is spent, as
-        on the streaming path), hand over to the next mirror, rewind the check (and the
-        held head when the piece lies in it). Returns the offset to fetch from."""
+        """A bad piece: charged as on the streaming path (retry.Budget.recover: the
+        next mirror at once, else a backoff; PieceMismatch, exit 99, once the retries or
+        max_time are spent), then the check rewound (and the held head when the piece
+        lies in it). Returns the offset to fetch from."""
         start = bad.start
-        error = self.report.bad(bad, url)
-        self.budget.failed(error, start, 0, self._emit)
-        if self.budget.exhausted:
-            error.message += " (gave up after %d attempts)" % self.budget.count
-            raise error
-        self.budget.deadline.check()
-        if len(self.urls) > 1 and self.urls[0] == url:
-            self.urls.append(self.urls.pop(0))
+        mirrors = MirrorSet(url, self.urls)
+        self.budget.recover(self.report.bad(bad, url), mirrors, start, 0, self._emit)
+        turn = mirrors.urls.index(mirrors.current)      # the next range asks it first
+        self.urls = mirrors.urls[turn:] + mirrors.urls[:turn]
         if start == 0:      # piece 0 starts the head over (format checked again); else the
             self.sink.restart()   # next write cuts back to `start`, keeping verified bytes
         self.verifier.rewind(start)   # (the whole-file thread may be hashing them now)

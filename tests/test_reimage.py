@@ -299,6 +299,27 @@ def test_a_lying_only_mirror_fails_within_the_retry_budget(served, image, tmp_pa
     assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)   # never bootable
 
 
+def test_a_bad_piece_with_no_time_left_for_a_backoff_gives_up_as_streaming_does(
+        served, image, tmp_path):
+    """One lying mirror, a 30 s backoff and max_time 3 s: after the bad piece there is no
+    time for another attempt, so the job ends at once with the PieceMismatch (exit 99)
+    and the streaming path's note -- not after a sleep, nor with another request."""
+    import time
+    item = published(served, image, tmp_path)
+    lie = bytearray(image)
+    lie[5 * PIECE] ^= 1
+    served.add("/img", bytes(lie))
+    target = tmp_path / "disk"
+    target.write_bytes(changed(image, [5]))
+    began = time.monotonic()
+    with pytest.raises(PieceMismatch) as failure:
+        run(item, target, retries=5, retry_delay=30.0, retry_max_delay=30.0, max_time=3.0)
+    assert time.monotonic() - began < 3.0
+    assert failure.value.exit_code == 99 and failure.value.message.endswith(
+        "(no time left for another attempt within max_time)")
+    assert image_requests(served) == ["bytes=%d-%d" % (5 * PIECE, 6 * PIECE - 1)]
+
+
 def test_the_command_exits_99_when_delta_runs_out_of_budget_on_a_bad_piece(
         served, image, tmp_path):
     """The CLI over the delta path (--in-place, a Metalink with pieces): a mirror that
