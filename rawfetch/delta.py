@@ -1,13 +1,15 @@
 """Delta re-imaging's plan (issue 24): which of a Metalink's pieces the target already
 holds, and the few Range requests that fetch the others.
 
-`hash_target` surveys the target (a file or a block device): it reads each piece with
-pread and compares its hash, on SURVEY_THREADS threads (hashlib and pread release the
-GIL, so both cores hash). Memory is one READ_BLOCK buffer per thread, whatever the size.
+`Survey` surveys the target (a file or a block device): it reads each piece with pread
+and compares its hash, on SURVEY_THREADS background threads (hashlib and pread release
+the GIL, so both cores hash), handing pieces out in file order; `hash_target` waits for
+all of it. Memory is one READ_BLOCK buffer per thread, whatever the size.
 `plan_ranges` turns the differing pieces into HTTP byte ranges (RFC 9110 section 14.1.2),
 coalescing runs separated by at most `coalesce_gap` good bytes and capping the count of
 requests, and separates the head: the pieces holding the first MiB, which the disk-safety
-rule (disk.py) zeroes first and writes last. The plan is data; the pipeline fetches it.
+rule (disk.py) zeroes first and writes last. `walk` yields the same requests while the
+survey is still reading, each as soon as it is known. The plan is data; reimage fetches it.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@ the one a Metalink describes, fetching only the pieces that differ.
 
 The order is the disk-safety rule's (docs/sinks.md, docs/delta.md):
 
-1. Open and lock the target through SafeDisk (nothing written yet), survey it
-   (delta.hash_target: every piece hashed on two threads) and plan the Range requests
-   (delta.plan_ranges: runs coalesced, the head separate).
+1. Open and lock the target through SafeDisk (nothing written yet) and start the survey
+   (delta.Survey: every piece hashed on two background threads, in file order). The
+   Range requests are planned as the survey goes (delta.walk: plan_ranges' runs,
+   coalesced, the head separate), so the first is fetched while the rest is read.
 2. The head -- the first MiB -- reaches SafeDisk first: fetched when one of its pieces
    differs, else read from the target. SafeDisk checks its format, zeroes the target's
    first MiB and holds the head in memory until commit() writes it last.
@@ -13,8 +14,9 @@ The order is the disk-safety rule's (docs/sinks.md, docs/delta.md):
    inside the range after a cut), under the job's one retry budget and max_time. Every
    byte is written at its offset and checked by pieces.PieceVerifier; a bad piece is
    fetched again alone, from the next mirror when there is one, and overwritten.
-4. The whole-file hash is fed in file order: fetched bytes as they arrive, the pieces
-   the target already held read back from it. It decides at the end; then the head is
+4. The whole-file hash is fed in file order on its own thread: the pieces the target
+   already holds read back from it as soon as the survey has found them good, fetched
+   pieces once they verify. It decides at the end; then the head is
    written and the target fsynced. Any failure after step 2 leaves the first MiB zeroed:
    a half re-imaged disk never boots, and running again completes it.
 
