@@ -1,13 +1,15 @@
 """Delta re-imaging's plan (issue 24): which of a Metalink's pieces the target already
 holds, and the few Range requests that fetch the others.
 
-`hash_target` surveys the target (a file or a block device): it reads each piece with
-pread and compares its hash, on SURVEY_THREADS threads (hashlib and pread release the
-GIL, so both cores hash). Memory is one READ_BLOCK buffer per thread, whatever the size.
+`Survey` surveys the target (a file or a block device): it reads each piece with pread
+and compares its hash, on SURVEY_THREADS background threads (hashlib and pread release
+the GIL, so both cores hash), handing pieces out in file order; `hash_target` waits for
+all of it. Memory is one READ_BLOCK buffer per thread, whatever the size.
 `plan_ranges` turns the differing pieces into HTTP byte ranges (RFC 9110 section 14.1.2),
 coalescing runs separated by at most `coalesce_gap` good bytes and capping the count of
 requests, and separates the head: the pieces holding the first MiB, which the disk-safety
-rule (disk.py) zeroes first and writes last. The plan is data; the pipeline fetches it.
+rule (disk.py) zeroes first and writes last. `walk` yields the same requests while the
+survey is still reading, each as soon as it is known. The plan is data; reimage fetches it.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import errno
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import timing
+from .digest import new_hasher
 from .disk import HEAD_HOLD
 from .errors import InvariantViolation, mapped, translate
 from .metalink import Pieces, piece_count
@@ -98,57 +101,89 @@ def hash_target(target: Target, pieces: Pieces, size: int,
     """The indexes of the pieces of a `size`-byte image that the target (an open fd, or a
     path) does not hold, ascending. A piece past the target's end differs; so does a
     piece the device cannot read (EIO): writing it is what re-imaging does anyway."""
-    _check_cover(pieces, size)
-    if isinstance(target, int):
-        return _survey(target, pieces, size, threads, "fd %d" % target)
-    path = os.fspath(target)
-    with mapped("write", path=path):
-        fd = os.open(path, os.O_RDONLY)
+    survey = Survey(target, pieces, size, threads)
     try:
-        return _survey(fd, pieces, size, threads, path)
+        return [index for index in range(pieces.count) if survey.differs(index)]
     finally:
-        os.close(fd)
+        survey.close()
 
 
-def _survey(fd: int, pieces: Pieces, size: int, threads: int, name: str) -> List[int]:
-    with mapped("write", path=name):
-        held = os.lseek(fd, 0, os.SEEK_END)   # a block device's size too (fstat says 0)
-    readable = min(held, size)
-    count = pieces.count
-    whole = readable // pieces.length          # pieces entirely on the target
-    if readable == size:
-        whole = count
-    survey = _Survey(fd, pieces, size, whole, name)
-    workers = [threading.Thread(target=survey.run, name="rawfetch-survey", daemon=True)
-               for _ in range(max(1, min(threads, whole)) - 1)]
-    for worker in workers:
-        worker.start()
-    survey.run()
-    for worker in workers:
-        worker.join()
-    if survey.failure is not None:
-        raise survey.failure
-    return sorted(survey.differing) + list(range(whole, count))
+UNJUDGED, SAME, DIFFERS = 0, 1, 2    # a piece's state in Survey.states
 
 
-class _Survey:
-    """Pieces 0..whole-1 handed out one at a time to every thread that calls run()."""
+class Survey:
+    """The survey on `threads` background threads, pieces handed out in file order, so
+    that a caller can act on the first pieces (differs()) while the rest are read: delta
+    re-imaging fetches a changed piece, and hashes the good ones into the whole-file
+    digest, while the survey is still reading the target (docs/delta.md)."""
 
-    def __init__(self, fd: int, pieces: Pieces, size: int, whole: int, name: str) -> None:
-        self.fd, self.pieces, self.size, self.whole, self.name = fd, pieces, size, whole, name
-        self.differing: List[int] = []
+    def __init__(self, target: Target, pieces: Pieces, size: int,
+                 threads: int = SURVEY_THREADS) -> None:
+        _check_cover(pieces, size)
+        self.pieces, self.size = pieces, size
+        self.began, self.seconds = timing.now(), 0.0    # seconds: until all were judged
+        self._own = not isinstance(target, int)
+        self.name = "fd %d" % target if isinstance(target, int) else os.fspath(target)
+        if isinstance(target, int):
+            self.fd = target
+        else:
+            with mapped("write", path=self.name):
+                self.fd = os.open(self.name, os.O_RDONLY | os.O_CLOEXEC)
+        self.states = bytearray(pieces.count)
         self.failure: Optional[BaseException] = None   # the first, for the caller
-        self._next = 0
-        self._lock = threading.Lock()
+        self._next = self._left = 0
+        self._stopping = False
+        self._judged = threading.Condition()
+        try:
+            self._start(threads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, threads: int) -> None:
+        with mapped("write", path=self.name):
+            held = os.lseek(self.fd, 0, os.SEEK_END)   # a block device's size too
+        readable = min(held, self.size)
+        whole = self.pieces.count if readable == self.size else readable // self.pieces.length
+        for index in range(whole, self.pieces.count):  # past the end, or cut by it
+            self.states[index] = DIFFERS
+        self._left = self._whole = whole
+        if not whole:
+            self.seconds = round(timing.now() - self.began, 3)
+        self._workers = [threading.Thread(target=self._run, name="rawfetch-survey",
+                                          daemon=True)
+                         for _ in range(max(1, min(threads, whole)) if whole else 0)]
+        for worker in self._workers:
+            worker.start()
+
+    def differs(self, index: int) -> bool:
+        """Wait until piece `index` is judged: True when the target does not hold it.
+        A failure of the survey (other than EIO) is raised here."""
+        with self._judged:
+            while not self.states[index] and self.failure is None:
+                self._judged.wait()
+            if self.failure is not None:
+                raise self.failure
+            return self.states[index] == DIFFERS
+
+    def close(self) -> None:
+        """Stop handing out pieces, wait for the threads, close our fd."""
+        with self._judged:
+            self._stopping = True
+        for worker in getattr(self, "_workers", ()):
+            worker.join()
+        if self._own and self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
 
     def _take(self) -> Optional[int]:
-        with self._lock:
-            if self._next >= self.whole or self.failure is not None:
+        with self._judged:
+            if self._next >= self._whole or self.failure is not None or self._stopping:
                 return None
             self._next += 1
             return self._next - 1
 
-    def run(self) -> None:
+    def _run(self) -> None:
         block = memoryview(bytearray(min(READ_BLOCK, self.pieces.length)))
         with timing.busy():
             while True:
@@ -157,17 +192,21 @@ class _Survey:
                     return
                 try:
                     same = self._matches(index, block)
-                except BaseException as exc:   # raised in the caller's thread by _survey
-                    with self._lock:
-                        self.failure = self.failure or exc
-                    return
-                if not same:
-                    with self._lock:
-                        self.differing.append(index)
+                except BaseException as exc:   # raised in the caller's thread by differs()
+                    same, failure = False, exc
+                else:
+                    failure = None
+                with self._judged:
+                    self.failure = self.failure or failure
+                    self.states[index] = SAME if same else DIFFERS
+                    self._left -= 1
+                    if not self._left:
+                        self.seconds = round(timing.now() - self.began, 3)
+                    self._judged.notify_all()
 
     def _matches(self, index: int, block: memoryview) -> bool:
         offset, left = self.pieces.span(index, self.size)
-        hasher = _new_hasher(self.pieces.algorithm)
+        hasher = new_hasher(self.pieces.algorithm)
         while left:
             got = _pread(self.fd, block[:min(left, len(block))], offset, self.name)
             if got is None:
@@ -188,11 +227,6 @@ def _pread(fd: int, into: memoryview, offset: int, name: str) -> Optional[int]:
             return None
         raise translate(exc, "write", path="%s (surveying it at %d)" % (name, offset)) from None
     return got or None
-
-
-def _new_hasher(algorithm: str) -> Any:
-    import hashlib  # lazily: it loads OpenSSL's libcrypto (as digest.new_hasher does)
-    return hashlib.new(algorithm)
 
 
 def _check_cover(pieces: Pieces, size: int) -> None:
@@ -221,6 +255,77 @@ def plan_ranges(indexes: Iterable[int], pieces: Pieces, size: int,
     body = tuple(ByteRange(max(first, head_end), last) for first, last in runs
                  if last >= head_end)
     return Plan(size, tuple(differing), ByteRange(0, head_end - 1), head_fetch, body)
+
+
+Step = Union[int, ByteRange]
+
+
+def walk(differs: Callable[[int], bool], pieces: Pieces, size: int,
+         coalesce_gap: int = COALESCE_GAP, max_ranges: int = MAX_RANGES) -> Iterator[Step]:
+    """plan_ranges' requests, in the same order, each yielded as soon as the survey
+    (`differs`, answering in file order) has judged enough pieces to know it: a run is
+    final once more than `coalesce_gap` good bytes follow it. Between them, an int: every
+    byte before that offset is on the target already and needs nothing. Past
+    max_ranges // 2 requests the rest waits for the whole survey and is planned by
+    plan_ranges (so the cap still holds)."""
+    walker = _Walker(pieces, size, coalesce_gap)
+    head_pieces = piece_count(min(HEAD_HOLD, size), pieces.length)
+    walker.head_fetch = any([differs(index) for index in range(head_pieces)])
+    if not walker.head_fetch and head_pieces:
+        yield walker.head_end
+    for index in range(pieces.count):
+        if walker.sent >= max_ranges // 2:
+            rest = walker.open + [i for i in range(index, pieces.count) if differs(i)]
+            plan = plan_ranges(rest, pieces, size, coalesce_gap, max_ranges - walker.sent)
+            yield from plan.body if walker.sent else plan.requests()
+            return
+        yield from walker.step(index, differs(index))
+    yield from walker.close()
+
+
+class _Walker:
+    """walk()'s state: the run of differing pieces not yet known to be complete."""
+
+    def __init__(self, pieces: Pieces, size: int, gap: int) -> None:
+        self.pieces, self.size, self.gap = pieces, size, gap
+        self.head_end = min(piece_count(min(HEAD_HOLD, size), pieces.length) * pieces.length,
+                            size)
+        self.head_fetch = False
+        self.run: Optional[List[int]] = None      # [first byte, last byte]
+        self.open: List[int] = []                 # its pieces
+        self.sent = 0
+
+    def step(self, index: int, differs: bool) -> Iterator[Step]:
+        first, length = self.pieces.span(index, self.size)
+        last = first + length - 1
+        if differs:
+            if self.run is not None and first - self.run[1] - 1 > self.gap:
+                yield from self.close()
+            if self.run is None:
+                self.run = [first, last]
+            self.run[1] = last
+            self.open.append(index)
+        elif self.run is not None and last - self.run[1] > self.gap:
+            yield from self.close()
+        if self.run is None and not (self.head_fetch and not self.sent) \
+                and last >= self.head_end:
+            yield last + 1                            # all before it: good or fetched
+
+    def close(self) -> Iterator[ByteRange]:
+        """The open run is complete: its request(s), the head first when it is fetched
+        (merged with the run when they touch, as Plan.requests does)."""
+        run, self.run, self.open = self.run, None, []
+        body = ByteRange(max(run[0], self.head_end), run[1]) \
+            if run is not None and run[1] >= self.head_end else None
+        if self.head_fetch and not self.sent:
+            self.sent += 1
+            if body is not None and body.first == self.head_end:
+                yield ByteRange(0, body.last)
+                return
+            yield ByteRange(0, self.head_end - 1)
+        if body is not None:
+            self.sent += 1
+            yield body
 
 
 def _runs(differing: Sequence[int], pieces: Pieces, size: int) -> List[List[int]]:

@@ -38,6 +38,9 @@ def parse_checksum(checksum: Optional[str]) -> Optional[Tuple[str, str]]:
 
 
 def new_hasher(algo: str) -> Any:
+    """A fresh hashlib object for `algo`: the one factory (the whole-file digest, the
+    piece checks in pieces.py, delta's survey). hashlib is imported here, on first use:
+    it loads OpenSSL's libcrypto (+3.7 MiB RSS), which `import rawfetch` should not."""
     import hashlib
     return hashlib.new(algo)
 

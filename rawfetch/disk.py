@@ -167,8 +167,9 @@ def zero_start_again(path: str, capacity: Optional[int]) -> Dict[str, Any]:
 def write_head_last(fd: int, head: Any, path: str) -> None:
     """fsync everything written past the head, then write the held head at offset 0 (the
     caller fsyncs it): the tail is durable before the target has a bootable start."""
+    with mapped("write", path=path + " (flushing what was written past its first MiB)"):
+        fsync_if_possible(fd)    # where a bad sector's cached write fails (test_eio)
     with mapped("write", path=path + " (its first MiB)"):
-        fsync_if_possible(fd)
         pwrite_all(fd, head, 0)
 
 

@@ -34,6 +34,34 @@ MAX_HELD_PIECE = 8 << 20   # bytes a piece may have to be held back until it ver
                            # pieces are in memory (one held, one in work), 16 MiB in a ramdisk
 
 
+class BadPieces:
+    """The one report of a bad piece on every path (this stage, and delta re-imaging in
+    reimage.py): event `piece_bad {index, offset, length, url}` and the PieceMismatch
+    (exit 99) that charges the mirror that sent it; event `piece_fixed {index, offset,
+    url}` when that piece later verifies, naming the mirror that fixed it."""
+
+    def __init__(self, algorithm: str, emit: Emit) -> None:
+        self.algorithm = algorithm
+        self.emit = emit
+        self.unfixed: Set[int] = set()   # pieces found bad and not fixed yet
+
+    def bad(self, verdict: Verdict, url: str) -> PieceMismatch:
+        """Report a bad piece; the error to charge its mirror with."""
+        self.unfixed.add(verdict.index)
+        self.emit("piece_bad", index=verdict.index, offset=verdict.start,
+                  length=verdict.length, url=url)
+        return PieceMismatch("piece %d (bytes %d-%d) does not match its %s hash in the "
+                             "Metalink" % (verdict.index, verdict.start, verdict.end - 1,
+                                           self.algorithm),
+                             index=verdict.index, offset=verdict.start, url=url)
+
+    def good(self, verdict: Verdict, url: str) -> None:
+        """A piece verified: reported as fixed when it had been bad."""
+        if verdict.index in self.unfixed:
+            self.unfixed.discard(verdict.index)
+            self.emit("piece_fixed", index=verdict.index, offset=verdict.start, url=url)
+
+
 class PieceCheck:
     """The piece stage of one download into a cuttable output (`sink.rewind`)."""
 
@@ -48,7 +76,7 @@ class PieceCheck:
         self.path = sink.part or sink.path   # read back: spliced bytes are only there
         self.emit = emit
         self.mark: Any = None       # the whole-file digest at the current piece's start
-        self._bad: Set[int] = set()  # pieces found bad and not fixed yet
+        self.report = BadPieces(pieces.algorithm, emit)
         self._fd = -1
 
     def parts(self, offset: int, size: int) -> Iterator[Tuple[int, int]]:
@@ -131,27 +159,13 @@ class PieceCheck:
         for verdict in verdicts:    # a part lies in one piece: at most one verdict
             if not verdict.ok:
                 return verdict
-            if self._was_bad(verdict.index):
-                self.emit("piece_fixed", index=verdict.index, offset=verdict.start, url=url)
+            self.report.good(verdict, url)
         return None
-
-    def _was_bad(self, index: int) -> bool:
-        """The piece had a bad verdict before this good one."""
-        if index in self._bad:
-            self._bad.discard(index)
-            return True
-        return False
 
     def bad(self, verdict: Verdict, url: str) -> PieceMismatch:
         """Record a bad piece; the error to charge its mirror with."""
-        self._bad.add(verdict.index)
         self.verifier.rewind(verdict.start)
-        self.emit("piece_bad", index=verdict.index, offset=verdict.start,
-                  length=verdict.length, url=url)
-        return PieceMismatch("piece %d (bytes %d-%d) does not match its %s hash in the "
-                             "Metalink" % (verdict.index, verdict.start, verdict.end - 1,
-                                           self.verifier.pieces.algorithm),
-                             index=verdict.index, offset=verdict.start, url=url)
+        return self.report.bad(verdict, url)
 
     def _reader(self) -> int:
         if self._fd < 0:
@@ -185,9 +199,9 @@ def verify_held(pieces: Optional[Pieces], size: Optional[int], sink: Any, held: 
     if first is None:
         start = held - held % pieces.length if held < size else held
     else:
-        start = verifier.start_of(first)
-        emit("piece_bad", index=first, offset=start, length=pieces.span(first, size)[1],
-             url="an earlier run")
+        start, length = pieces.span(first, size)
+        BadPieces(pieces.algorithm, emit).bad(Verdict(first, start, start + length, False),
+                                              "an earlier run")
     if start != held:
         sink.rewind(start)
     return start

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, List, NamedTuple, Optional, Union
 
+from .digest import new_hasher
 from .errors import InvalidRequest, InvariantViolation, mapped
 from .metalink import Pieces, piece_count
 
@@ -42,11 +43,6 @@ class Verdict(NamedTuple):
     @property
     def length(self) -> int:
         return self.end - self.start
-
-
-def _new_hasher(algorithm: str) -> Any:
-    import hashlib  # lazily: it loads OpenSSL's libcrypto (as digest.new_hasher does)
-    return hashlib.new(algorithm)
 
 
 class PieceVerifier:
@@ -181,7 +177,7 @@ class PieceVerifier:
         if index >= self.pieces.count:
             self._hasher, self._piece_end = None, self.size
             return
-        self._hasher = _new_hasher(self.pieces.algorithm)
+        self._hasher = new_hasher(self.pieces.algorithm)
         self._piece_end = index * self.pieces.length + self._span_length(index)
 
     def _span_length(self, index: int) -> int:

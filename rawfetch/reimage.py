@@ -3,9 +3,10 @@ the one a Metalink describes, fetching only the pieces that differ.
 
 The order is the disk-safety rule's (docs/sinks.md, docs/delta.md):
 
-1. Open and lock the target through SafeDisk (nothing written yet), survey it
-   (delta.hash_target: every piece hashed on two threads) and plan the Range requests
-   (delta.plan_ranges: runs coalesced, the head separate).
+1. Open and lock the target through SafeDisk (nothing written yet) and start the survey
+   (delta.Survey: every piece hashed on two background threads, in file order). The
+   Range requests are planned as the survey goes (delta.walk: plan_ranges' runs,
+   coalesced, the head separate), so the first is fetched while the rest is read.
 2. The head -- the first MiB -- reaches SafeDisk first: fetched when one of its pieces
    differs, else read from the target. SafeDisk checks its format, zeroes the target's
    first MiB and holds the head in memory until commit() writes it last.
@@ -13,8 +14,9 @@ The order is the disk-safety rule's (docs/sinks.md, docs/delta.md):
    inside the range after a cut), under the job's one retry budget and max_time. Every
    byte is written at its offset and checked by pieces.PieceVerifier; a bad piece is
    fetched again alone, from the next mirror when there is one, and overwritten.
-4. The whole-file hash is fed in file order: fetched bytes as they arrive, the pieces
-   the target already held read back from it. It decides at the end; then the head is
+4. The whole-file hash is fed in file order on its own thread: the pieces the target
+   already holds read back from it as soon as the survey has found them good, fetched
+   pieces once they verify. It decides at the end; then the head is
    written and the target fsynced. Any failure after step 2 leaves the first MiB zeroed:
    a half re-imaged disk never boots, and running again completes it.
 
@@ -25,10 +27,10 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from . import timing
-from .delta import ByteRange, Plan, hash_target, plan_ranges
+from .delta import DIFFERS, UNJUDGED, ByteRange, Survey, walk
 from .digest import new_hasher, parse_checksum
 from .disk import HEAD_HOLD
 from .errors import ChecksumMismatch, InvalidRequest, mapped
@@ -36,8 +38,10 @@ from .events import emit, wants_events
 from .judge import Identity
 from .metalink import File, Pieces, load
 from .metalink.sources import Sources, merge_sources
+from .mirrors import MirrorSet
 from .options import Options, make_options
-from .pieces import PieceVerifier
+from .piececheck import BadPieces
+from .pieces import PieceVerifier, Verdict
 from .result import DownloadResult
 from .resume import RangeStream, Segment
 from .retry import Budget
@@ -69,16 +73,34 @@ def run(target: Any, metalink_file: MetalinkInput, urls: Sequence[str] = (),
     return Reimage(os.fspath(target), sources, opts).run()
 
 
-def survey(path: str, pieces: Pieces, size: int, report: Callable[..., None]) -> Plan:
-    """Survey the target and plan the fetches (events: delta_survey, delta_plan)."""
-    began = timing.now()
-    differing = hash_target(path, pieces, size)
-    report("delta_survey", path=path, pieces=pieces.count, differing=len(differing),
-           seconds=round(timing.now() - began, 3))
-    plan = plan_ranges(differing, pieces, size)
-    report("delta_plan", path=path, ranges=[r.header for r in plan.requests()],
-           bytes=plan.fetch_bytes, full=plan.full, head_fetch=plan.head_fetch)
-    return plan
+def report_survey(survey: Survey, asked: List[ByteRange], report: Callable[..., None]) -> None:
+    """Events delta_survey and delta_plan at the job's end (the ranges were asked while
+    the survey went on; after a failure, `judged` may be short of `pieces`)."""
+    report("delta_survey", path=survey.name, pieces=survey.pieces.count,
+           judged=survey.pieces.count - survey.states.count(UNJUDGED),
+           differing=survey.states.count(DIFFERS), seconds=survey.seconds)
+    report("delta_plan", path=survey.name, ranges=[r.header for r in asked],
+           bytes=sum(r.length for r in asked),
+           full=asked == [ByteRange(0, survey.size - 1)],
+           head_fetch=bool(asked) and asked[0].first == 0)
+
+
+def cut_to_size(path: str, size: int) -> None:
+    """A regular file longer than the image is cut to its size (a device never is)."""
+    if os.path.isfile(path) and os.path.getsize(path) > size:
+        with mapped("write", path=path):
+            os.truncate(path, size)
+
+
+def finished(job: "Reimage", elapsed: float) -> DownloadResult:
+    """The job's result, reported as the event `done`."""
+    result = DownloadResult(job.path, job.urls[0], job.fetched, job.size, job.attempts, 0,
+                            job.size - job.fetched, elapsed, job.digest,
+                            job.budget.policy.history, tuple(job.segments))
+    job._emit("done", path=job.path, bytes=job.fetched, written=job.size,
+              digest=result.digest, attempts=job.attempts, elapsed=elapsed,
+              segments=[list(s) for s in job.segments], delta=True)
+    return result
 
 
 class Reimage:
@@ -103,9 +125,10 @@ class Reimage:
         self.identity_url: Optional[str] = None
         self.segments: List[Segment] = []
         self.fetched = self.attempts = 0
-        self.bad: Dict[int, str] = {}    # pieces found bad -> the mirror that sent them
-        self._read = memoryview(bytearray(READ_BACK_BLOCK))
+        self.report = BadPieces(self.pieces.algorithm, self._emit)   # as streaming's
         self._fd = -1                      # our own read-only fd on the target
+        self.survey: Optional[Survey] = None
+        self._head: Optional[bytes] = None   # the target's first MiB, when it matched
 
     # ------------------------------------------------------------ the job
     def run(self) -> DownloadResult:
@@ -114,67 +137,68 @@ class Reimage:
         try:
             with mapped("write", path=self.path):
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            plan = survey(self.path, self.pieces, self.size, self._emit)
-            if plan.head is None:
-                self._already_there()
-            else:
-                self.sink.expect_size(self.size)
-                self._carry_out(plan)
+            if self.checksum is not None:
+                self.whole = Trailer(self.checksum[0], self._fd, self.path, lambda: (
+                    self._head or bytes(self.sink.head.data)))   # as commit() writes it
+            self.survey = Survey(self.path, self.pieces, self.size)
+            if self._carry_out():
                 self.sink.commit(self.size)
+            else:
+                self._already_there()
         except BaseException:
             self.sink.abandon(keep=False)   # zeroes the start again once zeroing began
             raise
         finally:
             self._release()
-        result = DownloadResult(self.path, self.urls[0], self.fetched, self.size,
-                                self.attempts, 0, self.size - self.fetched,
-                                round(timing.now() - started, 3), self.digest,
-                                self.budget.policy.history, tuple(self.segments))
-        self._emit("done", path=self.path, bytes=self.fetched, written=self.size,
-                   digest=result.digest, attempts=self.attempts, elapsed=result.elapsed,
-                   segments=[list(s) for s in self.segments], delta=True)
-        return result
+        return finished(self, round(timing.now() - started, 3))
 
     def _release(self) -> None:
-        if self.whole is not None:
-            self.whole.close()
+        for part in (self.survey, self.whole):
+            if part is not None:
+                part.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     def _already_there(self) -> None:
-        """Every piece matched: nothing is written. The whole-file hash still decides;
-        a longer regular file is cut to the image's size, as a download would."""
-        if self.checksum is not None:
-            hasher = new_hasher(self.checksum[0])
-            read_back(hasher, self._fd, 0, self.size, self._read, self.path)
-            self._verdict(hasher.hexdigest())
+        """Every piece matched: nothing is written. The whole-file hash (fed during the
+        survey) still decides; a longer regular file is cut to the image's size, as a
+        download would."""
+        if self.whole is not None:
+            self._verdict(self.whole.hexdigest(self.size))
         self.sink.abandon(keep=True)    # OPEN -> ABANDONED: the target was never touched
-        if os.path.isfile(self.path) and os.path.getsize(self.path) > self.size:
-            with mapped("write", path=self.path):
-                os.truncate(self.path, self.size)
+        cut_to_size(self.path, self.size)
 
-    def _carry_out(self, plan: Plan) -> None:
-        """The head first (from the target when it matched), then each range in file
-        order. The whole-file hash trails on its own thread: the bytes before a range
-        are final when it starts, a fetched piece once it verifies."""
-        if self.checksum is not None:
-            self.whole = Trailer(self.checksum[0], self._fd, self.path, self._held_head)
-        if not plan.head_fetch:
-            head = pread_exact(self._fd, 0, min(HEAD_HOLD, self.size), self.path)
-            self.sink.write(head)       # format check, first MiB zeroed, head held
-        for wanted in plan.requests():
-            self._final(wanted.first)
-            self._fetch(wanted)
+    def _carry_out(self) -> bool:
+        """Each request once the survey has judged enough to plan it (delta.walk), the
+        head first; the whole-file hash trails on its own thread, over good pieces while
+        the survey reads, a fetched piece once it verifies. False: nothing differed."""
+        asked: List[ByteRange] = []
+        try:
+            for step in walk(self.survey.differs, self.pieces, self.size):
+                if isinstance(step, int):       # all before it is good on the target
+                    if not asked and self._head is None:   # the head matched: kept in
+                        self._head = pread_exact(self._fd, 0, min(HEAD_HOLD, self.size),
+                                                 self.path)  # memory before any zeroing
+                    self._final(step)
+                    continue
+                if not asked:
+                    self.sink.expect_size(self.size)
+                    if step.first:      # the head matched: format check, first MiB zeroed
+                        self.sink.write(self._head)
+                asked.append(step)
+                self._final(step.first)
+                self._fetch(step)
+        finally:
+            report_survey(self.survey, asked, self._emit)
+        if not asked:
+            return False
         self._final(self.size)
         if self.sink.taken != self.size:
             self.sink.rewind(self.size)   # the tail after the last range is the target's
         if self.whole is not None:
             self._verdict(self.whole.hexdigest(self.size))
-
-    def _held_head(self) -> bytes:
-        """The first MiB as commit() will write it (on the target it is zeros now)."""
-        return bytes(self.sink.head.data)
+        return True
 
     def _final(self, offset: int) -> None:
         if self.whole is not None:
@@ -226,14 +250,14 @@ class Reimage:
             self.urls.remove(stream.url)
             self.urls.insert(0, stream.url)
 
-    def _pump(self, stream: RangeStream, offset: int) -> Optional[int]:
+    def _pump(self, stream: RangeStream, offset: int) -> Optional[Verdict]:
         """Bytes from `stream` (starting at `offset`) to the target and the piece check,
-        split at piece boundaries. Returns the first bad piece's index (nothing after it
-        is kept); None at the range's end."""
+        split at piece boundaries. Returns the first bad piece's verdict (nothing after
+        it is kept); None at the range's end."""
         block = memoryview(bytearray(FETCH_BLOCK))
         length = self.pieces.length
         while True:
-            got = stream.readinto(block)
+            got = fill(stream, block)
             if not got:
                 return None
             used = 0
@@ -245,34 +269,28 @@ class Reimage:
                 offset, used = offset + take, used + take
                 for verdict in verdicts:
                     if not verdict.ok:
-                        return verdict.index
+                        return verdict
                     self._final(verdict.end)
-                    if self.bad.pop(verdict.index, None) is not None:
-                        self._emit("piece_fixed", index=verdict.index, url=stream.url)
+                    self.report.good(verdict, stream.url)
 
     def _write(self, offset: int, view: memoryview) -> None:
         if offset != self.sink.taken:
             self.sink.rewind(offset)
         self.sink.write(view)
 
-    def _refetch(self, index: int, url: str) -> int:
-        """A bad piece: charge it, hand over to the next mirror, rewind the check (and
-        the held head when the piece lies in it). Returns the offset to fetch from."""
-        start, length = self.pieces.span(index, self.size)
-        error = ChecksumMismatch("piece %d (bytes %d-%d) from %s does not match its "
-                                 "Metalink hash" % (index, start, start + length - 1, url),
-                                 url=url)
-        self._emit("piece_bad", index=index, offset=start, length=length, url=url)
-        self.budget.failed(error, start, 0, self._emit)
-        if self.budget.exhausted:
-            raise error
-        self.budget.deadline.check()
-        if len(self.urls) > 1 and self.urls[0] == url:
-            self.urls.append(self.urls.pop(0))
+    def _refetch(self, bad: Verdict, url: str) -> int:
+        """A bad piece: charged as on the streaming path (retry.Budget.recover: the
+        next mirror at once, else a backoff; PieceMismatch, exit 99, once the retries or
+        max_time are spent), then the check rewound (and the held head when the piece
+        lies in it). Returns the offset to fetch from."""
+        start = bad.start
+        mirrors = MirrorSet(url, self.urls)
+        self.budget.recover(self.report.bad(bad, url), mirrors, start, 0, self._emit)
+        turn = mirrors.urls.index(mirrors.current)      # the next range asks it first
+        self.urls = mirrors.urls[turn:] + mirrors.urls[:turn]
         if start == 0:      # piece 0 starts the head over (format checked again); else the
             self.sink.restart()   # next write cuts back to `start`, keeping verified bytes
         self.verifier.rewind(start)   # (the whole-file thread may be hashing them now)
-        self.bad[index] = url
         return start
 
     # ------------------------------------------------------------ events
@@ -280,6 +298,21 @@ class Reimage:
         if wants_events(self.opts):
             fields.setdefault("url", self.urls[0])
             emit(self.opts.on_event, name, **fields)
+
+
+def fill(stream: RangeStream, block: memoryview) -> int:
+    """Bytes read into `block`: all of it unless the range ends first. So every write
+    starts and ends on a piece or block boundary (page-aligned), and the kernel never
+    has to read a page of the target to change part of it: a page it cannot read (EIO,
+    a pending sector) is rewritten whole, as a disk needs to reallocate it, instead of
+    failing the write (tests/durability/test_eio.py)."""
+    got = 0
+    while got < len(block):
+        step = stream.readinto(block[got:])
+        if not step:
+            break
+        got += step
+    return got
 
 
 # ---------------------------------------------------------------- reading the target

@@ -284,3 +284,50 @@ def test_the_survey_reads_in_constant_memory(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert found == [] and peak < 2 * delta.READ_BLOCK + MiB, peak
+
+
+# ------------------------------------------------------------------ walk: the plan as the survey goes
+
+@pytest.mark.parametrize("seed", range(60))
+def test_walk_asks_what_plan_ranges_asks_and_says_only_true_offsets(seed):
+    """Random sets of differing pieces (and piece lengths around the 1 MiB head): walk's
+    requests are plan_ranges' requests, in order; every offset it yields between them
+    is past every range yielded before and before any range still to come, and the
+    last one (or the last range) reaches the image's end when the tail is good."""
+    rng = random.Random(seed)
+    length = rng.choice([64 << 10, 256 << 10, 1 << 20, 3 << 20])
+    count = rng.randint(1, 60)
+    size = (count - 1) * length + rng.randint(1, length)
+    pieces = Pieces("sha-256", length, bytes(32 * count))
+    share = rng.choice([0.0, 0.05, 0.3, 0.9, 1.0])
+    differing = sorted(i for i in range(count) if rng.random() < share)
+    asked = []
+    good = 0
+    for step in delta.walk(differing.__contains__, pieces, size):
+        if isinstance(step, int):
+            assert all(r.last < step for r in asked) and step > good
+            good = step
+        else:
+            assert step.first >= good
+            asked.append(step)
+    assert tuple(asked) == plan_ranges(differing, pieces, size).requests()
+    missing = set(differing)
+    for r in asked:
+        missing -= set(range(r.first // length, r.last // length + 1))
+    assert not missing
+
+
+def test_walk_keeps_the_request_cap():
+    """Every other piece differs: past MAX_RANGES // 2 requests the rest is planned at
+    once, and the total stays within the cap."""
+    count = 4 * delta.MAX_RANGES
+    length = 1 << 20
+    pieces = Pieces("sha-256", length, bytes(32 * count))
+    differing = set(range(0, count, 3))
+    asked = [s for s in delta.walk(differing.__contains__, pieces, count * length,
+                                   coalesce_gap=0) if not isinstance(s, int)]
+    assert len(asked) <= delta.MAX_RANGES
+    covered = set()
+    for r in asked:
+        covered |= set(range(r.first // length, r.last // length + 1))
+    assert differing <= covered

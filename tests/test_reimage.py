@@ -9,7 +9,10 @@ never holds new bytes before the end (so a half re-imaged disk never boots).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -18,11 +21,12 @@ import pytest
 from rawfetch import reimage
 from rawfetch.delta import hash_target, plan_ranges
 from rawfetch.disk import HEAD_HOLD
-from rawfetch.errors import ChecksumMismatch, FetchError, InvalidRequest, ResourceChanged
+from rawfetch.errors import (ChecksumMismatch, FetchError, InvalidRequest, PieceMismatch,
+                             ResourceChanged)
 from rawfetch.judge import (CONTINUE, RESTART, RETRY, ADOPT, Held, Identity, Reply, judge,
                             plan)
 from rawfetch.metalink import File
-from rawfetch.metalink.make import describe
+from rawfetch.metalink.make import describe, to_xml
 from rawfetch.options import make_options
 from rawfetch.resume import RangeStream
 from tests.faultserver import FaultServer, actions as A
@@ -269,7 +273,7 @@ def test_bad_piece_is_fetched_again_alone_from_the_next_mirror(image, tmp_path):
     fixed = [e for e in events if e["event"] == "piece_fixed"]
     assert [(e["index"], e["offset"], e["url"]) for e in bad] == [
         (12, 12 * PIECE, liar)]
-    assert [(e["index"], e["url"]) for e in fixed] == [(12, good)]
+    assert [(e["index"], e["offset"], e["url"]) for e in fixed] == [(12, 12 * PIECE, good)]
 
 
 def test_a_lying_only_mirror_fails_within_the_retry_budget(served, image, tmp_path):
@@ -279,10 +283,63 @@ def test_a_lying_only_mirror_fails_within_the_retry_budget(served, image, tmp_pa
     served.add("/img", bytes(lie))
     target = tmp_path / "disk"
     target.write_bytes(changed(image, [5]))
-    with pytest.raises(ChecksumMismatch) as failure:
-        run(item, target, retries=2)
-    assert "piece 5" in str(failure.value) and len(image_requests(served)) == 3
+    events: List[Dict[str, Any]] = []
+    with pytest.raises(PieceMismatch) as failure:
+        run(item, target, events, retries=2)
+    error = failure.value
+    assert (error.exit_code, error.index, error.offset, error.url) == (
+        99, 5, 5 * PIECE, served.url("/img"))
+    # the streaming path's message, word for word (piececheck.BadPieces builds both)
+    assert error.message == ("piece 5 (bytes %d-%d) does not match its sha256 hash in the "
+                             "Metalink (gave up after 3 attempts)"
+                             % (5 * PIECE, 6 * PIECE - 1))
+    assert image_requests(served) == ["bytes=%d-%d" % (5 * PIECE, 6 * PIECE - 1)] * 3
+    assert [(e["index"], e["offset"], e["length"], e["url"]) for e in events
+            if e["event"] == "piece_bad"] == [(5, 5 * PIECE, PIECE, served.url("/img"))] * 3
     assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)   # never bootable
+
+
+def test_a_bad_piece_with_no_time_left_for_a_backoff_gives_up_as_streaming_does(
+        served, image, tmp_path):
+    """One lying mirror, a 30 s backoff and max_time 3 s: after the bad piece there is no
+    time for another attempt, so the job ends at once with the PieceMismatch (exit 99)
+    and the streaming path's note -- not after a sleep, nor with another request."""
+    import time
+    item = published(served, image, tmp_path)
+    lie = bytearray(image)
+    lie[5 * PIECE] ^= 1
+    served.add("/img", bytes(lie))
+    target = tmp_path / "disk"
+    target.write_bytes(changed(image, [5]))
+    began = time.monotonic()
+    with pytest.raises(PieceMismatch) as failure:
+        run(item, target, retries=5, retry_delay=30.0, retry_max_delay=30.0, max_time=3.0)
+    assert time.monotonic() - began < 3.0
+    assert failure.value.exit_code == 99 and failure.value.message.endswith(
+        "(no time left for another attempt within max_time)")
+    assert image_requests(served) == ["bytes=%d-%d" % (5 * PIECE, 6 * PIECE - 1)]
+
+
+def test_the_command_exits_99_when_delta_runs_out_of_budget_on_a_bad_piece(
+        served, image, tmp_path):
+    """The CLI over the delta path (--in-place, a Metalink with pieces): a mirror that
+    keeps sending a bad piece ends the job with exit 99, as on the streaming path."""
+    item = published(served, image, tmp_path)
+    (tmp_path / "x.meta4").write_text(to_xml([item]))
+    lie = bytearray(image)
+    lie[5 * PIECE] ^= 1
+    served.add("/img", bytes(lie))
+    target = tmp_path / "disk"
+    target.write_bytes(changed(image, [5]))
+    done = subprocess.run([sys.executable, "-m", "rawfetch", "--metalink",
+                           str(tmp_path / "x.meta4"), "-o", str(target), "--in-place",
+                           "--retries", "1", "--retry-delay", "0.01"],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 99, done.stderr
+    assert "piece 5 (bytes %d-%d)" % (5 * PIECE, 6 * PIECE - 1) in done.stderr
+    assert image_requests(served) == ["bytes=%d-%d" % (5 * PIECE, 6 * PIECE - 1)] * 2
+    assert target.read_bytes()[:HEAD_HOLD] == bytes(HEAD_HOLD)
 
 
 def test_the_first_mib_never_holds_new_bytes_before_the_end(served, image, tmp_path):
@@ -405,13 +462,9 @@ def test_a_killed_delta_leaves_the_start_zeroed_and_a_rerun_completes(served, im
                                                                       tmp_path):
     """kill -9 while the second range stalls: the first MiB is zeros (fsynced before any
     other write), never the new head over a half-written body; a rerun completes."""
-    import os
     import signal
-    import subprocess
-    import sys
     item = published(served, image, tmp_path)
     meta4 = tmp_path / "image.meta4"
-    from rawfetch.metalink.make import to_xml
     meta4.write_text(to_xml([item]), encoding="utf-8")
     target = tmp_path / "disk"
     target.write_bytes(changed(image, [0, 9, 31]))

@@ -331,10 +331,11 @@ class Job:
             if walls.get(ref) and walls.get("rawfetch-delta"):
                 per_round = median([d / f for d, f in zip(walls["rawfetch-delta"], walls[ref])])
                 h.report.target("delta: wall ≤ 0.2× %s" % ref, per_round, 0.2,
-                                reason="the survey reads and hashes the whole target "
-                                       "(cold: ~1.2-1.6 s/GiB here) and the whole-file "
-                                       "check hashes it again; loopback moves 1 GiB in "
-                                       "about 2 s, so only a slower link shows the gain")
+                                reason="the delta reads the whole target (dd cold: "
+                                       "~0.46 s/GiB here) and hashes it twice, the "
+                                       "whole-file pass on one core (>= 0.6 s/GiB); "
+                                       "loopback moves 1 GiB in 1-2.6 s, so 0.2x is "
+                                       "below that floor (docs/delta.md)")
 
     def report_link(self, rows: List[List[str]], walls: Dict[str, List[float]]) -> None:
         self.h.report.table(
