@@ -276,13 +276,20 @@ def test_bad_piece_is_fetched_again_alone_from_the_next_mirror(image, tmp_path):
     assert [(e["index"], e["offset"], e["url"]) for e in fixed] == [(12, 12 * PIECE, good)]
 
 
-def test_a_lying_only_mirror_fails_within_the_retry_budget(served, image, tmp_path):
+def lying_about_piece_5(served, image, tmp_path):
+    """The only mirror serves piece 5 with one bit flipped; the target differs there
+    alone. Returns the Metalink item and the target."""
     item = published(served, image, tmp_path)
     lie = bytearray(image)
     lie[5 * PIECE] ^= 1
     served.add("/img", bytes(lie))
     target = tmp_path / "disk"
     target.write_bytes(changed(image, [5]))
+    return item, target
+
+
+def test_a_lying_only_mirror_fails_within_the_retry_budget(served, image, tmp_path):
+    item, target = lying_about_piece_5(served, image, tmp_path)
     events: List[Dict[str, Any]] = []
     with pytest.raises(PieceMismatch) as failure:
         run(item, target, events, retries=2)
@@ -305,12 +312,7 @@ def test_a_bad_piece_with_no_time_left_for_a_backoff_gives_up_as_streaming_does(
     time for another attempt, so the job ends at once with the PieceMismatch (exit 99)
     and the streaming path's note -- not after a sleep, nor with another request."""
     import time
-    item = published(served, image, tmp_path)
-    lie = bytearray(image)
-    lie[5 * PIECE] ^= 1
-    served.add("/img", bytes(lie))
-    target = tmp_path / "disk"
-    target.write_bytes(changed(image, [5]))
+    item, target = lying_about_piece_5(served, image, tmp_path)
     began = time.monotonic()
     with pytest.raises(PieceMismatch) as failure:
         run(item, target, retries=5, retry_delay=30.0, retry_max_delay=30.0, max_time=3.0)
