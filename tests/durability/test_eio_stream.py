@@ -1,0 +1,130 @@
+"""The streaming in-place path onto a block device with a pending region (a disk's
+pending sectors: unreadable until rewritten), a real EIO from the kernel.
+
+The target is a loop device over tests/durability/eiofs.py's file, whose region
+[BAD) answers EIO on read until it is written. The page cache of a block device turns
+a write covering part of a page into read-page, change, write-page: the read fails,
+and before the fix the job failed with exit 23 although writing the image is exactly
+what heals the disk. Now every write onto a block device covers whole ALIGN-byte
+blocks at ALIGN-aligned offsets (disk.BlockTail), so the kernel never reads one.
+
+Three ways the bytes reach the device: chunked (no splice: Python writes), --sha256
+(the digest path), and plain Content-Length (before the fix: spliced pipe -> device
+in arbitrary amounts; now splice is off for block devices, sinks.SafeDisk).
+The device must end with the image's sha256, read back through the loop device with
+its page cache dropped, and in the FUSE server's backing file after detaching.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from typing import Any, Iterator, List, Optional
+
+import pytest
+
+from tests.faultserver import FaultServer
+
+from . import helpers
+from .eiofs import Mounted, MountRefused
+from .test_eio import prerequisites
+
+pytestmark = [pytest.mark.durability, pytest.mark.timeout(120)]
+
+SIZE = 8 << 20
+BAD = ((3 << 20) + 1000, (5 << 20) + 123)   # pending; unaligned ends, as a disk's may be
+VARIANTS = {
+    "chunked": ((), True),
+    "sha256": (("--sha256", "-"), False),   # "-": filled in with the image's digest
+    "splice": ((), False),
+}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def image() -> bytes:
+    return random.Random("eio-stream").getrandbits(8 * SIZE).to_bytes(SIZE, "little")
+
+
+class LoopOverEio:
+    """A pending-region FUSE file (holding `old`) and a loop device over it."""
+
+    def __init__(self, tmp_path: Any, old: bytes) -> None:
+        mountpoint = tmp_path / "align-eio-mnt"
+        mountpoint.mkdir()
+        self.backing = str(tmp_path / "align-eio-backing")
+        with open(self.backing, "wb") as handle:
+            handle.write(old)
+        try:
+            self.fs: Optional[Mounted] = Mounted(str(mountpoint), self.backing, BAD, "pending")
+        except MountRefused as exc:
+            pytest.skip("the kernel refused a FUSE mount: %s" % exc)
+        done = subprocess.run(["losetup", "-f", "--show", self.fs.path],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+        self.device: Optional[str] = None
+        if done.returncode != 0 or not done.stdout.startswith("/dev/"):
+            self.close()
+            pytest.skip("losetup over a FUSE file failed: %s" % done.stderr.strip())
+        self.device = done.stdout.strip()
+
+    def read_device(self, size: int) -> bytes:
+        """The device's first `size` bytes, its page cache dropped first (so they come
+        from the FUSE file, not from what rawfetch left in memory)."""
+        assert self.device is not None
+        fd = os.open(self.device, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            data = bytearray()
+            while len(data) < size:
+                got = os.pread(fd, size - len(data), len(data))
+                if not got:
+                    break
+                data += got
+            return bytes(data)
+        finally:
+            os.close(fd)
+
+    def close(self) -> Optional[str]:
+        if self.device is not None:
+            subprocess.run(["losetup", "-d", self.device], check=False)
+            self.device = None
+        fs, self.fs = self.fs, None
+        return fs.stop() if fs is not None else None
+
+
+@pytest.fixture
+def pending_loop(tmp_path) -> Iterator[Any]:
+    why = prerequisites()
+    if why:
+        pytest.skip(why)
+    made: List[LoopOverEio] = []
+
+    def make(old: bytes) -> LoopOverEio:
+        made.append(LoopOverEio(tmp_path, old))
+        return made[-1]
+
+    yield make
+    for disk in made:
+        disk.close()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_streamed_image_heals_a_pending_region(pending_loop, image, variant):
+    extra, chunked = VARIANTS[variant]
+    extra = tuple(sha(image) if arg == "-" else arg for arg in extra)
+    old = bytes(reversed(image[:SIZE]))    # an old disk: every byte to be replaced
+    disk = pending_loop(old)
+    with FaultServer() as srv:
+        srv.add("/img", image, chunked=chunked)
+        done = helpers.run(srv.url("/img"), disk.device, *extra)
+    assert done.returncode == 0, done.stderr
+    assert sha(disk.read_device(SIZE)) == sha(image)
+    assert disk.close() is None              # detached (flushed), the FUSE server ok
+    with open(disk.backing, "rb") as handle:
+        assert sha(handle.read()) == sha(image)
