@@ -24,7 +24,7 @@ from typing import Any, Iterator, List, Optional
 
 import pytest
 
-from tests.faultserver import FaultServer
+from tests.faultserver import FaultServer, actions
 
 from . import helpers
 from .eiofs import Mounted, MountRefused
@@ -34,10 +34,11 @@ pytestmark = [pytest.mark.durability, pytest.mark.timeout(120)]
 
 SIZE = 8 << 20
 BAD = ((3 << 20) + 1000, (5 << 20) + 123)   # pending; unaligned ends, as a disk's may be
-VARIANTS = {
-    "chunked": ((), True),
-    "sha256": (("--sha256", "-"), False),   # "-": filled in with the image's digest
-    "splice": ((), False),
+TRICKLE_STEP = 40_009   # bytes per send: no multiple of a page, so writes end mid-page
+VARIANTS = {   # (options, chunked, trickled); each exits 23 without whole-block writes
+    "chunked": ((), True, False),   # the server's chunks end mid-page already
+    "sha256": (("--sha256", "-"), False, True),   # "-": filled in with the image's digest
+    "splice": ((), False, True),
 }
 
 
@@ -116,15 +117,53 @@ def pending_loop(tmp_path) -> Iterator[Any]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_streamed_image_heals_a_pending_region(pending_loop, image, variant):
-    extra, chunked = VARIANTS[variant]
+    extra, chunked, trickled = VARIANTS[variant]
     extra = tuple(sha(image) if arg == "-" else arg for arg in extra)
     old = bytes(reversed(image[:SIZE]))    # an old disk: every byte to be replaced
     disk = pending_loop(old)
     with FaultServer() as srv:
         srv.add("/img", image, chunked=chunked)
+        if trickled:   # from 2 MiB on, odd-sized sends (each its own recv, write, splice)
+            srv.script([actions.trickle(2 << 20, gap=0.002, step=TRICKLE_STEP,
+                                        chunked=chunked)], path="/img")
         done = helpers.run(srv.url("/img"), disk.device, *extra)
     assert done.returncode == 0, done.stderr
     assert sha(disk.read_device(SIZE)) == sha(image)
     assert disk.close() is None              # detached (flushed), the FUSE server ok
     with open(disk.backing, "rb") as handle:
         assert sha(handle.read()) == sha(image)
+
+
+def test_rewinds_keep_whole_blocks(pending_loop, image):
+    """InPlace straight onto the device: odd-sized writes, then rewinds (a bad piece) to
+    an unaligned offset in a block written before and to one in the held block, over the
+    pending region. A partial-page write there would fail (EIO); the device ends with
+    the image."""
+    from rawfetch.disk import ALIGN, InPlace
+    disk = pending_loop(bytes(reversed(image)))
+    sizes = random.Random("eio-stream-chunks")
+    target = InPlace(disk.device)
+    target.open()
+
+    def write_to(offset: int, end: int) -> None:
+        while offset < end:
+            step = min(end - offset, sizes.randrange(1, 200_000))
+            target.write(image[offset:offset + step])
+            offset += step
+            assert target.position() == offset
+
+    try:
+        write_to(0, BAD[0] + 5 * ALIGN + 77)
+        back = BAD[0] + 2 * ALIGN + 11           # a block already on the device
+        target.seek(back)
+        assert target.position() == back
+        write_to(back, BAD[0] + 9 * ALIGN + 100)
+        back = BAD[0] + 9 * ALIGN + 3            # inside the block still held
+        target.seek(back)
+        assert target.position() == back
+        write_to(back, SIZE)
+        target.commit(SIZE)
+    finally:
+        target.abandon(keep=False)
+    assert sha(disk.read_device(SIZE)) == sha(image)
+    assert disk.close() is None
