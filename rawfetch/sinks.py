@@ -354,9 +354,9 @@ class SafeDisk:
                           doc="a bad piece can be cut back: no read-back digest saw it")
 
     splice_ready = property(lambda self: self.state in (D.WRITING, D.STREAMING) and self.digest
-                            is None and self.inner.blocks is None,
-                            doc="the head complete, no read-back digest to feed, not a block "
-                            "device (splice moves any amount: a write must be whole blocks)")
+                            is None, doc="the head complete, no read-back digest to feed")
+    blocks = property(lambda self: self.inner.blocks,
+                      doc="a block device's BlockTail (splice drains whole blocks into it)")
 
     def open(self) -> Tuple[int, Optional[Identity]]:
         """Open the target; nothing is written yet. Never resumes (returns 0 held)."""
