@@ -149,18 +149,19 @@ class BlockTail:
             self.data = bytearray()
 
     def seek(self, fd: int, offset: int, path: str) -> None:
-        """The next byte written is byte `offset` (a restart, a bad piece): held bytes
-        past it are dropped; the bytes of its block before it are held (kept, or read
-        back: they were written whole, so they read), the fd at the block's start."""
+        """The next byte written is byte `offset`: back (a restart, a bad piece) or
+        forward (delta re-imaging skips what the target holds already). Held bytes past
+        `offset` are dropped; going past them, they are written first, as they are. The
+        bytes of `offset`'s block before it are held: kept, or read back (written whole
+        by us, or the target's own that the delta survey read), the fd at its start."""
         start = offset - offset % ALIGN
         with mapped("write", path=path):
             at = os.lseek(fd, 0, os.SEEK_CUR)
-            if offset > start and offset > at + len(self.data):   # never written
-                raise InvariantViolation("%s: cannot seek to %d, past the %d bytes written"
-                                         " (a rawfetch bug)" % (path, offset, at + len(self.data)))
             if start == at and offset - start <= len(self.data):
                 del self.data[offset - start:]
                 return
+            if offset > at + len(self.data):   # forward: the held bytes are good ones
+                self.flush(fd, path)
             self.data = bytearray(pread_exact(path, start, offset - start)
                                   if offset > start else b"")
             os.lseek(fd, start, os.SEEK_SET)

@@ -135,12 +135,16 @@ def test_streamed_image_heals_a_pending_region(pending_loop, image, variant):
 
 
 def test_rewinds_keep_whole_blocks(pending_loop, image):
-    """InPlace straight onto the device: odd-sized writes, then rewinds (a bad piece) to
-    an unaligned offset in a block written before and to one in the held block, over the
-    pending region. A partial-page write there would fail (EIO); the device ends with
-    the image."""
+    """InPlace straight onto the device: odd-sized writes, rewinds (a bad piece) to an
+    unaligned offset in a block written before and to one in the held block, over the
+    pending region (a partial-page write there would fail: EIO), then a skip forward
+    over bytes the target already holds (delta re-imaging); the device ends with the
+    image."""
     from rawfetch.disk import ALIGN, InPlace
-    disk = pending_loop(bytes(reversed(image)))
+    skip = ((6 << 20) + 100, (7 << 20) + 5)   # the target holds the image's bytes here
+    old = bytearray(reversed(image))
+    old[skip[0]:skip[1]] = image[skip[0]:skip[1]]
+    disk = pending_loop(bytes(old))
     sizes = random.Random("eio-stream-chunks")
     target = InPlace(disk.device)
     target.open()
@@ -161,7 +165,10 @@ def test_rewinds_keep_whole_blocks(pending_loop, image):
         back = BAD[0] + 9 * ALIGN + 3            # inside the block still held
         target.seek(back)
         assert target.position() == back
-        write_to(back, SIZE)
+        write_to(back, skip[0])
+        target.seek(skip[1])                     # forward, as delta re-imaging skips
+        assert target.position() == skip[1]
+        write_to(skip[1], SIZE)
         target.commit(SIZE)
     finally:
         target.abandon(keep=False)
