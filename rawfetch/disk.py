@@ -162,12 +162,12 @@ class BlockTail:
                 return
             if offset > at + len(self.data):   # forward: the held bytes are good ones
                 self.flush(fd, path)
-            self.data = bytearray(pread_exact(path, start, offset - start)
+            self.data = bytearray(read_at(path, start, offset - start)
                                   if offset > start else b"")
             os.lseek(fd, start, os.SEEK_SET)
 
 
-def pread_exact(path: str, offset: int, size: int) -> bytes:
+def read_at(path: str, offset: int, size: int) -> bytes:
     """`size` bytes of `path` from `offset`, through a read-only fd of our own (the
     target's is write-only); the caller maps OS errors."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

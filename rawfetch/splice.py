@@ -95,9 +95,14 @@ class Splicer:
         return data
 
     def _copy_out(self, count: int) -> None:
+        """What splice refused, copied (a block device's: through its BlockTail, as a
+        pipe read returns any amount)."""
         while count:
             data = memoryview(os.read(self.read_fd, count))
             count -= len(data)
+            if self.blocks is not None:
+                self.blocks.write(self.out_fd, data, self.name)
+                continue
             while data:
                 data = data[os.write(self.out_fd, data):]
 
