@@ -12,7 +12,9 @@ Three ways the bytes reach the device: chunked (no splice: Python writes), --sha
 (the digest path), and plain Content-Length (before the fix: spliced pipe -> device
 in arbitrary amounts; now splice is off for block devices, sinks.SafeDisk).
 The device must end with the image's sha256, read back through the loop device with
-its page cache dropped, and in the FUSE server's backing file after detaching.
+its page cache dropped, and in the FUSE server's backing file after detaching. Also:
+seeks straight on InPlace (back into written and held blocks, forward over what the
+target holds), and a stream cut mid-page, then resumed or restarted from zero.
 """
 from __future__ import annotations
 
@@ -115,6 +117,13 @@ def pending_loop(tmp_path) -> Iterator[Any]:
         disk.close()
 
 
+CUT = BAD[0] + 300_001   # the connection closed (FIN) inside the pending region, mid-page
+INTERRUPTED = {   # the second response: the rest (a Range resume), or all of it again
+    "resumed": (actions.normal(), "bytes=%d-" % CUT),
+    "restarted": (actions.normal(ignore_range=True), "bytes=%d-" % CUT),
+}
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_streamed_image_heals_a_pending_region(pending_loop, image, variant):
     extra, chunked, trickled = VARIANTS[variant]
@@ -172,5 +181,23 @@ def test_rewinds_keep_whole_blocks(pending_loop, image):
         target.commit(SIZE)
     finally:
         target.abandon(keep=False)
+    assert sha(disk.read_device(SIZE)) == sha(image)
+    assert disk.close() is None
+
+
+@pytest.mark.parametrize("how", sorted(INTERRUPTED))
+def test_interrupted_stream_heals_a_pending_region(pending_loop, image, how):
+    """A close mid-page inside the pending region, then a resume (the held bytes of the
+    cut block carry over) or a server that ignores Range (a restart from zero: the old
+    pass's held bytes dropped); splice throughout. Exit 0, the image on the device."""
+    second, asked = INTERRUPTED[how]
+    disk = pending_loop(bytes(reversed(image)))
+    with FaultServer() as srv:
+        srv.add("/img", image)
+        srv.script([actions.fin(CUT), second], path="/img")
+        done = helpers.run(srv.url("/img"), disk.device)
+        ranges = [r.range for r in srv.requests if r.path == "/img"]
+    assert done.returncode == 0, done.stderr
+    assert ranges == [None, asked]
     assert sha(disk.read_device(SIZE)) == sha(image)
     assert disk.close() is None
