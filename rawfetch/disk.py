@@ -43,6 +43,7 @@ HEAD_HOLD = 1 << 20   # coreos-installer's choice: MBR, GPT and boot code live i
 SIGNATURE_BYTES = 4   # the qcow2 and VMDK magics below are 4 bytes each
 FOREIGN_FORMATS = ((b"QFI\xfb", "qcow2"), (b"KDMV", "VMDK"))  # qemu's docs/interop specs
 READBACK_BLOCK = 1 << 20   # read-back unit, and the granularity a mismatch is reported in
+ALIGN = 4096   # the page size: a block device's cache reads a page it is to change in part
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:
@@ -114,6 +115,75 @@ class HeldHead:
         return view[count:]
 
 
+class BlockTail:
+    """Whole ALIGN-byte blocks onto a block device: its page cache turns a write that
+    covers part of a page into read-page, change, write-page, and that read fails on a
+    pending sector (unreadable until rewritten) that writing the image would heal
+    (tests/durability/test_eio_stream.py). Bytes short of a whole block wait here until
+    the next write completes it; flush() writes them as they are (the image's last,
+    partial block: the device keeps what follows it). The fd's offset stays a multiple
+    of ALIGN (every seek made here or by InPlace is one)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()   # less than ALIGN bytes, due at the fd's offset
+
+    def write(self, fd: int, view: memoryview, path: str) -> None:
+        """Every whole block of tail + `view` to fd; what is short of one stays here."""
+        if self.data:
+            take = min(ALIGN - len(self.data), len(view))
+            self.data += view[:take]
+            view = view[take:]
+            if len(self.data) < ALIGN:
+                return
+            write_all(fd, self.data, path)
+            self.data = bytearray()
+        whole = len(view) - len(view) % ALIGN
+        if whole:
+            write_all(fd, view[:whole], path)
+        self.data += view[whole:]
+
+    def flush(self, fd: int, path: str) -> None:
+        """Write what is held as it is (commit: the image's last, partial block)."""
+        if self.data:
+            write_all(fd, self.data, path)
+            self.data = bytearray()
+
+    def seek(self, fd: int, offset: int, path: str) -> None:
+        """The next byte written is byte `offset`: back (a restart, a bad piece) or
+        forward (delta re-imaging skips what the target holds already). Held bytes past
+        `offset` are dropped; going past them, they are written first, as they are. The
+        bytes of `offset`'s block before it are held: kept, or read back (written whole
+        by us, or the target's own that the delta survey read), the fd at its start."""
+        start = offset - offset % ALIGN
+        with mapped("write", path=path):
+            at = os.lseek(fd, 0, os.SEEK_CUR)
+            if start == at and offset - start <= len(self.data):
+                del self.data[offset - start:]
+                return
+            if offset > at + len(self.data):   # forward: the held bytes are good ones
+                self.flush(fd, path)
+            self.data = bytearray(read_at(path, start, offset - start)
+                                  if offset > start else b"")
+            os.lseek(fd, start, os.SEEK_SET)
+
+
+def read_at(path: str, offset: int, size: int) -> bytes:
+    """`size` bytes of `path` from `offset`, through a read-only fd of our own (the
+    target's is write-only); the caller maps OS errors."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while len(data) < size:
+            got = os.pread(fd, size - len(data), offset + len(data))
+            if not got:
+                raise LocalWriteError("%s ended at %d while reading back its block before "
+                                      "%d" % (path, offset + len(data), offset + size))
+            data += got
+        return data
+    finally:
+        os.close(fd)
+
+
 def cut_back(target: "InPlace", head: HeldHead, offset: int) -> bool:
     """A bad piece (issue 24): the next byte written is byte `offset` again. Inside the
     head its held copy is cut (the target's zeroed start is untouched: True); past it
@@ -124,8 +194,7 @@ def cut_back(target: "InPlace", head: HeldHead, offset: int) -> bool:
     if offset < head.size:
         del head.data[offset:]
         return True
-    with mapped("write", path=target.path):
-        os.lseek(target.fd, offset, os.SEEK_SET)
+    target.seek(offset)
     return False
 
 
@@ -273,6 +342,7 @@ class InPlace:
         self.regular = False
         self.seekable = False                 # a regular file or a block device
         self.capacity: Optional[int] = None   # a block device's size in bytes
+        self.blocks: Optional[BlockTail] = None   # a block device's: whole-block writes
         self.recorded: Optional[Identity] = None
         self.lock: Optional[LockFile] = None
 
@@ -287,6 +357,7 @@ class InPlace:
             if stat.S_ISBLK(mode):
                 with mapped("write", path=self.path + " (inspecting it)"):
                     self.capacity = device_size(self.fd)
+                self.blocks = BlockTail()
             self.lock = lock_in_place(self.fd, self.path, mode)
         except BaseException:
             close_fd(self)
@@ -311,26 +382,45 @@ class InPlace:
                                   "nothing was written" % (size, self.path, self.capacity))
 
     def write(self, view: Any) -> None:
-        write_all(self.fd, view, self.path)
+        """At the write position; a block device's in whole blocks (BlockTail)."""
+        if self.blocks is not None:
+            self.blocks.write(self.fd, memoryview(view), self.path)
+        else:
+            write_all(self.fd, view, self.path)
 
     def spliced(self, count: int) -> None:
         """Nothing to account: the bytes are at fd's offset already."""
 
-    def restart(self) -> None:
+    def seek(self, offset: int) -> None:
+        """The next byte written is byte `offset` (a block device's held bytes follow)."""
+        if self.blocks is not None:
+            self.blocks.seek(self.fd, offset, self.path)
+            return
         with mapped("write", path=self.path):
-            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+
+    def restart(self) -> None:
+        self.seek(0)
+
+    def flush(self) -> None:
+        """A block device's held bytes (the image's last, partial block) written as is."""
+        if self.blocks is not None:
+            self.blocks.flush(self.fd, self.path)
 
     def position(self) -> Optional[int]:
-        """The write position (None for a character device or a FIFO: no position)."""
+        """The write position, held bytes included (None for a character device or a
+        FIFO: no position)."""
         if not self.seekable:
             return None
         with mapped("write", path=self.path):
-            return os.lseek(self.fd, 0, os.SEEK_CUR)
+            at = os.lseek(self.fd, 0, os.SEEK_CUR)
+        return at + (len(self.blocks.data) if self.blocks is not None else 0)
 
     def commit(self, size: int) -> Optional[float]:
         """fsync (a regular file was cut to size already, see cut()); remove sidecar
         temporaries killed file-mode writers left beside a regular file; unlock."""
         try:
+            self.flush()
             self.cut(size)
             with mapped("write", path=self.path):
                 fsync_if_possible(self.fd)   # /dev/null and FIFOs can't: EINVAL
@@ -342,6 +432,10 @@ class InPlace:
         return None
 
     def abandon(self, keep: bool) -> None:
+        """Close and unlock; a block device's held bytes are dropped (the job failed:
+        writing part of a block could only fail a second time, on a pending sector)."""
+        if self.blocks is not None:
+            self.blocks.data = bytearray()
         close_fd(self)
         if self.lock is not None:
             self.lock.release()

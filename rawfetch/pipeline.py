@@ -130,7 +130,7 @@ class Pipeline:
         self.fed = self.written = held
         self.verifier: Optional[Verifier] = None
         self.worker = self._worker(checksum, held)
-        self.splicer = Splicer.create(sink.fd, sink.path) if self.mode.splices else None
+        self.splicer = Splicer.for_sink(sink) if self.mode.splices else None
         self._restarts = 0          # the stream generation the output holds
         self._identity: Any = None  # the identity last recorded or checked
         self.check = None if pieces is None else _piece_check(

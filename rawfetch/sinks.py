@@ -355,6 +355,8 @@ class SafeDisk:
 
     splice_ready = property(lambda self: self.state in (D.WRITING, D.STREAMING) and self.digest
                             is None, doc="the head complete, no read-back digest to feed")
+    blocks = property(lambda self: self.inner.blocks,
+                      doc="a block device's BlockTail (splice drains whole blocks into it)")
 
     def open(self) -> Tuple[int, Optional[Identity]]:
         """Open the target; nothing is written yet. Never resumes (returns 0 held)."""
@@ -394,7 +396,7 @@ class SafeDisk:
             if self.head.complete:
                 self._head_complete()
         if view:
-            write_all(self.fd, view, self.path)
+            self.inner.write(view)
             self.taken += len(view)
 
     def spliced(self, count: int) -> None:
@@ -442,6 +444,7 @@ class SafeDisk:
                 raise LocalWriteError("%s: %d bytes to commit but %d were written"
                                       % (self.path, size, self.taken))
             self._check_then_wipe()
+            self.inner.flush()       # a block device's last, partial block
             self.inner.cut(size)     # a regular file: no old tail under the new head
             self._write_head()
             self.inner.commit(size)
@@ -487,8 +490,7 @@ class SafeDisk:
         """Positional: later bytes go at their offsets (the fd's file offset, so splice
         works too). Otherwise the 4 checked bytes go out now."""
         if self.inner.seekable:
-            with mapped("write", path=self.path):
-                os.lseek(self.fd, self.head.size, os.SEEK_SET)
+            self.inner.seek(self.head.size)   # drops bytes an earlier pass still held
             self._go(D.WRITING)
         else:
             self._write_head()
