@@ -27,7 +27,7 @@ import os
 import random
 import shutil
 import subprocess
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -73,20 +73,20 @@ def image() -> bytes:
 
 @pytest.fixture
 def eio_disk(tmp_path, request) -> Iterator[Any]:
-    """make(old bytes) -> a _Disk holding them, of request.param's (kind, mode); every
+    """make(old bytes) -> a EioDisk holding them, of request.param's (kind, mode); every
     disk made is closed at the end, whatever the test did."""
     why = prerequisites()
     if why:
         pytest.skip(why)
     kind, mode = request.param
-    made: List[_Disk] = []
+    made: List[EioDisk] = []
 
-    def make(old: bytes) -> _Disk:
+    def make(old: bytes) -> EioDisk:
         mountpoint = tmp_path / "reimage2-eio-mnt"
         mountpoint.mkdir()
         backing = tmp_path / "reimage2-eio-backing"
         backing.write_bytes(old)
-        made.append(_Disk(str(mountpoint), str(backing), kind, mode))
+        made.append(EioDisk(str(mountpoint), str(backing), kind, mode))
         return made[-1]
 
     yield make
@@ -94,15 +94,16 @@ def eio_disk(tmp_path, request) -> Iterator[Any]:
         disk.close()
 
 
-class _Disk:
+class EioDisk:
     """The FUSE mount and, for kind "loop", the loop device over its file; close()
     undoes them in reverse order (the device we attached, by its name; the mount we
     made) and says what the FUSE server wrote to stderr if it failed."""
 
-    def __init__(self, mountpoint: str, backing: str, kind: str, mode: str) -> None:
+    def __init__(self, mountpoint: str, backing: str, kind: str, mode: str,
+                 bad: Tuple[int, int] = BAD) -> None:
         self.backing, self.kind, self.mode = backing, kind, mode
         try:
-            self.fs: Optional[Mounted] = Mounted(mountpoint, backing, BAD, mode)
+            self.fs: Optional[Mounted] = Mounted(mountpoint, backing, bad, mode)
         except MountRefused as exc:
             pytest.skip("the kernel refused a FUSE mount: %s" % exc)
         self.device: Optional[str] = None

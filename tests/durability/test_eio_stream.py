@@ -21,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List
 
 import pytest
 
 from tests.faultserver import FaultServer, actions
 
 from . import helpers
-from .eiofs import Mounted, MountRefused
-from .test_eio import prerequisites
+from .test_eio import EioDisk, prerequisites
 
 pytestmark = [pytest.mark.durability, pytest.mark.timeout(120)]
 
@@ -53,27 +51,15 @@ def image() -> bytes:
     return random.Random("eio-stream").getrandbits(8 * SIZE).to_bytes(SIZE, "little")
 
 
-class LoopOverEio:
+class LoopOverEio(EioDisk):
     """A pending-region FUSE file (holding `old`) and a loop device over it."""
 
     def __init__(self, tmp_path: Any, old: bytes) -> None:
         mountpoint = tmp_path / "align-eio-mnt"
         mountpoint.mkdir()
-        self.backing = str(tmp_path / "align-eio-backing")
-        with open(self.backing, "wb") as handle:
-            handle.write(old)
-        try:
-            self.fs: Optional[Mounted] = Mounted(str(mountpoint), self.backing, BAD, "pending")
-        except MountRefused as exc:
-            pytest.skip("the kernel refused a FUSE mount: %s" % exc)
-        done = subprocess.run(["losetup", "-f", "--show", self.fs.path],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True)
-        self.device: Optional[str] = None
-        if done.returncode != 0 or not done.stdout.startswith("/dev/"):
-            self.close()
-            pytest.skip("losetup over a FUSE file failed: %s" % done.stderr.strip())
-        self.device = done.stdout.strip()
+        backing = tmp_path / "align-eio-backing"
+        backing.write_bytes(old)
+        super().__init__(str(mountpoint), str(backing), "loop", "pending", bad=BAD)
 
     def read_device(self, size: int) -> bytes:
         """The device's first `size` bytes, its page cache dropped first (so they come
@@ -92,14 +78,6 @@ class LoopOverEio:
             return bytes(data)
         finally:
             os.close(fd)
-
-    def close(self) -> Optional[str]:
-        if self.device is not None:
-            subprocess.run(["losetup", "-d", self.device], check=False)
-            self.device = None
-        fs, self.fs = self.fs, None
-        return fs.stop() if fs is not None else None
-
 
 @pytest.fixture
 def pending_loop(tmp_path) -> Iterator[Any]:
