@@ -7,8 +7,9 @@ import hashlib
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -55,6 +56,28 @@ def mirrors(tmp_path) -> Iterator:
 
 def ranges(server: FaultServer) -> List[object]:
     return [request.range for request in server.requests]
+
+
+@contextmanager
+def liar_and_good(tmp_path, name: str, data: bytes, bad_at: int,
+                  piece: int) -> Iterator[Tuple[FaultServer, FaultServer]]:
+    """Two fault servers serving /`name`: the first with the byte at `bad_at` flipped,
+    the second as published; tmp_path/x.meta4 lists them in that order, `piece` bytes
+    a piece (the published file is tmp_path/`name`)."""
+    lying = bytearray(data)
+    lying[bad_at] ^= 0x01
+    (tmp_path / name).write_bytes(data)
+    liar, good = FaultServer().start(), FaultServer().start()
+    try:
+        liar.add("/" + name, bytes(lying))
+        good.add("/" + name, data)
+        item = describe(str(tmp_path / name), [liar.url("/" + name), good.url("/" + name)],
+                        piece)
+        (tmp_path / "x.meta4").write_text(to_xml([item]))
+        yield liar, good
+    finally:
+        liar.stop()
+        good.stop()
 
 
 def test_a_bad_piece_is_refetched_alone_from_the_next_mirror(mirrors, tmp_path):
@@ -243,16 +266,7 @@ def test_in_place_a_bad_piece_is_rewritten_from_the_next_mirror(mirrors, tmp_pat
     range; after a bad piece past the held first MiB, inside it, or piece 0, the next
     mirror is asked for the rest of the range from that piece's first byte. The target
     ends byte-exact."""
-    lying = bytearray(IMAGE)
-    lying[bad_at] ^= 0x01
-    (tmp_path / "disk.img").write_bytes(IMAGE)
-    liar, good = FaultServer().start(), FaultServer().start()
-    try:
-        liar.add("/disk.img", bytes(lying))
-        good.add("/disk.img", IMAGE)
-        item = describe(str(tmp_path / "disk.img"), [liar.url("/disk.img"),
-                                                    good.url("/disk.img")], piece)
-        (tmp_path / "x.meta4").write_text(to_xml([item]))
+    with liar_and_good(tmp_path, "disk.img", IMAGE, bad_at, piece) as (liar, good):
         target = tmp_path / "target"
         target.write_bytes(b"\x5a" * (len(IMAGE) + 12345))
         events: list = []
@@ -265,9 +279,6 @@ def test_in_place_a_bad_piece_is_rewritten_from_the_next_mirror(mirrors, tmp_pat
         assert ranges(good) == ["bytes=%d-%d" % (start, len(IMAGE) - 1)]
         assert [e["offset"] for e in events if e["event"] == "piece_bad"] == [start]
         assert [e["index"] for e in events if e["event"] == "piece_fixed"] == [start // piece]
-    finally:
-        liar.stop()
-        good.stop()
 
 
 def test_to_stdout_holds_each_piece_back_until_it_verifies(mirrors, tmp_path):
@@ -292,16 +303,8 @@ def test_a_decoder_checks_the_pieces_of_the_published_bytes(tmp_path):
     dropped and refetched before the decoder sees it."""
     import lzma
     packed = lzma.compress(IMAGE, preset=0)
-    lying = bytearray(packed)
-    lying[len(packed) // 2] ^= 0x01
-    (tmp_path / "disk.img.xz").write_bytes(packed)
-    liar, good = FaultServer().start(), FaultServer().start()
-    try:
-        liar.add("/disk.img.xz", bytes(lying))
-        good.add("/disk.img.xz", packed)
-        item = describe(str(tmp_path / "disk.img.xz"), [liar.url("/disk.img.xz"),
-                                                       good.url("/disk.img.xz")], 64 << 10)
-        (tmp_path / "x.meta4").write_text(to_xml([item]))
+    with liar_and_good(tmp_path, "disk.img.xz", packed, len(packed) // 2, 64 << 10) as (
+            liar, good):
         out = tmp_path / "disk.img"
         events: list = []
         result = files.download(None, out, metalink=str(tmp_path / "x.meta4"),
@@ -311,9 +314,6 @@ def test_a_decoder_checks_the_pieces_of_the_published_bytes(tmp_path):
         assert ranges(good) == ["bytes=%d-" % bad_start]
         assert result.digest == "sha256:" + sha(packed)
         assert [e["offset"] for e in events if e["event"] == "piece_bad"] == [bad_start]
-    finally:
-        liar.stop()
-        good.stop()
 
 
 def test_pieces_too_long_to_hold_are_left_to_the_whole_file_hash(tmp_path):
