@@ -68,7 +68,7 @@ class DataPath(NamedTuple):
     chunked: bool = False      # chunked transfer coding
     mirrors: str = ""          # "first": fault on the first of two mirrors; "both": on each
     stream: bool = False       # the user consumes a stream: an error leaves a byte-exact prefix
-    in_place: str = ""         # writes into the target "stale" (STALE) or "old" (OLD)
+    in_place: str = ""         # writes into the target: a TARGETS key ("stale", "old", "device")
     pieces: str = ""           # a .meta4 instead of URLs: "whole" (+ sha-256) or "only"
     # the closed ranges (first, last) a delta re-image must ask, in order: the target is
     # OLD, and each range's own requests get the fault (tests/test_matrix.py)
@@ -187,6 +187,39 @@ def drive_in_place(urls: Sequence[str], options: Dict[str, Any], tmp: str,
     return run_command(urls, dict(options, in_place=True), target)
 
 
+# The block-device row's target: STALE cut to whole 4096-byte blocks (a loop device's
+# size is its backing file's, rounded down to 512), still longer than the image.
+DEVICE_STALE = STALE[:len(STALE) - len(STALE) % 4096]
+
+
+def drive_block_device(urls: Sequence[str], options: Dict[str, Any], tmp: str) -> Got:
+    """The command onto a loop device holding DEVICE_STALE: in place, in whole blocks
+    (disk.BlockTail; spliced ones too), never cut. The user holds the device's first SIZE
+    bytes when the rest is still the old bytes; any other tail returns the whole device,
+    so the cell's byte check fails. A failure returns the whole device."""
+    import pytest
+    if os.geteuid() != 0 or not os.path.exists("/sbin/losetup") and not os.path.exists(
+            "/usr/sbin/losetup"):
+        pytest.skip("the block-device row needs root and losetup")
+    backing = os.path.join(tmp, "device-backing")
+    with open(backing, "wb") as handle:
+        handle.write(DEVICE_STALE)
+    made = subprocess.run(["losetup", "-f", "--show", backing], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+    if made.returncode != 0 or not made.stdout.startswith("/dev/"):
+        pytest.skip("losetup failed: %s" % made.stderr.strip())
+    device = made.stdout.strip()
+    try:
+        got = run_command(urls, dict(options, in_place=True), device)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False, timeout=30)
+    with open(backing, "rb") as handle:    # what the device holds, after its detach
+        held = handle.read()
+    if got.code == 0 and held[SIZE:] == DEVICE_STALE[SIZE:]:
+        held = held[:SIZE]
+    return got._replace(data=held, final=None)
+
+
 PIECE = 256 << 10     # the metalink rows' piece size: 17 pieces, faults land mid-piece
 
 # The pieces-delta row's target: the image except DELTA_PIECES (every byte of each
@@ -207,7 +240,8 @@ def _old_image() -> bytes:
 
 
 OLD = _old_image()
-TARGETS = {"stale": STALE, "old": OLD}   # DataPath.in_place -> the target's bytes before
+TARGETS = {"stale": STALE, "old": OLD,   # DataPath.in_place -> the target's bytes before
+           "device": DEVICE_STALE}
 
 
 def write_meta4(urls: Sequence[str], whole: bool, path: str, codec: str = "") -> str:
@@ -307,6 +341,9 @@ PATHS = [
     # TLS: the worker hashes each decrypted buffer while this thread writes it
     DataPath("sha256-tls", drive_file, checksum=True, tls=True),
     DataPath("in-place", drive_in_place, in_place="stale"),
+    # a block device (a loop device): every write and splice in whole 4096-byte blocks,
+    # resumed and restarted at any offset (disk.BlockTail, docs/disk-safety.md)
+    DataPath("block-device", drive_block_device, in_place="device"),
     DataPath("stdout", drive_stdout, stream=True),
     DataPath("gunzip", drive_file, gunzip=True),
     # the worker thread decodes and writes while the next buffer arrives
